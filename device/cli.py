@@ -1,0 +1,80 @@
+"""`cardcam`: the command line on the Pi."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from device.bundle import BundleError, load_bundle
+from device.preprocess import ImageError, load_image, preprocess
+from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime
+
+
+def _classify_file(path: str, bundle, runtime, settings) -> dict:
+    """One predict --json record for one file."""
+    try:
+        gray = load_image(path)
+        prepared = preprocess(gray, settings, bundle.input_shape)
+    except ImageError as e:
+        return {"file": path, "error": str(e)}
+    if not prepared.found:
+        return {"file": path, "label": None, "confidence": None, "probabilities": None, "reason": prepared.reason}
+    probs = runtime.predict(prepared.input[None])[0]
+    best = int(probs.argmax())
+    return {
+        "file": path,
+        "label": bundle.labels[best],
+        "confidence": round(float(probs[best]), 6),
+        "probabilities": {l: round(float(p), 6) for l, p in zip(bundle.labels, probs)},
+    }
+
+
+def cmd_predict(args) -> int:
+    try:
+        bundle = load_bundle(args.model)
+        runtime = make_runtime(bundle, args.runtime)
+    except (BundleError, RuntimeUnavailable) as e:
+        print(f"cardcam: {e}", file=sys.stderr)
+        return 2
+    settings = bundle.preprocess
+    failed = False
+    for path in args.files:
+        record = _classify_file(path, bundle, runtime, settings)
+        failed |= "error" in record
+        if args.json:
+            print(json.dumps(record), flush=False)
+        elif "error" in record:
+            print(f"{path}: error: {record['error']}")
+        elif record["label"] is None:
+            print(f"{path}: no card ({record['reason']})")
+        else:
+            print(f"{path}: {record['label']} ({record['confidence']:.1%})")
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cardcam", description="Read a card held in front of the camera.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("predict", help="classify picture files with a model bundle")
+    p.add_argument("--model", required=True, help="model bundle (.npz)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per file")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `cardcam predict ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

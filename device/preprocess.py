@@ -1,0 +1,365 @@
+"""From any picture or camera frame to the network's input: the one preprocessing function.
+
+A card is dark ink on light paper, photographed in a room. The steps:
+
+1. grey levels in [0, 1] from any Pillow mode (alpha is composited on white paper);
+2. at a small working size, the paper's brightness is estimated with a grey closing (a max
+   filter then a min filter wider than any pen stroke): it follows shadows and light gradients
+   but not strokes, and large dark areas around the card (a table) stay "paper", not ink;
+3. ink strength = how much darker a pixel is than its paper, relative to that paper, so a dim
+   corner and a lit corner give the same stroke;
+4. the ink's main cluster (projections along rows and columns, nearest the centre when clutter
+   competes) gives the crop; too little ink there is the outcome "no ink", not a guess;
+5. the crop is scaled to fit ``fit`` of the input keeping its aspect ratio, ink normalised to
+   1.0 on a 0.0 background, and centred by its centre of mass, like MNIST.
+
+The network sees light ink on black (``ink=1``). Training data that is already light-on-dark
+(MNIST) is inverted into a card before it gets here, so training and the Pi share this path.
+The settings travel inside the model bundle.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 8
+MAX_SIDE = 4000
+# Pillow refuses to open images above this many pixels (decompression bombs) before decoding.
+Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+
+
+class ImageError(ValueError):
+    """A picture that cannot be used (unreadable, unsupported, too small or too large)."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    ink: str = "dark"               # "dark": dark ink on light paper; "light": light ink on dark
+    work_size: int = 96             # longer side of the image used to find the ink
+    paper_window: float = 0.2       # closing window, as a fraction of work_size (> stroke width)
+    ink_threshold: float = 0.25     # relative darkness that counts as ink
+    min_ink: float = 0.002          # ink area below this fraction of the picture means "no ink"
+    max_ink: float = 0.5            # above this, it is not a card with a glyph
+    min_paper: float = 0.06         # paper darker than this: too dark to see anything
+    card_contrast: float = 0.6      # paper at least this fraction of the card's brightest is card
+    min_card: float = 0.03          # a card smaller than this fraction of the picture is no card
+    fit: float = 0.75               # the glyph's longer side as a fraction of the input side
+
+    _RANGES = {
+        "work_size": (16, 1024), "paper_window": (0.02, 0.9), "ink_threshold": (0.01, 0.95),
+        "min_ink": (0.0, 0.5), "max_ink": (0.01, 1.0), "min_paper": (0.0, 0.9),
+        "card_contrast": (0.05, 1.0), "min_card": (0.0, 1.0), "fit": (0.2, 1.0),
+    }
+
+    def __post_init__(self):
+        if self.ink not in ("dark", "light"):
+            raise ValueError(f"'ink' must be 'dark' or 'light', got {self.ink!r}")
+        for name, (lo, hi) in self._RANGES.items():
+            v = getattr(self, name)
+            kind = int if name == "work_size" else (int, float)
+            if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
+                raise ValueError(f"'{name}' must be a number in [{lo}, {hi}], got {v!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "PreprocessSettings":
+        if not isinstance(d, dict):
+            raise ValueError("settings must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r}")
+        return cls(**d)
+
+
+@dataclass
+class Prepared:
+    """What preprocessing found. ``input`` is None when there is no card / no ink to classify."""
+
+    input: np.ndarray | None          # (H, W, 1) float32, ink 1.0 on 0.0
+    reason: str = ""                  # why there is no input ("no ink", "too dark", ...)
+    box: tuple | None = None          # (left, top, right, bottom) of the ink in the picture
+    ink_fraction: float = 0.0
+
+    @property
+    def found(self) -> bool:
+        return self.input is not None
+
+
+# --- reading pictures ------------------------------------------------------------------------
+
+def load_image(path) -> np.ndarray:
+    """Grey levels in [0, 1] (float32, H x W) from an image file; ImageError names the file."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_size(im.size, path)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_gray(im)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: image is larger than {MAX_SIDE}x{MAX_SIDE} pixels") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def _check_size(size, where) -> None:
+    w, h = size
+    if w > MAX_SIDE or h > MAX_SIDE:
+        raise ImageError(f"{where}: image is {w}x{h}; the largest accepted is {MAX_SIDE}x{MAX_SIDE}")
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise ImageError(f"{where}: image is {w}x{h}; the smallest accepted is {MIN_SIDE}x{MIN_SIDE}")
+
+
+def to_gray(image) -> np.ndarray:
+    """Grey levels in [0, 1] from a Pillow image of any mode, or from a 2-D/3-D array."""
+    if isinstance(image, np.ndarray):
+        return _array_to_gray(image)
+    im = image
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(paper, im)
+    if im.mode.startswith("I;16"):
+        return (np.asarray(im, dtype=np.float32) / 65535.0).astype(np.float32)
+    if im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        top = float(a.max()) if a.size else 1.0
+        scale = 1.0 if (im.mode == "F" and top <= 1.0) else 255.0 if top <= 255 else 65535.0
+        return np.clip(a / scale, 0.0, 1.0).astype(np.float32)
+    return np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+
+
+def _array_to_gray(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] in (3, 4):  # RGB(A) frame
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return a / 255.0
+    if a.ndim != 2:
+        raise ImageError(f"frame must be 2-D grey or H x W x 3 colour, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / np.float32(255.0)
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / np.float32(65535.0)
+    return np.clip(a.astype(np.float32), 0.0, 1.0)
+
+
+# --- finding the ink -------------------------------------------------------------------------
+
+def _window_extreme(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
+    """max/min over every window of k samples along axis, centred, edges replicated.
+
+    Doubling trick: log2(k) array operations instead of k, whatever the window.
+    """
+    lo = (k - 1) // 2
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (lo, k - 1 - lo)
+    out = np.pad(a, pad, mode="edge")
+    out = np.moveaxis(out, axis, 0)
+    span = 1
+    while span * 2 <= k:
+        out = op(out[:-span], out[span:])
+        span *= 2
+    if span < k:
+        out = op(out[: len(out) - (k - span)], out[k - span:])
+    return np.moveaxis(out, 0, axis)
+
+
+def paper_brightness(gray: np.ndarray, window: int) -> np.ndarray:
+    """Grey closing (dilate then erode) with a square window: the picture without its strokes."""
+    m = _window_extreme(_window_extreme(gray, window, 0, np.maximum), window, 1, np.maximum)
+    return _window_extreme(_window_extreme(m, window, 0, np.minimum), window, 1, np.minimum)
+
+
+def _dilate3(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    grown = out.copy()
+    grown[:, 1:] |= out[:, :-1]
+    grown[:, :-1] |= out[:, 1:]
+    return grown
+
+
+def _reconstruct(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Every pixel of ``allowed`` connected (8-neighbours) to ``seed``: grow until nothing changes."""
+    region = seed & allowed
+    count = region.sum()
+    while True:
+        region = _dilate3(region) & allowed
+        grown = region.sum()
+        if grown == count:
+            return region
+        count = grown
+
+
+def card_region(gray: np.ndarray, contrast: float) -> np.ndarray:
+    """The card: the connected bright area around the brightest paper near the centre, with the
+    ink in it (holes) filled.
+
+    Paper at least ``contrast`` times the seed's brightness belongs to it, which tolerates
+    shadows across the card; where the picture has a clearly darker room around a card, the cut
+    moves up to Otsu's threshold between them, so table and clutter drop out.
+    """
+    paper = paper_brightness(gray, 3)  # drop noise and hairlines, keep the card's edges
+    h, w = paper.shape
+    yy, xx = np.ogrid[:h, :w]
+    near_centre = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
+    seed = np.zeros(paper.shape, bool)
+    seed[np.unravel_index(np.argmax(paper * near_centre), paper.shape)] = True
+    top = float(paper[seed][0])
+    threshold = contrast * top
+    otsu, separation = _otsu(paper.ravel())
+    if separation > 0.08:
+        threshold = min(max(threshold, otsu), 0.85 * top)
+    region = _reconstruct(seed, paper >= threshold)
+    border = np.zeros_like(region)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    return ~_reconstruct(border, ~region)  # fill the holes: ink inside the card is card
+
+
+def _ink_strength(gray: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    return np.clip((paper - gray) / np.maximum(paper, 1e-3), 0.0, 1.0)
+
+
+def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
+    """The [start, end) run of non-zero profile (gaps up to ``gap`` bridged) that holds the most
+    ink, discounted by its distance from the centre so clutter at the edge loses to the card."""
+    idx = np.flatnonzero(profile > 0)
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    centre = len(profile) / 2.0
+    best, best_score = 0, -1.0
+    csum = np.concatenate(([0.0], np.cumsum(profile)))
+    for j, (s, e) in enumerate(zip(starts, ends)):
+        mass = csum[e] - csum[s]
+        distance = abs((s + e) / 2.0 - centre) / centre
+        score = mass * (1.0 - 0.5 * distance)
+        if score > best_score:
+            best, best_score = j, score
+    return int(starts[best]), int(ends[best])
+
+
+def _resize(a: np.ndarray, size: tuple, box=None) -> np.ndarray:
+    """Resize a float image to (width, height); area averaging down, bilinear up."""
+    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+    if box is not None:  # float rounding can step a hair outside the picture
+        box = (max(0.0, box[0]), max(0.0, box[1]), min(float(im.width), box[2]), min(float(im.height), box[3]))
+    src_w = (box[2] - box[0]) if box else im.width
+    method = Image.Resampling.BOX if size[0] < src_w else Image.Resampling.BILINEAR
+    return np.asarray(im.resize(size, method, box=box), dtype=np.float32)
+
+
+def _otsu(values: np.ndarray) -> tuple[float, float]:
+    """Otsu's threshold on values in [0, 1], and the gap between the two class means."""
+    hist, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    p = hist / max(1, hist.sum())
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    m0 = np.cumsum(p * centres)
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean0, mean1 = m0 / w0, (m0[-1] - m0) / w1
+        between = w0 * w1 * (mean0 - mean1) ** 2
+    if not np.isfinite(between).any():  # one grey level only: nothing to separate
+        return 1.0, 0.0
+    i = int(np.nanargmax(between))
+    return float(edges[i + 1]), float(mean1[i] - mean0[i])
+
+
+def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
+    """Turn a picture (Pillow image, grey array or camera frame) into the network's input."""
+    gray = image if (isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 2) \
+        else to_gray(image)
+    if gray.shape[0] < MIN_SIDE or gray.shape[1] < MIN_SIDE:
+        raise ImageError(f"image is {gray.shape[1]}x{gray.shape[0]}; the smallest accepted is {MIN_SIDE}x{MIN_SIDE}")
+    if settings.ink == "light":
+        gray = 1.0 - gray
+    window = max(3, round(settings.paper_window * settings.work_size))
+    # Stage 1, coarse: where is the card?
+    h, w = gray.shape
+    scale = settings.work_size / max(h, w)
+    work = _resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))))
+    if float(work.max()) < settings.min_paper:
+        return Prepared(None, "too dark")
+    card = card_region(work, settings.card_contrast)
+    if card.mean() < settings.min_card:
+        return Prepared(None, "no card")
+    # Stage 2, at a resolution tied to the card: where is the ink on it?
+    cl, ct, cr, cb = _box_of(card)
+    card_box = (cl / scale, ct / scale, cr / scale, cb / scale)
+    k2 = settings.work_size * scale / max(cr - cl, cb - ct)  # crop pixels per picture pixel
+    cw, ch = max(1, round((cr - cl) / scale * k2)), max(1, round((cb - ct) / scale * k2))
+    crop = _resize(gray, (cw, ch), box=card_box)
+    on_card = np.asarray(Image.fromarray(card.astype(np.uint8) * 255).resize(
+        (cw, ch), Image.Resampling.NEAREST, box=(cl, ct, cr, cb))) > 127
+    # Shave the card's edge: blur, JPEG and clutter touching the card make dark fringes there.
+    # The picture's own border is not shaved (edge padding), so a tight crop keeps its ink.
+    shave = max(3, round(settings.work_size * 0.05)) | 1
+    on_card = _window_extreme(_window_extreme(on_card, shave, 0, np.minimum), shave, 1, np.minimum)
+    paper = paper_brightness(crop, window)
+    strength = _ink_strength(crop, paper)
+    mask = (strength > settings.ink_threshold) & on_card
+    ink = np.where(mask, strength, 0.0)
+    if mask.sum() < settings.min_ink * on_card.sum():
+        return Prepared(None, "no ink", ink_fraction=float(mask.mean()))
+    # The main cluster: alternate row and column projections so stray marks drop out.
+    gap = max(2, window // 2)
+    top, bottom, left, right = 0, ch, 0, cw
+    for _ in range(2):
+        top_, bottom_ = _main_run(ink[top:bottom, left:right].sum(axis=1), gap)
+        top, bottom = top + top_, top + bottom_
+        left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
+        left, right = left + left_, left + right_
+    fraction = float(mask[top:bottom, left:right].sum()) / max(1, on_card.sum())
+    if fraction < settings.min_ink:
+        return Prepared(None, "no ink", ink_fraction=fraction)
+    if fraction > settings.max_ink:
+        return Prepared(None, "no card", ink_fraction=fraction)
+    # Crop box in picture coordinates, then render the glyph straight at its final size.
+    box = (card_box[0] + left / k2, card_box[1] + top / k2, card_box[0] + right / k2, card_box[1] + bottom / k2)
+    height, width = int(input_shape[0]), int(input_shape[1])
+    side = settings.fit * min(height, width)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    k = side / max(bw, bh)
+    gw, gh = max(1, round(bw * k)), max(1, round(bh * k))
+    glyph_gray = _resize(gray, (gw, gh), box=box)
+    glyph_paper = _resize(paper, (gw, gh), box=(left, top, right, bottom))
+    glyph = _ink_strength(glyph_gray, np.maximum(glyph_paper, glyph_gray))
+    glyph[glyph < settings.ink_threshold * 0.5] = 0.0
+    peak = float(np.percentile(glyph[glyph > 0], 90)) if (glyph > 0).any() else 0.0
+    if peak <= 0.0:
+        return Prepared(None, "no ink", ink_fraction=fraction)
+    glyph = np.clip(glyph / peak, 0.0, 1.0)
+    canvas = np.zeros((height, width), np.float32)
+    total = glyph.sum()
+    cy = float((glyph.sum(axis=1) * np.arange(gh)).sum() / total)
+    cx = float((glyph.sum(axis=0) * np.arange(gw)).sum() / total)
+    y0 = int(np.clip(round((height - 1) / 2.0 - cy), 0, height - gh))
+    x0 = int(np.clip(round((width - 1) / 2.0 - cx), 0, width - gw))
+    canvas[y0:y0 + gh, x0:x0 + gw] = glyph
+    return Prepared(canvas[:, :, None], box=tuple(round(v, 1) for v in box), ink_fraction=fraction)

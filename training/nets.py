@@ -1,0 +1,154 @@
+"""Architectures as layer specs, and a Network that trains them with training.layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from device import nn
+from training import layers as L
+
+
+def lenet5(classes: int) -> dict:
+    """The student Pi project's LeNet-5: 32x32 input, 6 then 16 5x5 kernels, ReLU, max-pool,
+    dropout, dense 120 -> 84 -> classes."""
+    return {"input_shape": [32, 32, 1], "layers": [
+        {"type": "conv2d", "filters": 6, "kernel": 5, "padding": "valid"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 16, "kernel": 5, "padding": "valid"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "flatten"},
+        {"type": "dense", "units": 120},
+        {"type": "relu"},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "dense", "units": 84},
+        {"type": "relu"},
+        {"type": "dense", "units": classes},
+        {"type": "softmax"},
+    ]}
+
+
+def dwengo(classes: int) -> dict:
+    """The school lesson's network: 5 x [conv 3x3 (1, 2, 4, 8, 16 filters), BatchNorm, ReLU,
+    max-pool 2, dropout 0.1], flatten, dense 16, dropout, dense -> softmax, on 110x110 grey."""
+    blocks = []
+    for filters in (1, 2, 4, 8, 16):
+        blocks += [
+            {"type": "conv2d", "filters": filters, "kernel": 3, "padding": "same"},
+            {"type": "batchnorm"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "size": 2},
+            {"type": "dropout", "rate": 0.1},
+        ]
+    return {"input_shape": [110, 110, 1], "layers": blocks + [
+        {"type": "flatten"},
+        {"type": "dense", "units": 16},
+        {"type": "relu"},
+        {"type": "dropout", "rate": 0.1},
+        {"type": "dense", "units": classes},
+        {"type": "softmax"},
+    ]}
+
+
+def digitnet(classes: int) -> dict:
+    """A wider LeNet for ten digits from few examples: 32x32, 16 and 32 5x5 kernels with
+    BatchNorm, dense 128."""
+    return {"input_shape": [32, 32, 1], "layers": [
+        {"type": "conv2d", "filters": 16, "kernel": 5, "padding": "same"},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 32, "kernel": 5, "padding": "same"},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "flatten"},
+        {"type": "dense", "units": 128},
+        {"type": "relu"},
+        {"type": "dropout", "rate": 0.4},
+        {"type": "dense", "units": classes},
+        {"type": "softmax"},
+    ]}
+
+
+ARCHS = {"lenet5": lenet5, "dwengo": dwengo, "digitnet": digitnet}
+
+
+class Network:
+    """A Sequential network built from layer specs. Weights are float32 unless asked otherwise
+    (gradient checks use float64)."""
+
+    def __init__(self, architecture: list, input_shape, rng: np.random.Generator, dtype=np.float32):
+        self.architecture = architecture
+        self.input_shape = tuple(input_shape)
+        self.shapes = nn.infer_shapes(architecture, input_shape)
+        self.layers = [self._make(s, rng, dtype) for s in self.shapes]
+
+    @staticmethod
+    def _make(shape: nn.LayerShape, rng, dtype):
+        spec, kind = shape.spec, shape.spec["type"]
+        if kind in ("conv2d", "dense"):
+            kshape = shape.weights["kernel"]
+            fan_in = int(np.prod(kshape[:-1]))
+            kernel = (rng.standard_normal(kshape) * np.sqrt(2.0 / fan_in)).astype(dtype)  # He init
+            bias = np.zeros(kshape[-1], dtype)
+            if kind == "dense":
+                return L.Dense(kernel, bias)
+            return L.Conv2D(kernel, bias, spec.get("padding", "valid"))
+        if kind == "batchnorm":
+            c = shape.weights["gamma"][0]
+            bn = {**nn.BATCHNORM_DEFAULTS, **{k: v for k, v in spec.items() if k != "type"}}
+            return L.BatchNorm(np.ones(c, dtype), np.zeros(c, dtype), np.zeros(c, dtype), np.ones(c, dtype),
+                               epsilon=bn["epsilon"], momentum=bn["momentum"])
+        if kind == "relu":
+            return L.ReLU()
+        if kind == "maxpool2d":
+            return L.MaxPool2D(spec.get("size", 2))
+        if kind == "dropout":
+            return L.Dropout(spec.get("rate", 0.5), rng)
+        if kind == "flatten":
+            return L.Flatten()
+        return L.Identity()  # softmax, fused into the loss
+
+    def logits(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dlogits):
+        for layer in reversed(self.layers):
+            dlogits = layer.backward(dlogits)
+        return dlogits
+
+    def loss_and_grads(self, x, y):
+        loss, d = L.softmax_cross_entropy(self.logits(x, training=True), y)
+        self.backward(d)
+        return loss
+
+    def predict(self, x, batch=512):
+        out = [nn.softmax(self.logits(x[i:i + batch])) for i in range(0, len(x), batch)]
+        return np.concatenate(out)
+
+    def trainables(self):
+        """(key, layer, name) for each trained parameter; key is the bundle name."""
+        return [(f"L{i}.{n}", l, n) for i, l in enumerate(self.layers) for n in l.params]
+
+    def weights(self) -> dict:
+        """Every array, named as in the bundle."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for n, a in {**layer.params, **layer.state}.items():
+                out[f"L{i}.{n}"] = a.copy()
+        return out
+
+    def set_weights(self, weights: dict) -> None:
+        for i, layer in enumerate(self.layers):
+            for group in (layer.params, layer.state):
+                for n in group:
+                    group[n] = np.array(weights[f"L{i}.{n}"], dtype=group[n].dtype)
+
+    def parameter_count(self) -> int:
+        return sum(int(np.prod(s)) for l in self.shapes for s in l.weights.values())

@@ -1,0 +1,194 @@
+"""The NumPy trainer: cards -> camera-simulated, preprocessed inputs -> a trained bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+import device
+from device.bundle import Bundle, make_meta, save_bundle
+from device.preprocess import PreprocessSettings, preprocess
+from training import augment
+from training.layers import softmax_cross_entropy
+from training.data import CardSet, load_task, split
+from training.nets import ARCHS, Network
+from training.optim import OPTIMISERS
+
+# --- inputs ----------------------------------------------------------------------------------
+# Each input is made from (card, kind, variant) with its own seed, so the result does not depend
+# on how many processes made it. Inputs are kept as uint8 (ink 0..255) to keep memory small.
+
+_WORK: dict = {}
+
+
+def _make_input(job):
+    i, kind, variant = job
+    card = _WORK["cards"][i]
+    rng = np.random.default_rng([_WORK["seed"], i, variant])
+    if kind == "jitter":
+        picture = augment.jitter_glyph(card, rng)
+    elif kind == "camera":
+        picture = augment.camera_frame(card, rng)
+    else:
+        picture = card
+    prepared = preprocess(picture, _WORK["settings"], _WORK["input_shape"])
+    if not prepared.found:
+        return None
+    return (prepared.input[:, :, 0] * 255).round().astype(np.uint8)
+
+
+def make_inputs(cards: list, jobs: list, settings, input_shape, seed: int, processes=None):
+    """Preprocessed inputs (N, H, W, 1) uint8 for jobs [(card index, kind, variant)], and the
+    indices of the jobs that gave one (a picture with no ink found is left out)."""
+    _WORK.update(cards=cards, settings=settings, input_shape=tuple(input_shape), seed=seed)
+    processes = processes or os.cpu_count() or 1
+    if processes > 1 and len(jobs) > 200:
+        with get_context("fork").Pool(processes) as pool:
+            results = pool.map(_make_input, jobs, chunksize=64)
+    else:
+        results = [_make_input(j) for j in jobs]
+    kept = [k for k, r in enumerate(results) if r is not None]
+    h, w = input_shape[0], input_shape[1]
+    x = np.stack([results[k] for k in kept]) if kept else np.zeros((0, h, w), np.uint8)
+    return x[..., None], np.array(kept, np.int64)
+
+
+def as_float(x_uint8: np.ndarray) -> np.ndarray:
+    return x_uint8.astype(np.float32) / np.float32(255.0)
+
+
+# --- training --------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    task: str = "digits"
+    arch: str = "digitnet"
+    epochs: int = 12
+    seed: int = 0
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    jitter_variants: int = 3
+    camera_variants: int = 1
+    val_fraction: float = 0.15
+    processes: int | None = None
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
+
+
+def _loss(probs, labels) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: CardSet | None = None,
+          data_description: str | None = None) -> Bundle:
+    """Train, keep the best epoch (validation accuracy), save the bundle and its epoch log."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if cards is None:
+        cards, data_description = load_task(cfg.task)
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {cfg.arch!r} (choose from {', '.join(ARCHS)})")
+    arch = ARCHS[cfg.arch](len(cards.names))
+    input_shape = tuple(arch["input_shape"])
+    settings = PreprocessSettings()
+    train_idx, val_idx = split(cards, cfg.val_fraction)
+
+    t0 = time.perf_counter()
+    jobs = [(int(i), "clean", 0) for i in train_idx]
+    jobs += [(int(i), "jitter", 1 + v) for i in train_idx for v in range(cfg.jitter_variants)]
+    jobs += [(int(i), "camera", 100 + v) for i in train_idx for v in range(cfg.camera_variants)]
+    x_train, kept = make_inputs(cards.cards, jobs, settings, input_shape, cfg.seed, cfg.processes)
+    y_train = cards.labels[[jobs[k][0] for k in kept]]
+    # Validation: the clean cards, and each card once through the camera (seed fixed, so every
+    # training seed is judged on the same frames).
+    x_val, kept_val = make_inputs(cards.cards, [(int(i), "clean", 0) for i in val_idx], settings,
+                                  input_shape, 0, cfg.processes)
+    y_val = cards.labels[val_idx[kept_val]]
+    x_cam, kept_cam = make_inputs(cards.cards, [(int(i), "camera", 999) for i in val_idx], settings,
+                                  input_shape, 0, cfg.processes)
+    y_cam = cards.labels[val_idx[kept_cam]]
+    prep_s = time.perf_counter() - t0
+    if progress:
+        print(f"data: {len(x_train)} training inputs from {len(train_idx)} cards, {len(x_val)} validation "
+              f"cards (+{len(x_cam)} camera frames) in {prep_s:.0f} s")
+
+    rng = np.random.default_rng(cfg.seed)
+    net = Network(arch["layers"], input_shape, rng)
+    opt = OPTIMISERS[cfg.optimizer](net, lr=cfg.lr)
+    log_path = out.with_suffix(".train.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    best = None
+    log_lines = []
+    steps_per_epoch = -(-len(x_train) // cfg.batch_size)
+    for epoch in range(1, cfg.epochs + 1):
+        # Cosine decay of the learning rate over the run: large steps first, fine ones at the end.
+        opt.lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max(1, cfg.epochs))))
+        order = rng.permutation(len(x_train))
+        t_epoch = time.perf_counter()
+        losses, correct = [], 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for step in bar:
+            b = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb, yb = as_float(x_train[b]), y_train[b]
+            logits = net.logits(xb, training=True)
+            loss, d = softmax_cross_entropy(logits, yb)
+            net.backward(d)
+            opt.step()
+            losses.append(loss)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / ((step + 1) * cfg.batch_size):.3f}")
+        bar.close()
+        seconds = time.perf_counter() - t_epoch
+        p_val, p_cam = net.predict(as_float(x_val)), net.predict(as_float(x_cam))
+        record = {
+            "epoch": epoch, "lr": round(float(opt.lr), 6), "seconds": round(seconds, 2),
+            "train_loss": round(float(np.mean(losses)), 5), "train_accuracy": round(correct / len(x_train), 5),
+            "val_loss": round(_loss(p_val, y_val), 5), "val_accuracy": round(accuracy(p_val, y_val), 5),
+            "val_camera_accuracy": round(accuracy(p_cam, y_cam), 5),
+        }
+        log_lines.append(record)
+        score = (record["val_accuracy"] + record["val_camera_accuracy"], -record["val_loss"])
+        if best is None or score > best[0]:
+            best = (score, epoch, net.weights(), record)
+        if progress:
+            print(f"epoch {epoch:>2}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.4f}  "
+                  f"val {record['val_accuracy']:.4f}  camera {record['val_camera_accuracy']:.4f}  {seconds:.1f} s")
+    _, best_epoch, weights, best_record = best
+    provenance = {
+        "trainer": "numpy",
+        "data": data_description,
+        "command": command,
+        "seed": cfg.seed,
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "cardcam_version": device.__version__,
+        "config": cfg.__dict__,
+        "epochs_run": cfg.epochs,
+        "best_epoch": best_epoch,
+        "train_inputs": int(len(x_train)),
+        "val_cards": int(len(x_val)),
+        "val_accuracy": best_record["val_accuracy"],
+        "val_camera_accuracy": best_record["val_camera_accuracy"],
+        "val_split": f"{cfg.val_fraction:.0%} of each class, fixed split seed",
+    }
+    meta = make_meta(name=out.stem, task=cfg.task, labels=cards.names, input_shape=input_shape,
+                     preprocess=settings, architecture=arch["layers"], provenance=provenance, weights=weights)
+    meta["arch"] = cfg.arch
+    bundle = Bundle(meta, weights)
+    save_bundle(bundle, out)
+    with open(log_path, "w") as f:
+        for line in log_lines:
+            f.write(json.dumps(line) + "\n")
+    return bundle
