@@ -211,29 +211,55 @@ def _reconstruct(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
         count = grown
 
 
-def card_region(gray: np.ndarray, contrast: float) -> np.ndarray:
+def _fill_holes(region: np.ndarray) -> np.ndarray:
+    border = np.zeros_like(region)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    return ~_reconstruct(border, ~region)
+
+
+def card_region(gray: np.ndarray, contrast: float, window: int) -> np.ndarray:
     """The card: the connected bright area around the brightest paper near the centre, with the
-    ink in it (holes) filled.
+    ink on it filled in.
 
     Paper at least ``contrast`` times the seed's brightness belongs to it, which tolerates
     shadows across the card; where the picture has a clearly darker room around a card, the cut
-    moves up to Otsu's threshold between them, so table and clutter drop out.
+    moves up to Otsu's threshold between them, so table and clutter drop out. When the seed sits
+    inside a loop of ink (the middle of a large "0"), the region steps over the stroke.
     """
     paper = paper_brightness(gray, 3)  # drop noise and hairlines, keep the card's edges
     h, w = paper.shape
     yy, xx = np.ogrid[:h, :w]
     near_centre = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
-    seed = np.zeros(paper.shape, bool)
-    seed[np.unravel_index(np.argmax(paper * near_centre), paper.shape)] = True
-    top = float(paper[seed][0])
+    top = float((paper * near_centre).max())
     threshold = contrast * top
     otsu, separation = _otsu(paper.ravel())
     if separation > 0.08:
         threshold = min(max(threshold, otsu), 0.85 * top)
-    region = _reconstruct(seed, paper >= threshold)
-    border = np.zeros_like(region)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    return ~_reconstruct(border, ~region)  # fill the holes: ink inside the card is card
+    bright = paper >= threshold
+    # Seed in open paper (bright for half a window around), not in the small hole of a bold "0".
+    half = max(3, window // 2) | 1
+    open_paper = _window_extreme(_window_extreme(bright.astype(np.uint8), half, 0, np.minimum), half, 1, np.minimum)
+    score = paper * near_centre * (open_paper if open_paper.any() else 1)
+    seed = np.zeros(paper.shape, bool)
+    seed[np.unravel_index(np.argmax(score), paper.shape)] = True
+    region = _fill_holes(_reconstruct(seed, bright))
+    without_ink = paper_brightness(gray, window)
+    reach = region
+    for _ in range(3):
+        ring = _dilate3(region) & ~region
+        if not ring.any():
+            break
+        # Around the region: ink (dark here, paper once strokes are closed) or the room (dark in both)?
+        if float((paper[ring] < 0.8 * without_ink[ring]).mean()) < 0.5:
+            break
+        reach = _window_extreme(_window_extreme(reach.astype(np.uint8), window, 0, np.maximum), window, 1, np.maximum).astype(bool)
+        region = _fill_holes(_reconstruct(reach & bright, bright) | region)
+    if region.mean() < 0.5:
+        return region
+    # A card that fills the picture (a tight crop) may have strokes running off its border:
+    # they are card too. Within a window of the region, whatever is paper once strokes are closed.
+    near = _window_extreme(_window_extreme(region.astype(np.uint8), window, 0, np.maximum), window, 1, np.maximum)
+    return _fill_holes(region | (near.astype(bool) & (without_ink >= threshold)))
 
 
 def _ink_strength(gray: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -306,7 +332,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     work = _resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))))
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
-    card = card_region(work, settings.card_contrast)
+    card = card_region(work, settings.card_contrast, window)
     if card.mean() < settings.min_card:
         return Prepared(None, "no card")
     # Stage 2, at a resolution tied to the card: where is the ink on it?
