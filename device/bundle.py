@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,9 @@ def load_bundle(path) -> Bundle:
 
 def _bundle_from_bytes(data: bytes, path: Path) -> Bundle:
     where = str(path)
+    # np.load would read a lone .npy as an array, and anything else as a pickle it then refuses.
+    if not data.startswith(b"PK"):
+        raise BundleError(f"{where}: not a .npz file (no zip header); not a cardcam model bundle")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -141,7 +145,9 @@ def _bundle_from_bytes(data: bytes, path: Path) -> Bundle:
         if "pickle" in str(e):
             raise BundleError(f"{where}: contains pickled objects, which are never loaded") from None
         raise BundleError(f"{where}: not a cardcam model bundle ({e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+    # Damaged compressed data surfaces from zipfile as zlib.error, NotImplementedError (a garbled
+    # compression method) or RuntimeError (a garbled "encrypted" flag).
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise BundleError(f"{where}: not a readable .npz file (truncated or corrupt: {e})") from None
     if "meta" not in arrays:
         raise BundleError(f"{where}: no 'meta' entry; not a cardcam model bundle")
