@@ -63,7 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("run", help="run the appliance: camera -> model -> LEDs (simulated off a Pi)")
+    p.add_argument("--config", help="config file (default: /etc/cardcam/config.toml, or built-in defaults)")
+    p.add_argument("--simulate", action="store_true", help="sample frames and mock GPIO pins, even on a Pi")
+    p.set_defaults(func=_lazy("device.daemon", "run"))
+
+    p = sub.add_parser("capture", help="save camera frames of a card for retraining")
+    p.add_argument("--label", required=True, help="what the card shows, e.g. 0, 1, happy")
+    p.add_argument("--count", type=int, default=20, help="how many pictures (default: 20)")
+    p.add_argument("--out", default="captures", help="folder for raw/LABEL and seen/LABEL (default: captures)")
+    p.add_argument("--config", help="config file (default: /etc/cardcam/config.toml)")
+    p.add_argument("--simulate", action="store_true", help="sample frames and Enter instead of the camera and button")
+    p.set_defaults(func=_lazy("device.capture", "capture"))
+
+    p = sub.add_parser("doctor", help="check this machine: python, camera, GPIO, config, model, service")
+    p.add_argument("--config", help="config file (default: /etc/cardcam/config.toml)")
+    p.set_defaults(func=_lazy("device.doctor", "doctor"))
     return parser
+
+
+def _lazy(module: str, name: str):
+    """The appliance commands import their modules only when run, so `predict` stays quick."""
+    def call(args):
+        import importlib
+        return getattr(importlib.import_module(module), name)(args)
+    return call
 
 
 def main(argv=None) -> int:

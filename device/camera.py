@@ -1,0 +1,309 @@
+"""Frame sources: where grey camera frames come from, behind one small interface.
+
+Every source is a context manager with ``open()``, ``read() -> H x W uint8`` and ``close()``;
+``make_source`` picks one by name, the way gpiozero picks a pin factory. ``read`` raises
+``CameraError`` for anything the daemon should ride out (no camera, device busy, timeouts) and
+``ReplayFinished`` when a non-looping replay has shown its last frame.
+
+- ``Picamera2Source``: the Pi camera. A small lores YUV420 stream whose Y plane *is* the grey
+  picture (no colour conversion), two buffers (a Pi 3 runs short of CMA memory with more).
+- ``OpenCVSource``: a laptop webcam (``pip install cardcam[webcam]``).
+- ``ReplaySource``: a folder of pictures or a video, looping, at a given rate or flat out.
+- ``samples_source``: the card frames shipped in ``device/samples`` (0, 1, no card), each held
+  for a moment as a person would hold a card, so simulation works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.preprocess import ImageError, load_image
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpeg", ".webm"}
+SOURCES = ("auto", "picamera2", "opencv", "replay", "samples")
+
+
+class CameraError(RuntimeError):
+    """The camera cannot give a frame right now (absent, busy, timed out): retry later."""
+
+
+class ReplayFinished(Exception):
+    """A replay that does not loop has shown its last frame."""
+
+
+class FrameSource:
+    """open / read / close, usable as ``with source: frame = source.read()``."""
+
+    name = "source"
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _sleep_until(deadline: float, sleep) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        sleep(delay)
+
+
+class Picamera2Source(FrameSource):
+    """The Raspberry Pi camera through picamera2, imported only when this source opens."""
+
+    name = "picamera2"
+
+    def __init__(self, size=(640, 480), buffer_count=2, timeout=2.0, camera_num=0):
+        self.size = (int(size[0]), int(size[1]))
+        self.buffer_count = int(buffer_count)
+        self.timeout = float(timeout)
+        self.camera_num = int(camera_num)
+        self._camera = None
+        self._shape = None
+
+    def open(self) -> None:
+        # libcamera reads this once, when it starts: only warnings and errors, not every frame's INFO.
+        os.environ.setdefault("LIBCAMERA_LOG_LEVELS", "*:WARN")
+        try:
+            from picamera2 import Picamera2
+        except ImportError as e:
+            raise CameraError(f"picamera2 is not installed ({e}); on Raspberry Pi OS: sudo apt install "
+                              "python3-picamera2, and make the venv with --system-site-packages") from None
+        logging.getLogger("picamera2").setLevel(logging.WARNING)
+        try:
+            camera = Picamera2(self.camera_num)
+        except Exception as e:  # no camera: IndexError; busy: RuntimeError("Failed to acquire camera ...")
+            raise CameraError(f"cannot open camera {self.camera_num}: {_explain(e)}") from None
+        try:
+            # The main stream must exist; keep it small. The lores Y plane is all we read.
+            config = camera.create_preview_configuration(
+                main={"size": self.size, "format": "XBGR8888"},
+                lores={"size": self.size, "format": "YUV420"},
+                buffer_count=self.buffer_count)
+            camera.configure(config)
+            lores = camera.camera_config["lores"]["size"]
+            self._shape = (int(lores[1]), int(lores[0]))
+            camera.start()
+        except Exception as e:
+            _close_quietly(camera)
+            raise CameraError(f"cannot start camera {self.camera_num}: {_explain(e)}") from None
+        self._camera = camera
+
+    def read(self) -> np.ndarray:
+        if self._camera is None:
+            self.open()
+        try:
+            yuv = self._camera.capture_array("lores", wait=self.timeout)
+        except Exception as e:  # TimeoutError, or libcamera errors after the cable was pulled
+            raise CameraError(f"no frame from camera {self.camera_num}: {_explain(e)}") from None
+        h, w = self._shape
+        # YUV420 arrives as (h * 3 / 2, stride): the first h rows are Y, padded on the right.
+        return yuv[:h, :w]
+
+    def close(self) -> None:
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            _close_quietly(camera)
+
+    def describe(self) -> str:
+        return f"picamera2 camera {self.camera_num}, {self.size[0]}x{self.size[1]} lores Y plane"
+
+
+def _explain(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "busy" in text.lower():
+        text += " (another program holds the camera: stop it, or `sudo systemctl stop cardcam`)"
+    return text
+
+
+def _close_quietly(camera) -> None:
+    for step in ("stop", "close"):
+        try:
+            getattr(camera, step)()
+        except Exception:
+            pass
+
+
+class OpenCVSource(FrameSource):
+    """A webcam through OpenCV (headless build), converted to grey."""
+
+    name = "opencv"
+
+    def __init__(self, device=0, size=(640, 480)):
+        self.device = device
+        self.size = size
+        self._cap = None
+        self._cv2 = None
+
+    def open(self) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise CameraError("OpenCV is not installed: pip install 'cardcam[webcam]'") from None
+        cap = cv2.VideoCapture(self.device)
+        if not cap.isOpened():
+            cap.release()
+            raise CameraError(f"cannot open webcam {self.device!r}")
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+        self._cap, self._cv2 = cap, cv2
+
+    def read(self) -> np.ndarray:
+        if self._cap is None:
+            self.open()
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            raise CameraError(f"no frame from webcam {self.device!r}")
+        return frame if frame.ndim == 2 else self._cv2.cvtColor(frame, self._cv2.COLOR_BGR2GRAY)
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+    def describe(self) -> str:
+        return f"webcam {self.device!r} via OpenCV"
+
+
+class ReplaySource(FrameSource):
+    """Frames from a folder of pictures (sorted by name) or a video file.
+
+    ``fps`` paces the frames like a camera (0: as fast as the reader takes them); ``hold`` shows
+    each picture that many times in a row; ``loop`` starts again at the end, otherwise ``read``
+    raises ReplayFinished. ``sleep`` is how it waits (the daemon passes one that wakes on a signal).
+    """
+
+    name = "replay"
+
+    def __init__(self, path, fps=30.0, loop=True, hold=1, sleep=time.sleep):
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.loop = bool(loop)
+        self.hold = max(1, int(hold))
+        self.sleep = sleep
+        self._frames = None
+        self._video = None
+        self._index = 0
+        self._next = 0.0
+
+    def open(self) -> None:
+        if self._frames is not None or self._video is not None:
+            return
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES)
+            if not files:
+                raise CameraError(f"{self.path}: no pictures (.png, .jpg, ...) to replay")
+            frames = []
+            for f in files:
+                try:
+                    frames.append(np.round(load_image(f) * 255).astype(np.uint8))
+                except ImageError as e:
+                    raise CameraError(str(e)) from None
+            self._frames = frames
+        elif self.path.suffix.lower() in VIDEO_SUFFIXES:
+            self._open_video()
+        elif self.path.is_file():
+            try:
+                self._frames = [np.round(load_image(self.path) * 255).astype(np.uint8)]
+            except ImageError as e:
+                raise CameraError(str(e)) from None
+        else:
+            raise CameraError(f"{self.path}: no such folder or file to replay")
+        self._index = 0
+        self._next = time.monotonic()
+
+    def _open_video(self) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise CameraError(f"{self.path}: replaying a video needs OpenCV: pip install 'cardcam[webcam]'") from None
+        if not self.path.is_file():
+            raise CameraError(f"{self.path}: no such video file")
+        video = cv2.VideoCapture(str(self.path))
+        if not video.isOpened():
+            raise CameraError(f"{self.path}: OpenCV cannot read this video")
+        self._video = (cv2, video)
+
+    def __len__(self) -> int:
+        return len(self._frames) * self.hold if self._frames is not None else 0
+
+    def read(self) -> np.ndarray:
+        if self._frames is None and self._video is None:
+            self.open()
+        if self.fps > 0:
+            _sleep_until(self._next, self.sleep)
+            # Behind by more than a frame (the reader was slow): do not burst to catch up.
+            self._next = max(self._next + 1.0 / self.fps, time.monotonic())
+        if self._video is not None:
+            return self._read_video()
+        if self._index >= len(self):
+            if not self.loop:
+                raise ReplayFinished(str(self.path))
+            self._index = 0
+        frame = self._frames[self._index // self.hold]
+        self._index += 1
+        return frame
+
+    def _read_video(self) -> np.ndarray:
+        cv2, video = self._video
+        ok, frame = video.read()
+        if not ok:
+            if not self.loop:
+                raise ReplayFinished(str(self.path))
+            video.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = video.read()
+            if not ok:
+                raise CameraError(f"{self.path}: cannot read frames from this video")
+        return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video[1].release()
+        self._frames = self._video = None
+
+    def describe(self) -> str:
+        rate = f"{self.fps:g} fps" if self.fps > 0 else "as fast as possible"
+        return f"replay of {self.path} ({rate}{', looping' if self.loop else ''})"
+
+
+def samples_source(fps=30.0, loop=True, sleep=time.sleep) -> ReplaySource:
+    """The shipped sample frames, each held for about 1.5 s at the given rate."""
+    hold = max(1, round(1.5 * fps)) if fps > 0 else 45
+    source = ReplaySource(SAMPLES_DIR, fps=fps, loop=loop, hold=hold, sleep=sleep)
+    source.name = "samples"
+    return source
+
+
+def make_source(kind: str, *, size=(640, 480), fps=30.0, replay="", loop=True, hold=1, buffer_count=2,
+                timeout=2.0, camera_num=0, device=0, sleep=time.sleep) -> FrameSource:
+    """A frame source by name (one of SOURCES other than "auto", which the caller resolves)."""
+    if kind == "picamera2":
+        return Picamera2Source(size, buffer_count, timeout, camera_num)
+    if kind == "opencv":
+        return OpenCVSource(device, size)
+    if kind == "replay":
+        return ReplaySource(replay, fps=fps, loop=loop, hold=hold, sleep=sleep)
+    if kind == "samples":
+        return samples_source(fps=fps, loop=loop, sleep=sleep)
+    raise ValueError(f"unknown frame source {kind!r} (choose from {', '.join(SOURCES[1:])})")

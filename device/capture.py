@@ -1,0 +1,116 @@
+"""`cardcam capture`: collect your own cards for retraining.
+
+Hold a card up, press the button (Enter off a Pi), and two pictures are saved:
+``OUT/raw/LABEL/<stamp>.png``, the camera frame, which is what training wants (train with
+``--task folder:OUT/raw``), and ``OUT/seen/LABEL/<stamp>.png``, what the network sees after
+preprocessing, to check the card was found.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from device.bundle import BundleError, load_bundle
+from device.camera import CameraError, ReplayFinished
+from device.config import ConfigError, load_config
+from device.daemon import choose_source_kind, is_raspberry_pi, model_path, open_source
+from device.outputs import OutputError
+from device.preprocess import PreprocessSettings, preprocess
+
+DEFAULT_INPUT = (32, 32, 1)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    tmp.replace(path)  # never a half-written picture in the training folder
+
+
+def _trigger(config, simulate):
+    """A function that blocks until the person asks for a picture; False means stop."""
+    pin = config.capture.button
+    if pin is not None and not simulate:
+        try:
+            from gpiozero import Button
+            button = Button(pin)
+        except Exception as e:  # ImportError, GPIOZeroError, OSError (no /dev/gpiochip access), ...
+            raise OutputError(f"cannot use the capture button on pin {pin!r}: {e}") from None
+
+        def press():
+            button.wait_for_press()
+            button.wait_for_release()  # one picture per press, however long it is held
+            return True
+        return press, f"press the button on pin {pin}", button.close
+
+    def enter():
+        line = sys.stdin.readline()
+        return line != "" and line.strip().lower() not in ("q", "quit")
+    return enter, "press Enter (q + Enter to stop)", lambda: None
+
+
+def capture(args) -> int:
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as e:
+        print(f"cardcam: {e}", file=sys.stderr)
+        return 2
+    if not args.label or "/" in args.label or args.label.startswith("."):
+        print(f"cardcam: --label {args.label!r} must be a plain name like 0, 1 or happy", file=sys.stderr)
+        return 2
+    if args.count < 1:
+        print("cardcam: --count must be at least 1", file=sys.stderr)
+        return 2
+    simulate = args.simulate or not is_raspberry_pi()
+    # Preprocess as the running model would; without a model, the default settings.
+    settings, input_shape = PreprocessSettings(), DEFAULT_INPUT
+    try:
+        bundle = load_bundle(model_path(config, simulate))
+        settings, input_shape = bundle.preprocess, bundle.input_shape
+    except BundleError as e:
+        print(f"note: {e}; previews use the default preprocessing")
+    out = Path(args.out)
+    try:
+        wait, how, release = _trigger(config, simulate)
+    except OutputError as e:
+        print(f"cardcam: {e}", file=sys.stderr)
+        return 2
+    source = open_source(config, simulate)
+    print(f"capturing {args.count} pictures of '{args.label}' from {choose_source_kind(config, simulate)} "
+          f"into {out}: hold the card up and {how}")
+    saved = 0
+    try:
+        with source:
+            while saved < args.count:
+                print(f"[{saved + 1}/{args.count}] ready: {how}", flush=True)
+                if not wait():
+                    break
+                try:
+                    frame = source.read()
+                except ReplayFinished:
+                    print("the replay has no more frames")
+                    break
+                stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
+                raw = out / "raw" / args.label / f"{stamp}.png"
+                _save_png(np.ascontiguousarray(frame), raw)
+                prepared = preprocess(frame, settings, input_shape)
+                saved += 1
+                if prepared.found:
+                    seen = out / "seen" / args.label / f"{stamp}.png"
+                    _save_png((prepared.input[:, :, 0] * 255).round().astype(np.uint8), seen)
+                    print(f"saved {raw} and {seen}")
+                else:
+                    print(f"saved {raw}; warning: no card found in it ({prepared.reason}): "
+                          "more light, or hold the card closer")
+    except CameraError as e:
+        print(f"cardcam: camera: {e}", file=sys.stderr)
+        return 1
+    finally:
+        release()
+    print(f"{saved} picture(s) of '{args.label}' in {out / 'raw' / args.label}")
+    return 0 if saved == args.count else 1

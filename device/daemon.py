@@ -1,0 +1,565 @@
+"""`cardcam run`: the appliance. One loop: frame → preprocess → network → decision → LEDs.
+
+Around that loop, the things that keep an appliance alive for months:
+
+- systemd: READY=1 once the first frame is classified, WATCHDOG=1 from the loop itself (a stuck
+  loop stops sending and gets restarted), STATUS= for `systemctl status`, STOPPING=1, all over
+  the $NOTIFY_SOCKET datagram socket, no extra dependency;
+- signals: SIGTERM/SIGINT end the loop (LEDs off, camera closed, exit 0); SIGHUP reloads the
+  config and the model;
+- the model file is watched: a new file is taken only once it has stopped changing and passed
+  every check, between two frames; a bad one is refused and the running model stays;
+- camera faults are logged and retried with a growing (capped) pause; a missing model is retried;
+  the status LED says which fault it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.bundle import BundleError, load_bundle
+from device.camera import CameraError, ReplayFinished, make_source
+from device.config import DEFAULT_MODEL, Config, ConfigError, load_config
+from device.decision import Decider
+from device.outputs import OutputError, Outputs, TerminalRenderer, mock_pin_factory
+from device.preprocess import ImageError, preprocess
+from device.runtime import RuntimeUnavailable, make_runtime
+
+CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits01.npz"
+
+
+def is_raspberry_pi() -> bool:
+    try:
+        return "raspberry pi" in Path("/proc/device-tree/model").read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
+def choose_source_kind(config: Config, simulate: bool) -> str:
+    """"auto" means the Pi camera for real, and in simulation the replay folder or the samples."""
+    kind = config.camera.source
+    if kind != "auto":
+        return kind
+    if not simulate:
+        return "picamera2"
+    return "replay" if config.camera.replay else "samples"
+
+
+def open_source(config: Config, simulate: bool, sleep=time.sleep):
+    c = config.camera
+    return make_source(choose_source_kind(config, simulate), size=(c.width, c.height), fps=c.fps, replay=c.replay,
+                       loop=c.loop, hold=c.hold, buffer_count=c.buffer_count, timeout=c.timeout,
+                       camera_num=c.camera_num, device=c.device, sleep=sleep)
+
+
+def model_path(config: Config, simulate: bool) -> Path:
+    """The configured model; in simulation, a checkout's models/digits01.npz stands in for a
+    default path that does not exist (a laptop has no /var/lib/cardcam)."""
+    path = Path(config.model.path)
+    if simulate and config.model.path == DEFAULT_MODEL and not path.exists() and CHECKOUT_MODEL.exists():
+        return CHECKOUT_MODEL
+    return path
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+class SystemdNotifier:
+    """sd_notify(3) by hand: one datagram per message to $NOTIFY_SOCKET, nothing if it is unset."""
+
+    def __init__(self, environ=os.environ):
+        self.address = None
+        self.socket = None
+        address = environ.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):  # abstract namespace
+            self.address = "\0" + address[1:]
+        elif address.startswith("/"):
+            self.address = address
+        if self.address:
+            self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.watchdog_interval = None
+        usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
+        if self.socket and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_interval = int(usec) / 1e6 / 2  # twice per period, as sd_watchdog_enabled advises
+        self._last_watchdog = 0.0
+        self.error = None
+
+    def notify(self, *lines: str) -> bool:
+        if self.socket is None:
+            return False
+        try:
+            self.socket.sendto("\n".join(lines).encode(), self.address)
+            return True
+        except OSError as e:  # systemd gone or socket removed: keep running, say it once
+            self.error = f"cannot notify systemd at {self.address!r}: {e.strerror or e}"
+            return False
+
+    def watchdog(self, now: float) -> None:
+        if self.watchdog_interval is not None and now - self._last_watchdog >= self.watchdog_interval:
+            self._last_watchdog = now
+            self.notify("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+# --- the model and its file ------------------------------------------------------------------
+
+class ModelRefused(ValueError):
+    """A valid bundle that this appliance will not run (wrong task, bad outputs)."""
+
+
+def file_signature(path) -> tuple | None:
+    """What changes when a file is replaced or written to: inode, size, modification time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ModelWatcher:
+    """Polls a model file; says when a changed file has stayed unchanged for ``stable_time``.
+
+    A plain copy over the file (``scp model.npz pi:...``) shows up as a growing size and moving
+    mtime: it is not looked at until it stops. ``known`` is the file last tried (taken or
+    refused), so a refused file is not tried again until it changes.
+    """
+
+    def __init__(self, path, stable_time: float):
+        self.path = Path(path)
+        self.stable_time = stable_time
+        self.known = None
+        self._pending = None
+        self._since = 0.0
+
+    def poll(self, now: float) -> bool:
+        sig = file_signature(self.path)
+        if sig is None or sig == self.known:
+            self._pending = None
+            return False
+        if sig != self._pending:
+            self._pending, self._since = sig, now
+        return now - self._since >= self.stable_time
+
+
+def load_model(path, runtime_kind="auto", task="", like=None):
+    """A bundle and its runtime, fully checked; raises BundleError, ModelRefused or RuntimeUnavailable.
+
+    ``task``: the config's required task, if any. ``like``: the running bundle, whose task and
+    labels a hot-reloaded file must keep (switching task is a config change and SIGHUP).
+    """
+    bundle = load_bundle(path)
+    meta_task = bundle.meta.get("task")
+    if task and meta_task != task:
+        raise ModelRefused(f"{path}: model task is {meta_task!r}, the config asks for {task!r}")
+    if like is not None and (meta_task != like.meta.get("task") or list(bundle.labels) != list(like.labels)):
+        raise ModelRefused(f"{path}: wrong task: the file is {meta_task!r} with labels {' '.join(bundle.labels)}, "
+                           f"the running model is {like.meta.get('task')!r} with labels {' '.join(like.labels)}; "
+                           "to switch task, point [model] path at it and send SIGHUP")
+    runtime = make_runtime(bundle, runtime_kind)
+    # One forward pass on a blank and a random input: weights that overflow to NaN show here.
+    probe = np.zeros((2,) + tuple(bundle.input_shape), np.float32)
+    probe[1] = np.random.default_rng(0).random(bundle.input_shape, dtype=np.float32)
+    out = runtime.predict(probe)
+    if out.shape != (2, len(bundle.labels)) or not np.isfinite(out).all():
+        raise ModelRefused(f"{path}: the network gives non-finite or misshaped outputs on a test input")
+    return bundle, runtime
+
+
+# --- one frame -------------------------------------------------------------------------------
+
+STAGES = ("grab", "preprocess", "forward", "decide", "output")
+
+
+@dataclass
+class Result:
+    label: str | None
+    confidence: float
+    changed: bool
+    reason: str  # why there was no card in this frame ("" when there was)
+
+
+class Pipeline:
+    """preprocess → forward → decide for one frame, timing each stage (seconds, summed)."""
+
+    def __init__(self, bundle, runtime, decision):
+        self.decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
+        self.set_model(bundle, runtime)
+        self.times = dict.fromkeys(STAGES, 0.0)
+        self.frames = 0
+
+    def set_model(self, bundle, runtime) -> None:
+        self.bundle, self.runtime = bundle, runtime
+        self.settings, self.input_shape = bundle.preprocess, bundle.input_shape
+        self.decider.relabel(bundle.labels)
+
+    def step(self, frame: np.ndarray) -> Result:
+        t0 = time.perf_counter()
+        prepared = preprocess(frame, self.settings, self.input_shape)
+        t1 = time.perf_counter()
+        probs = self.runtime.predict(prepared.input[None])[0] if prepared.found else None
+        t2 = time.perf_counter()
+        decision = self.decider.update(probs)
+        t3 = time.perf_counter()
+        self.times["preprocess"] += t1 - t0
+        self.times["forward"] += t2 - t1
+        self.times["decide"] += t3 - t2
+        self.frames += 1
+        return Result(decision.label, decision.confidence, decision.changed, prepared.reason)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+class _Stop(BaseException):
+    """Raised by the signal handler to leave a blocking camera read at once."""
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None):
+        self.config = config
+        self.config_path = config_path
+        self.simulate = simulate
+        self.out = out or sys.stdout
+        self.environ = os.environ if environ is None else environ
+        self.journal = bool(self.environ.get("JOURNAL_STREAM"))
+        self.renderer = TerminalRenderer(self.out) if simulate and self.out.isatty() and not self.journal else None
+        self.notifier = SystemdNotifier(self.environ)
+        self.stopping = False
+        self.reload_requested = False
+        self._in_read = False
+        self.outputs = None
+        self.source = None
+        self.pipeline = None
+        self.model_error = None
+        self.camera_error = None
+        self.fault_since = None
+        self.backoff = 0.0
+        self.ready = False
+        self.started = time.monotonic()
+        self.fps = 0.0
+        self.result = Result(None, 0.0, False, "starting")
+        self.reloads = 0
+        self.refusals = 0
+        self._watcher = None
+
+    # -- small helpers --
+
+    def log(self, message: str) -> None:
+        line = message if self.journal else f"{time.strftime('%H:%M:%S')} {message}"
+        if self.renderer is not None:
+            self.renderer.log(line)
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def sleep(self, seconds: float) -> None:
+        """A pause that a stop request cuts short, and that keeps the watchdog fed."""
+        end = time.monotonic() + seconds
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= end:
+                return
+            self.notifier.watchdog(now)
+            time.sleep(min(0.02, end - now))
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+            return
+        self.stopping = True
+        if self._in_read:  # a camera read may block for its timeout: leave it now
+            raise _Stop()
+
+    def status_line(self) -> str:
+        model = self.pipeline.bundle.name if self.pipeline else "none"
+        if self.model_error and not self.pipeline:
+            return f"waiting for a model: {self.model_error}"
+        if self.fault_since is not None:
+            return f"camera fault: {self.camera_error}; model {model}"
+        if not self.ready:
+            return f"starting: model {model}, waiting for the first frame"
+        shown = f"{self.result.label} ({self.result.confidence:.0%})" if self.result.label is not None else "no card"
+        return f"{shown}, {self.fps:.1f} fps, model {model}"
+
+    def write_state(self, state: str) -> None:
+        path = self.config.daemon.state_file
+        if not path or self.outputs is None:
+            return
+        record = {
+            "pid": os.getpid(), "state": state, "label": self.result.label,
+            "confidence": round(self.result.confidence, 4), "fps": round(self.fps, 1),
+            "frames": self.pipeline.frames if self.pipeline else 0,
+            "model": self.pipeline.bundle.name if self.pipeline else None,
+            "model_sha256": self.pipeline.bundle.meta["weights_sha256"] if self.pipeline else None,
+            "reloads": self.reloads, "refusals": self.refusals,
+            "camera_error": self.camera_error if self.fault_since is not None else None,
+            "model_error": self.model_error,
+        } | self.outputs.snapshot()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            self.log(f"cannot write state file {path}: {e.strerror or e}")
+            self.config.daemon.state_file = ""
+
+    def set_status(self, status: str) -> None:
+        if self.outputs is not None:
+            self.outputs.set_status(status)
+
+    # -- model --
+
+    def try_load_model(self, reason: str) -> bool:
+        """Load the configured model; swap it in if good, otherwise keep whatever runs."""
+        path = model_path(self.config, self.simulate)
+        watcher = self._watcher
+        before = file_signature(path)
+        running = self.pipeline.bundle if self.pipeline else None
+        try:
+            bundle, runtime = load_model(path, self.config.model.runtime, self.config.model.task,
+                                         like=running if reason == "changed" else None)
+        except (BundleError, ModelRefused, RuntimeUnavailable, ImageError, ValueError) as e:
+            if file_signature(path) != before:  # still being written: not a verdict yet
+                return False
+            if watcher is not None:
+                watcher.known = before
+            self.refusals += running is not None
+            message = str(e)
+            if running is not None:
+                self.log(f"model refused: {message}; still running {running.name}")
+            elif message != self.model_error:
+                self.log(f"model fault: {message}; retrying every {self.config.model.retry_interval:g} s")
+                self.set_status("model fault")
+            if running is None:
+                self.model_error = message
+            self.write_state("running" if running else "model fault")
+            return False
+        if watcher is not None:
+            watcher.known = before
+        if self.pipeline is None:
+            self.pipeline = Pipeline(bundle, runtime, self.config.decision)
+        else:
+            self.pipeline.set_model(bundle, runtime)
+            self.reloads += 1
+        self.model_error = None
+        verb = "model loaded" if running is None else "model reloaded"
+        self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
+                 f"runtime {runtime.name}) from {path}")
+        self._check_outputs(bundle)
+        self.write_state("running" if self.ready else "starting")
+        return True
+
+    def _check_outputs(self, bundle) -> None:
+        missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
+        if missing and not self.config.outputs.display:
+            self.log(f"note: labels {' '.join(missing)} have no LED in [outputs] leds; they show only on screen")
+
+    # -- camera --
+
+    def grab(self):
+        """The next frame, or None after a camera fault (logged, paused with backoff)."""
+        t0 = time.perf_counter()
+        try:
+            if self.source is None:
+                self.source = open_source(self.config, self.simulate, sleep=self.sleep)
+                self.source.open()
+            self._in_read = True
+            try:
+                frame = self.source.read()
+            finally:
+                self._in_read = False
+        except CameraError as e:
+            self._camera_fault(str(e))
+            return None
+        if self.fault_since is not None:
+            self.log(f"camera back after {time.monotonic() - self.fault_since:.1f} s")
+            self.fault_since, self.camera_error = None, None
+            self.set_status("running" if self.ready else "starting")
+            self.write_state("running")
+        if self.pipeline is not None:
+            self.pipeline.times["grab"] += time.perf_counter() - t0
+        return frame
+
+    def _camera_fault(self, message: str) -> None:
+        self._close_source()
+        now = time.monotonic()
+        if self.fault_since is None:
+            self.fault_since, self.backoff = now, 0.05
+            self.log(f"camera fault: {message}; retrying")
+            self.set_status("camera fault")
+        elif message != self.camera_error:
+            self.log(f"camera fault: {message}")
+        self.camera_error = message
+        self.write_state("camera fault")
+        self.notifier.notify(f"STATUS={self.status_line()}")
+        self.sleep(self.backoff)
+        # Double the pause each time, capped, so a camera that comes back is seen within a second.
+        self.backoff = min(self.backoff * 2, self.config.daemon.max_backoff)
+
+    def _close_source(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            source.close()
+
+    # -- reload on SIGHUP --
+
+    def reload(self) -> None:
+        self.reload_requested = False
+        try:
+            config, where = load_config(self.config_path)
+        except ConfigError as e:
+            self.log(f"config reload refused: {e}; keeping the running config")
+            return
+        old, self.config = self.config, config
+        self.log(f"reloading ({where})")
+        if config.camera != old.camera:
+            self._close_source()
+        if config.outputs != old.outputs:
+            try:
+                outputs = Outputs.from_config(config.outputs, self.pin_factory)
+            except OutputError as e:
+                self.log(f"new [outputs] refused: {e}")
+                config.outputs = old.outputs
+            else:
+                status = self.outputs.status
+                self.outputs.close()
+                self.outputs = outputs
+                self.outputs.set_status(status)
+                self.outputs.show(self.result.label)
+        self._watcher = ModelWatcher(model_path(config, self.simulate), config.model.stable_time)
+        if self.try_load_model("sighup") and config.decision != old.decision:
+            self.pipeline.decider = Decider(self.pipeline.bundle.labels, config.decision.window,
+                                            config.decision.enter, config.decision.exit)
+
+    # -- the loop --
+
+    def run(self) -> int:
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            return self._run()
+        except _Stop:
+            return 0
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _run(self) -> int:
+        self.pin_factory = mock_pin_factory() if self.simulate else None
+        try:
+            self.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
+        except OutputError as e:
+            self.log(f"error: {e}")
+            return 2
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._shutdown)
+            self.set_status("starting")
+            self.outputs.show(None)
+            self._watcher = ModelWatcher(model_path(self.config, self.simulate), self.config.model.stable_time)
+            self.try_load_model("start")
+            self.notifier.notify(f"STATUS={self.status_line()}")
+            next_status = next_poll = next_retry = time.monotonic()
+            frames_at, fps_since = 0, time.monotonic()
+            while not self.stopping:
+                now = time.monotonic()
+                self.notifier.watchdog(now)
+                if self.reload_requested:
+                    self.reload()
+                if self.pipeline is None:
+                    # No model yet: try again when the file changes, or every retry_interval.
+                    if self._watcher.poll(now) or now >= next_retry:
+                        next_retry = now + self.config.model.retry_interval
+                        self.try_load_model("retry")
+                    if self.pipeline is None:
+                        self.notifier.notify(f"STATUS={self.status_line()}")
+                        self.sleep(min(self.config.model.poll_interval, 0.2))
+                        continue
+                elif self.config.model.watch and now >= next_poll:
+                    next_poll = now + self.config.model.poll_interval
+                    if self._watcher.poll(now):
+                        self.try_load_model("changed")
+                try:
+                    frame = self.grab()
+                except ReplayFinished as e:
+                    self.log(f"replay finished: {e}")
+                    break
+                if frame is None or self.stopping:
+                    continue
+                result = self.pipeline.step(frame)
+                self.result = result
+                t0 = time.perf_counter()
+                if not self.ready:
+                    self.ready = True
+                    self.set_status("running")
+                    self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+                    self.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
+                             f"({self.source.describe()})")
+                if result.changed:
+                    self.outputs.show(result.label)
+                    reason = result.reason or "low confidence"
+                    shown = f"{result.label} ({result.confidence:.0%})" if result.label is not None \
+                        else "no card" if reason == "no card" else f"no card ({reason})"
+                    self.log(f"shows {shown}")
+                    self.write_state("running")
+                self.pipeline.times["output"] += time.perf_counter() - t0
+                now = time.monotonic()
+                if now >= next_status:
+                    elapsed = now - fps_since
+                    self.fps = (self.pipeline.frames - frames_at) / elapsed if elapsed > 0 else 0.0
+                    frames_at, fps_since = self.pipeline.frames, now
+                    next_status = now + self.config.daemon.status_interval
+                    self.notifier.notify(f"STATUS={self.status_line()}")
+                    self.write_state("running")
+                    if self.notifier.error:
+                        self.log(self.notifier.error)
+                        self.notifier.error = None
+                if self.renderer is not None:
+                    self.renderer.render(self.outputs.snapshot(), result.label, result.confidence, self.fps,
+                                         self.pipeline.bundle.name)
+        return 0
+
+    def _shutdown(self) -> None:
+        """On any exit: tell systemd, everything off, camera closed."""
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        if self.renderer is not None:
+            self.renderer.close()
+        try:
+            self.outputs.off()
+            self.write_state("stopped")
+        finally:
+            self._close_source()
+            self.outputs.close()
+            self.notifier.close()
+            self.log("stopped: LEDs off, camera closed")
+
+
+def run(args) -> int:
+    """`cardcam run [--config PATH] [--simulate]`."""
+    try:
+        config, where = load_config(args.config)
+    except ConfigError as e:
+        print(f"cardcam: {e}", file=sys.stderr)
+        return 2
+    simulate = args.simulate
+    on_pi = is_raspberry_pi()
+    if not simulate and not on_pi:
+        simulate = True
+        print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: "
+              f"{choose_source_kind(config, True)} frames, mock pins (--simulate to say so)", flush=True)
+    daemon = Daemon(config, args.config, simulate)
+    daemon.log(where)
+    if simulate:
+        daemon.log(f"simulation: frames from {choose_source_kind(config, True)}, GPIO on gpiozero's MockFactory")
+    return daemon.run()

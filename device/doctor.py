@@ -1,0 +1,149 @@
+"""`cardcam doctor`: is this machine ready to run the appliance? One line per check, a fix per failure."""
+
+from __future__ import annotations
+
+import grp
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+from device.config import ConfigError, load_config
+from device.daemon import is_raspberry_pi, load_model, model_path
+from device.runtime import RUNTIMES
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+
+
+def _version(module: str) -> str | None:
+    try:
+        m = importlib.import_module(module)
+    except ImportError:
+        return None
+    except Exception as e:  # a broken install raises all sorts: report it, don't crash the doctor
+        return f"broken ({type(e).__name__}: {e})"
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return getattr(m, "__version__", None) or version(module)
+    except (ImportError, PackageNotFoundError):
+        return "installed"
+
+
+def check_python(on_pi):
+    v = platform.python_version()
+    if sys.version_info >= (3, 11):
+        return OK, "python", f"{v} at {sys.executable}", ""
+    return FAIL, "python", f"{v} is too old", "cardcam needs Python 3.11 or newer (Raspberry Pi OS Bookworm has it)"
+
+
+def check_libraries(on_pi):
+    found = {m: _version(m) for m in ("numpy", "PIL")}
+    missing = [m for m, v in found.items() if v is None]
+    if missing:
+        return FAIL, "libraries", f"missing {', '.join(missing)}", "pip install cardcam (numpy and pillow come with it)"
+    return OK, "libraries", f"numpy {found['numpy']}, pillow {found['PIL']}", ""
+
+
+def check_runtimes(on_pi):
+    extra = [name for name, module in (("litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
+             if _version(module) not in (None,)]
+    names = [r for r in RUNTIMES if r != "auto"] + [f"({e} installed)" for e in extra]
+    return OK, "runtimes", " ".join(names), ""
+
+
+def check_gpiozero(on_pi):
+    v = _version("gpiozero")
+    if v is None:
+        return (FAIL if on_pi else WARN), "gpiozero", "not installed", "pip install 'cardcam[pi]' (simulation needs it too)"
+    return OK, "gpiozero", v, ""
+
+
+def check_camera(on_pi):
+    if not on_pi:
+        return SKIP, "camera", "not a Raspberry Pi; `cardcam run` simulates with sample frames", ""
+    try:
+        from picamera2 import Picamera2
+    except ImportError as e:
+        return FAIL, "camera", f"picamera2 cannot be imported ({e})", \
+            "sudo apt install python3-picamera2, and a venv made with --system-site-packages"
+    try:
+        cameras = Picamera2.global_camera_info()
+    except Exception as e:
+        return FAIL, "camera", f"libcamera error: {e}", "check the ribbon cable and `rpicam-hello --list-cameras`"
+    if not cameras:
+        return FAIL, "camera", "no camera found", "check the ribbon cable (contacts towards the HDMI port), then reboot"
+    return OK, "camera", ", ".join(str(c.get("Model", c.get("Id"))) for c in cameras), ""
+
+
+def check_gpio(on_pi):
+    if not on_pi:
+        return SKIP, "gpio", "not a Raspberry Pi; pins are simulated with gpiozero's MockFactory", ""
+    chips = sorted(p for p in os.listdir("/dev") if p.startswith("gpiochip"))
+    if not chips:
+        return FAIL, "gpio", "no /dev/gpiochip*", "enable GPIO: use Raspberry Pi OS Bookworm or newer"
+    usable = [c for c in chips if os.access(f"/dev/{c}", os.R_OK | os.W_OK)]
+    if not usable:
+        return FAIL, "gpio", f"no access to /dev/{chips[0]}", "sudo usermod -aG gpio $USER, then log in again"
+    return OK, "gpio", f"/dev/{usable[0]} usable", ""
+
+
+def check_groups(on_pi):
+    if not on_pi:
+        return SKIP, "groups", "not a Raspberry Pi", ""
+    mine = {grp.getgrgid(g).gr_name for g in os.getgroups()}
+    missing = [g for g in ("video", "gpio") if g not in mine]
+    if os.geteuid() == 0 or not missing:
+        return OK, "groups", "root" if os.geteuid() == 0 else "in video and gpio", ""
+    return FAIL, "groups", f"not in {' and '.join(missing)}", f"sudo usermod -aG {','.join(missing)} $USER, then log in again"
+
+
+def check_config_and_model(config_path, on_pi):
+    try:
+        config, where = load_config(config_path)
+    except ConfigError as e:
+        return [(FAIL, "config", str(e), "fix that key (see config.example.toml for every key)"),
+                (SKIP, "model", "config not readable", "")]
+    lines = [(OK, "config", where.removeprefix("config: "), "")]
+    path = model_path(config, simulate=not on_pi)
+    try:
+        bundle, runtime = load_model(path, config.model.runtime, config.model.task)
+    except Exception as e:  # BundleError, ModelRefused, RuntimeUnavailable: all mean "no usable model"
+        lines.append((FAIL, "model", str(e), "copy a model there: scp model.npz pi@HOST:/tmp/m.npz, then on the Pi "
+                      f"sudo mv /tmp/m.npz {path}   (or set [model] path)"))
+    else:
+        lines.append((OK, "model", f"{bundle.name}: {bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
+                      f"runtime {runtime.name}, {path}", ""))
+    return lines
+
+
+def check_service(on_pi):
+    if shutil.which("systemctl") is None or not os.path.isdir("/run/systemd/system"):
+        return SKIP, "service", "systemd is not running here", ""
+    try:
+        state = subprocess.run(["systemctl", "is-active", "cardcam"], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return WARN, "service", f"cannot ask systemd: {e}", ""
+    if state == "active":
+        return OK, "service", "cardcam.service is active", ""
+    return WARN, "service", f"cardcam.service is {state or 'unknown'}", \
+        "sudo systemctl enable --now cardcam; then journalctl -u cardcam -f"
+
+
+def doctor(args) -> int:
+    on_pi = is_raspberry_pi()
+    results = [check(on_pi) for check in (check_python, check_libraries, check_runtimes, check_gpiozero,
+                                          check_camera, check_gpio, check_groups)]
+    results += check_config_and_model(args.config, on_pi)
+    results.append(check_service(on_pi))
+    width = max(len(name) for _, name, _, _ in results)
+    for status, name, detail, fix in results:
+        line = f"{status:<4}  {name:<{width}}  {detail}"
+        if status in (FAIL, WARN) and fix:
+            line += f" — fix: {fix}"
+        print(line)
+    failed = sum(status == FAIL for status, *_ in results)
+    print(f"{failed} problem(s)" if failed else "all checks passed")
+    return 1 if failed else 0
