@@ -172,7 +172,8 @@ def load_model(path, runtime_kind="auto", task="", like=None):
     # One forward pass on a blank and a random input: weights that overflow to NaN show here.
     probe = np.zeros((2,) + tuple(bundle.input_shape), np.float32)
     probe[1] = np.random.default_rng(0).random(bundle.input_shape, dtype=np.float32)
-    out = runtime.predict(probe)
+    with np.errstate(all="ignore"):  # overflow is the finding here, not a warning
+        out = runtime.predict(probe)
     if out.shape != (2, len(bundle.labels)) or not np.isfinite(out).all():
         raise ModelRefused(f"{path}: the network gives non-finite or misshaped outputs on a test input")
     return bundle, runtime

@@ -1,0 +1,147 @@
+"""Frame sources: replay and samples for real, the Pi camera against the picamera2 stand-in."""
+
+import importlib.util
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon_fixtures import STAND_IN_DIR
+from device.camera import (SAMPLES_DIR, CameraError, Picamera2Source, ReplayFinished, ReplaySource, make_source,
+                           samples_source)
+
+
+def write(folder, values):
+    folder.mkdir(exist_ok=True)
+    for i, v in enumerate(values):
+        Image.fromarray(np.full((48, 64), v, np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_replay_reads_a_folder_in_name_order_and_loops(tmp_path):
+    folder = write(tmp_path / "f", [10, 20, 30])
+    with ReplaySource(folder, fps=0) as src:
+        got = [int(src.read()[0, 0]) for _ in range(7)]
+    assert got == [10, 20, 30, 10, 20, 30, 10]
+
+
+def test_replay_holds_each_picture_and_can_stop_at_the_end(tmp_path):
+    folder = write(tmp_path / "f", [10, 20])
+    with ReplaySource(folder, fps=0, loop=False, hold=3) as src:
+        got = [int(src.read()[0, 0]) for _ in range(6)]
+        with pytest.raises(ReplayFinished):
+            src.read()
+    assert got == [10, 10, 10, 20, 20, 20]
+
+
+def test_replay_frames_are_grey_uint8(tmp_path):
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(folder / "red.png")
+    with ReplaySource(folder, fps=0) as src:
+        frame = src.read()
+    assert frame.dtype == np.uint8 and frame.shape == (48, 64)
+
+
+def test_replay_paces_frames_at_its_rate(tmp_path):
+    folder = write(tmp_path / "f", [1])
+    waits = []
+
+    def sleep(seconds):  # take the pause, and note it
+        waits.append(seconds)
+        time.sleep(seconds)
+    src = ReplaySource(folder, fps=50, sleep=sleep)
+    t0 = time.monotonic()
+    with src:
+        for _ in range(6):
+            src.read()
+    assert len(waits) >= 4 and all(0 < w <= 0.02 + 1e-6 for w in waits)
+    assert time.monotonic() - t0 >= 5 * 0.02 - 1e-3  # five intervals between six frames
+
+
+def test_replay_of_nothing_is_a_camera_error(tmp_path):
+    with pytest.raises(CameraError, match="no such folder"):
+        ReplaySource(tmp_path / "missing").open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CameraError, match="no pictures"):
+        ReplaySource(tmp_path / "empty").open()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(CameraError, match="x.png"):
+        ReplaySource(tmp_path / "bad").open()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cv2") is not None, reason="OpenCV is installed here")
+def test_video_replay_without_opencv_says_what_to_install(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    with pytest.raises(CameraError, match=r"cardcam\[webcam\]"):
+        ReplaySource(tmp_path / "clip.mp4").open()
+
+
+def test_the_shipped_samples_are_640x480_cards_and_blanks():
+    names = sorted(p.name for p in SAMPLES_DIR.glob("*.png"))
+    assert any("-0-" in n for n in names) and any("-1-" in n for n in names) and any("none" in n for n in names)
+    src = samples_source(fps=0)
+    with src:
+        frame = src.read()
+        assert frame.shape == (480, 640) and frame.dtype == np.uint8
+        assert len(src) == len(names) * src.hold
+
+
+def test_unknown_source_name():
+    with pytest.raises(ValueError, match="unknown frame source"):
+        make_source("kinect")
+
+
+# --- the Pi camera, against the stand-in module at the import boundary ---
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    camera_dir = tmp_path / "camera"
+    (camera_dir / "frames").mkdir(parents=True)
+    picture = np.tile(np.arange(640, dtype=np.uint32) % 251, (480, 1)).astype(np.uint8)
+    Image.fromarray(picture).save(camera_dir / "frames" / "a.png")
+    monkeypatch.setenv("STAND_IN_CAMERA_DIR", str(camera_dir))
+    spec = importlib.util.spec_from_file_location("picamera2", STAND_IN_DIR / "picamera2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    return camera_dir, picture
+
+
+def test_picamera2_gives_the_y_plane_of_a_small_lores_stream(stand_in):
+    camera_dir, picture = stand_in
+    with Picamera2Source(size=(640, 480), buffer_count=2) as src:
+        frame = src.read()
+    assert frame.shape == (480, 640) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, picture)  # Y plane only: no padding, no chroma rows
+    calls = (camera_dir / "calls.log").read_text().splitlines()
+    assert calls[0] == "open 0"
+    assert "'format': 'YUV420'" in calls[1] and "'size': (640, 480)" in calls[1] and "buffer_count=2" in calls[1]
+    assert calls[-2:] == ["stop", "close"]
+
+
+def test_picamera2_faults_are_camera_errors_that_explain(stand_in):
+    camera_dir, _ = stand_in
+    (camera_dir / "absent").touch()
+    with pytest.raises(CameraError, match="cannot open camera 0"):
+        Picamera2Source().open()
+    (camera_dir / "absent").unlink()
+    (camera_dir / "busy").touch()
+    with pytest.raises(CameraError, match="another program holds the camera"):
+        Picamera2Source().open()
+    (camera_dir / "busy").unlink()
+    src = Picamera2Source(timeout=0.05)
+    with src:
+        src.read()
+        (camera_dir / "unplugged").touch()
+        with pytest.raises(CameraError, match="timed out"):
+            src.read()
+
+
+def test_picamera2_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
+    with pytest.raises(CameraError, match="python3-picamera2"):
+        Picamera2Source().open()
