@@ -1,0 +1,128 @@
+"""Shared fixtures: MNIST pictures, drawn cards, random-weight bundles and one small trained model.
+
+Fixtures that need the trainer import ``training`` inside the fixture, so tests of ``device``
+alone never pull it in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from PIL import Image, ImageDraw, ImageFont
+
+from device import nn
+from device.bundle import Bundle, make_meta
+from device.preprocess import PreprocessSettings
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST_PATH = REPO / "data" / "mnist-8k.npz"
+
+# No example database in the work tree, no per-example deadline (2 shared cores are noisy).
+settings.register_profile("cardcam", deadline=None, database=None, max_examples=40)
+settings.register_profile("thorough", deadline=None, database=None, max_examples=2000)  # --hypothesis-profile=thorough
+settings.load_profile("cardcam")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The shipped MNIST subset as it is stored: white digits on black, uint8 (N, 28, 28)."""
+    with np.load(MNIST_PATH, allow_pickle=False) as f:
+        return SimpleNamespace(images=f["images"], labels=f["labels"])
+
+
+def draw_card(text: str = "7", size=(160, 120), paper=228, ink=24, font_size=90, mode="L"):
+    """A dark glyph on light paper, drawn with Pillow's built-in font (the same on every machine).
+    ``paper``/``ink`` are grey levels, or colour tuples for mode "RGB"/"RGBA"."""
+    im = Image.new(mode, size, paper)
+    font = ImageFont.load_default(size=font_size)
+    ImageDraw.Draw(im).text((size[0] / 2, size[1] / 2), text, fill=ink, font=font, anchor="mm",
+                            stroke_width=3, stroke_fill=ink)
+    return im
+
+
+@pytest.fixture(scope="session")
+def card_drawer():
+    return draw_card
+
+
+def random_weights(architecture, input_shape, seed=0) -> dict:
+    """Float32 weights for an architecture, every array non-trivial (BatchNorm's running
+    statistics included), scaled so activations stay O(1) and the softmax is not saturated."""
+    rng = np.random.default_rng(seed)
+    layers = nn.infer_shapes(architecture, input_shape)
+    weights = {}
+    for layer in layers:
+        for name, shape in layer.weights.items():
+            key = f"L{layer.index}.{name}"
+            if name == "kernel":
+                fan_in = int(np.prod(shape[:-1]))
+                a = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
+            elif name == "gamma":
+                a = rng.uniform(0.5, 1.5, shape)
+            elif name == "var":
+                a = rng.uniform(0.3, 2.0, shape)
+            else:  # bias, beta, mean
+                a = rng.normal(0.0, 0.2, shape)
+            weights[key] = a.astype(np.float32)
+    return weights
+
+
+def make_bundle(architecture=None, input_shape=(8, 8, 1), labels=("a", "b"), seed=0, name="tiny") -> Bundle:
+    """A valid bundle with random weights (not saved)."""
+    if architecture is None:
+        architecture = [
+            {"type": "conv2d", "filters": 2, "kernel": 3, "padding": "same"},
+            {"type": "batchnorm"},
+            {"type": "relu"},
+            {"type": "maxpool2d", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": len(labels)},
+            {"type": "softmax"},
+        ]
+    weights = random_weights(architecture, input_shape, seed)
+    meta = make_meta(name=name, task="test", labels=list(labels), input_shape=input_shape,
+                     preprocess=PreprocessSettings(), architecture=architecture,
+                     provenance={"data": "random weights", "command": "tests", "seed": seed}, weights=weights)
+    return Bundle(meta, weights)
+
+
+@pytest.fixture(scope="session")
+def bundle_factory():
+    return make_bundle
+
+
+@pytest.fixture(scope="session")
+def weights_factory():
+    return random_weights
+
+
+@pytest.fixture(scope="session")
+def mnist01_cards():
+    """A fixed subset of 600 MNIST 0/1 cards (dark on light), as a training.data.CardSet."""
+    from training.data import load_mnist
+
+    cards = load_mnist(digits=(0, 1))
+    idx = np.sort(np.random.default_rng(1).choice(len(cards), 600, replace=False))
+    return cards.subset(idx)
+
+
+@pytest.fixture(scope="session")
+def trained01(tmp_path_factory, mnist01_cards):
+    """A lenet5 trained for 3 epochs on 600 MNIST 0/1 cards, saved as a bundle (a few seconds)."""
+    from training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "digits01-small.npz"
+    cfg = TrainConfig(task="digits01", arch="lenet5", epochs=3, seed=0, jitter_variants=0,
+                      camera_variants=0, processes=1)
+    bundle = train(cfg, out, command="pytest trained01", progress=False, cards=mnist01_cards,
+                   data_description="600 MNIST 0/1 cards (tests)")
+    return SimpleNamespace(path=out, bundle=bundle, config=cfg, cards=mnist01_cards)
