@@ -1,0 +1,204 @@
+"""The trainer: reproducible, learns, logs and records where a model came from; the optimisers
+descend; folder data loads or is refused naming the file or folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from device.bundle import load_bundle, weights_sha256
+from device.runtime import make_runtime
+from training.data import DataError, load_folder, split
+from training.layers import softmax_cross_entropy
+from training.nets import ARCHS, Network
+from training.optim import SGD, Adam
+from training.trainer import TrainConfig, as_float, make_inputs, train
+
+
+# --- reproducibility -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def few_cards(mnist01_cards):
+    idx = np.sort(np.random.default_rng(2).choice(len(mnist01_cards), 50, replace=False))
+    return mnist01_cards.subset(idx)
+
+
+def _train_small(cards, out, seed):
+    cfg = TrainConfig(task="digits01", arch="lenet5", epochs=2, seed=seed, jitter_variants=0,
+                      camera_variants=1, processes=1)
+    return train(cfg, out, command="pytest", progress=False, cards=cards, data_description="50 MNIST 0/1 cards")
+
+
+def test_same_seed_same_weights_other_seed_other_weights(few_cards, tmp_path):
+    a = _train_small(few_cards, tmp_path / "a.npz", seed=5)
+    b = _train_small(few_cards, tmp_path / "b.npz", seed=5)
+    c = _train_small(few_cards, tmp_path / "c.npz", seed=6)
+    assert set(a.weights) == set(b.weights) == set(c.weights)
+    for name in a.weights:
+        assert np.array_equal(a.weights[name], b.weights[name]), name
+    assert a.meta["weights_sha256"] == b.meta["weights_sha256"]
+    assert any(not np.array_equal(a.weights[n], c.weights[n]) for n in a.weights)
+    # The saved files hold exactly what train returned.
+    loaded = load_bundle(tmp_path / "a.npz")
+    for name in a.weights:
+        np.testing.assert_array_equal(loaded.weights[name], a.weights[name])
+
+
+def test_inputs_do_not_depend_on_the_number_of_processes(few_cards):
+    from device.preprocess import PreprocessSettings
+
+    jobs = [(i, kind, v) for i in range(len(few_cards)) for kind, v in (("clean", 0), ("jitter", 1), ("jitter", 2))]
+    jobs += [(i, "camera", 100) for i in range(10)]
+    jobs += [(i, "jitter", 3) for i in range(len(few_cards))]
+    assert len(jobs) > 200
+    one, kept1 = make_inputs(few_cards.cards, jobs, PreprocessSettings(), (32, 32, 1), seed=3, processes=1)
+    two, kept2 = make_inputs(few_cards.cards, jobs, PreprocessSettings(), (32, 32, 1), seed=3, processes=2)
+    assert np.array_equal(kept1, kept2) and np.array_equal(one, two)
+    assert one.dtype == np.uint8 and one.shape[1:] == (32, 32, 1)
+    assert len(kept1) >= 0.9 * len(jobs)
+
+
+# --- a small real run ------------------------------------------------------------------------
+
+def test_small_run_reaches_accuracy(trained01):
+    """lenet5, 600 MNIST 0/1 cards, 3 epochs: at least 97% on the validation cards."""
+    p = trained01.bundle.meta["provenance"]
+    assert p["val_accuracy"] >= 0.97
+    # Checked independently: the saved model through the Pi's runtime on the validation cards.
+    bundle = load_bundle(trained01.path)
+    cards = trained01.cards
+    _, val = split(cards)
+    x, kept = make_inputs(cards.cards, [(int(i), "clean", 0) for i in val], bundle.preprocess, bundle.input_shape,
+                          seed=0, processes=1)
+    assert len(kept) >= 0.95 * len(val)
+    probs = make_runtime(bundle, "numpy").predict(as_float(x))
+    accuracy = float((probs.argmax(axis=1) == cards.labels[val[kept]]).mean())
+    assert accuracy >= 0.97
+    assert accuracy == pytest.approx(p["val_accuracy"], abs=0.02)
+
+
+def test_training_log_has_one_line_per_epoch(trained01):
+    log = trained01.path.with_suffix(".train.jsonl")
+    assert log.parent == trained01.path.parent
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    keys = {"epoch", "lr", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_camera_accuracy"}
+    for r in records:
+        assert keys <= set(r), set(r)
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["train_loss"] > 0
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    best = trained01.bundle.meta["provenance"]["best_epoch"]
+    assert records[best - 1]["val_accuracy"] == trained01.bundle.meta["provenance"]["val_accuracy"]
+
+
+def test_saved_bundle_records_provenance(trained01):
+    bundle = load_bundle(trained01.path)
+    p = bundle.meta["provenance"]
+    for key in ("data", "command", "seed", "date", "val_accuracy"):
+        assert key in p, key
+    assert p["data"] == "600 MNIST 0/1 cards (tests)" and p["command"] == "pytest trained01" and p["seed"] == 0
+    assert p["date"].startswith("20") and "T" in p["date"]
+    assert bundle.meta["weights_sha256"] == weights_sha256(bundle.weights)
+    assert bundle.labels == ["0", "1"] and bundle.input_shape == (32, 32, 1)
+    assert bundle.meta["architecture"] == ARCHS["lenet5"](2)["layers"]
+
+
+# --- optimisers ------------------------------------------------------------------------------
+
+TOY = [{"type": "flatten"}, {"type": "dense", "units": 8}, {"type": "relu"}, {"type": "dense", "units": 2},
+       {"type": "softmax"}]
+
+
+def _toy_problem():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 2, 2, 1)).astype(np.float32)
+    y = (x[:, 0, 0, 0] + x[:, 1, 1, 0] > 0).astype(np.int64)
+    return Network(TOY, (2, 2, 1), np.random.default_rng(1)), x, y
+
+
+@pytest.mark.parametrize("make", [lambda net: SGD(net, lr=0.05, momentum=0.9), lambda net: Adam(net, lr=0.01)],
+                         ids=["sgd-momentum", "adam"])
+def test_optimiser_reduces_the_loss(make):
+    net, x, y = _toy_problem()
+    opt = make(net)
+    first = softmax_cross_entropy(net.logits(x), y)[0]
+    for _ in range(60):
+        net.loss_and_grads(x, y)
+        opt.step()
+    last = softmax_cross_entropy(net.logits(x), y)[0]
+    assert last < 0.5 * first, (first, last)
+    assert (net.predict(x).argmax(axis=1) == y).mean() >= 0.9
+
+
+def test_sgd_first_step_is_minus_lr_times_gradient():
+    net, x, y = _toy_problem()
+    before = {k: layer.params[n].copy() for k, layer, n in net.trainables()}
+    net.loss_and_grads(x, y)
+    grads = {k: layer.grads[n].copy() for k, layer, n in net.trainables()}
+    SGD(net, lr=0.1, momentum=0.9).step()
+    for k, layer, n in net.trainables():
+        np.testing.assert_allclose(layer.params[n], before[k] - 0.1 * grads[k], rtol=1e-6, atol=1e-7)
+
+
+def test_adam_first_step_moves_each_parameter_by_about_lr():
+    net, x, y = _toy_problem()
+    before = {k: layer.params[n].copy() for k, layer, n in net.trainables()}
+    net.loss_and_grads(x, y)
+    grads = {k: layer.grads[n].copy() for k, layer, n in net.trainables()}
+    Adam(net, lr=0.01).step()
+    for k, layer, n in net.trainables():
+        step = layer.params[n] - before[k]
+        big = np.abs(grads[k]) > 1e-3  # Adam's first step is lr * sign(gradient) (eps aside)
+        assert big.any()
+        np.testing.assert_allclose(step[big], -0.01 * np.sign(grads[k][big]), rtol=1e-2)
+
+
+# --- folder data -----------------------------------------------------------------------------
+
+def _write_folder(root, counts={"cat": 2, "dog": 3}):
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True)
+        for k in range(n):
+            im = Image.new("L", (40, 30), 230)
+            im.paste(20, (10 + k, 8, 20 + k, 22))
+            im.save(root / label / f"{k}.png")
+    return root
+
+
+def test_load_folder(tmp_path):
+    root = _write_folder(tmp_path / "data")
+    (root / "dog" / "readme.txt").write_text("not a picture, not an image suffix: skipped")
+    (root / ".hidden").mkdir()
+    cards = load_folder(root)
+    assert cards.names == ["cat", "dog"]
+    assert list(cards.labels) == [0, 0, 1, 1, 1]
+    assert len(cards) == 5 and cards.sources == ["folder"] * 5
+    for card in cards.cards:
+        assert card.dtype == np.uint8 and card.shape == (30, 40)
+        assert card[0, 0] == 230 and card[15, 15] == 20
+
+
+def test_load_folder_empty_label_folder(tmp_path):
+    root = _write_folder(tmp_path / "data")
+    (root / "emu").mkdir()
+    with pytest.raises(DataError, match=str(root / "emu") + ": no images"):
+        load_folder(root)
+
+
+def test_load_folder_corrupt_image(tmp_path):
+    root = _write_folder(tmp_path / "data")
+    bad = root / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match=str(bad)):
+        load_folder(root)
+
+
+def test_load_folder_needs_two_labels(tmp_path):
+    root = _write_folder(tmp_path / "data", {"cat": 2})
+    with pytest.raises(DataError, match=str(root) + ": needs at least two label folders"):
+        load_folder(root)
+    with pytest.raises(DataError, match="not a folder"):
+        load_folder(tmp_path / "nowhere")
