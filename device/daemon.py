@@ -554,13 +554,14 @@ def run(args) -> int:
         print(f"cardcam: {e}", file=sys.stderr)
         return 2
     simulate = args.simulate
-    on_pi = is_raspberry_pi()
-    if not simulate and not on_pi:
+    kind = choose_source_kind(config, True)
+    frames = {"samples": "the bundled sample frames", "replay": f"replay of {config.camera.replay}"}.get(kind, kind)
+    if not simulate and not is_raspberry_pi():
         simulate = True
-        print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: "
-              f"{choose_source_kind(config, True)} frames, mock pins (--simulate to say so)", flush=True)
+        print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: {frames}, "
+              "mock GPIO pins", flush=True)
     daemon = Daemon(config, args.config, simulate)
     daemon.log(where)
-    if simulate:
-        daemon.log(f"simulation: frames from {choose_source_kind(config, True)}, GPIO on gpiozero's MockFactory")
+    if args.simulate:
+        daemon.log(f"simulation: {frames}, GPIO on gpiozero's MockFactory")
     return daemon.run()

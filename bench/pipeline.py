@@ -1,0 +1,214 @@
+"""How fast is the appliance's frame loop? Per-stage milliseconds, end-to-end fps, memory, start-up.
+
+    .venv/bin/python bench/pipeline.py [--model M] [--frames N] [--json]
+
+Two measurements, on 640x480 replay frames (the shipped samples: cards and no-card frames):
+
+1. In this process, the daemon's own pieces (ReplaySource → device.daemon.Pipeline → Outputs on
+   gpiozero's MockFactory), one frame at a time as in `cardcam run`, timed per stage: grab,
+   preprocess, forward, decide, output. Peers measured in the same run give the ratios: the
+   forward pass alone, and a Pillow BOX resize of the frame to preprocessing's working size (the
+   least any preprocessing of a 640x480 frame has to do).
+2. `cardcam run --simulate` as a real subprocess with a notify socket: seconds from start to
+   READY=1 (first frame classified), and its resident memory (VmRSS, peak VmHWM) while running.
+
+With --json the last line is one JSON object with at least fps, rss_mb and ready_s.
+Goals (issue 5, one x86 core): >= 1000 fps end-to-end with the 0/1 model, RSS <= 50 MB,
+ready <= 1.5 s, no memory growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from device.bundle import load_bundle, make_meta, save_bundle, Bundle  # noqa: E402
+from device.camera import SAMPLES_DIR, ReplaySource  # noqa: E402
+from device.config import defaults  # noqa: E402
+from device.daemon import STAGES, Pipeline  # noqa: E402
+from device.outputs import Outputs, mock_pin_factory  # noqa: E402
+from device.runtime import make_runtime  # noqa: E402
+
+GOAL_FPS = 1000.0
+
+
+def rss_mb(pid="self") -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB from /proc."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, kb = line.split()[:2]
+            values[key[:-1]] = int(kb) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def bench_model(path: str | None, workdir: Path) -> Path:
+    """The model to time: the one given, models/digits01.npz, or lenet5 with random weights
+    (forward time does not depend on the weights' values)."""
+    for candidate in ([path] if path else []) + [str(REPO / "models" / "digits01.npz")]:
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    if path:
+        sys.exit(f"bench: {path}: no such model")
+    from device.preprocess import PreprocessSettings
+    from training.nets import ARCHS, Network
+
+    arch = ARCHS["lenet5"](2)
+    net = Network(arch["layers"], tuple(arch["input_shape"]), np.random.default_rng(0))
+    weights = net.weights()
+    meta = make_meta(name="lenet5-random", task="digits01", labels=["0", "1"], input_shape=arch["input_shape"],
+                     preprocess=PreprocessSettings(), architecture=arch["layers"],
+                     provenance={"note": "random weights for timing"}, weights=weights)
+    out = workdir / "lenet5-random.npz"
+    save_bundle(Bundle(meta, weights), out)
+    print("note: no models/digits01.npz yet; timing lenet5 with random weights (same forward cost)")
+    return out
+
+
+def in_process(model: Path, frames: int) -> dict:
+    bundle = load_bundle(model)
+    runtime = make_runtime(bundle, "auto")
+    config = defaults()
+    pipeline = Pipeline(bundle, runtime, config.decision)
+    source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1)
+    outputs = Outputs.from_config(config.outputs, mock_pin_factory())
+    outputs.set_status("running")
+    with source, outputs:
+        for _ in range(50):  # warm up: caches, first allocations
+            pipeline.step(source.read())
+        pipeline.times = dict.fromkeys(STAGES, 0.0)
+        pipeline.frames = 0
+        rss_start = rss_mb()[0]
+        found = 0
+        t_start = time.perf_counter()
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            frame = source.read()
+            t1 = time.perf_counter()
+            result = pipeline.step(frame)
+            t2 = time.perf_counter()
+            if result.changed:
+                outputs.show(result.label)
+            t3 = time.perf_counter()
+            pipeline.times["grab"] += t1 - t0
+            pipeline.times["output"] += t3 - t2
+            found += result.reason == ""
+        total = time.perf_counter() - t_start
+        rss_end = rss_mb()[0]
+        # Peers, same frames, same run.
+        sample = [source.read() for _ in range(len(source))]
+        inputs = np.zeros((1,) + tuple(bundle.input_shape), np.float32)
+        n_peer = max(200, frames // 4)
+        t0 = time.perf_counter()
+        for _ in range(n_peer):
+            runtime.predict(inputs)
+        forward_peer = (time.perf_counter() - t0) / n_peer
+        work = bundle.preprocess.work_size
+        t0 = time.perf_counter()
+        for i in range(n_peer):
+            frame = sample[i % len(sample)]
+            Image.fromarray(frame).resize((work, work * frame.shape[0] // frame.shape[1]), Image.Resampling.BOX)
+        resize_peer = (time.perf_counter() - t0) / n_peer
+    stages = {k: 1000 * v / frames for k, v in pipeline.times.items()}
+    return {
+        "fps": frames / total, "frames": frames, "stages_ms": stages, "total_ms": 1000 * total / frames,
+        "frames_with_card": found, "model": bundle.name, "runtime": runtime.name,
+        "peer_forward_ms": 1000 * forward_peer, "peer_resize_ms": 1000 * resize_peer,
+        "rss_growth_mb": rss_end - rss_start,
+    }
+
+
+def daemon_run(model: Path, workdir: Path, seconds: float) -> dict:
+    """Start `cardcam run --simulate` for real; time READY=1 and read its memory."""
+    config = workdir / "bench.toml"
+    state = workdir / "state.json"
+    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\n'
+                      f'[daemon]\nstate_file = "{state}"\nstatus_interval = 0.5\n')
+    sock_path = workdir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.05)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO))
+    env.pop("WATCHDOG_USEC", None)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "device", "run", "--simulate", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=workdir)
+    ready_s = None
+    try:
+        while time.monotonic() - t0 < 30 and ready_s is None:
+            try:
+                if b"READY=1" in sock.recv(4096).split(b"\n"):
+                    ready_s = time.monotonic() - t0
+            except socket.timeout:
+                if proc.poll() is not None:
+                    raise SystemExit(f"bench: the daemon exited: {proc.stderr.read().decode()}")
+        time.sleep(seconds)
+        rss, hwm = rss_mb(proc.pid)
+        try:
+            daemon_fps = json.loads(state.read_text())["fps"]
+        except (OSError, ValueError, KeyError):
+            daemon_fps = None
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        stop_s = time.monotonic() - t_stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    return {"ready_s": ready_s, "rss_mb": rss, "hwm_mb": hwm, "daemon_fps": daemon_fps, "stop_s": stop_s,
+            "exit_code": proc.returncode}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Per-stage timing of the appliance's frame loop.")
+    parser.add_argument("--model", help="model bundle (default: models/digits01.npz, else lenet5 random weights)")
+    parser.add_argument("--frames", type=int, default=1000, help="frames to time in-process (default: 1000)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs after READY")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        model = bench_model(args.model, workdir)
+        r = in_process(model, args.frames)
+        d = daemon_run(model, workdir, args.seconds)
+    print(f"model {r['model']} ({r['runtime']} runtime), {r['frames']} frames of 640x480 from {SAMPLES_DIR.name}/ "
+          f"({r['frames_with_card']} with a card found)")
+    for stage, ms in r["stages_ms"].items():
+        print(f"  {stage:<10} {ms:8.3f} ms  {100 * ms / r['total_ms']:5.1f}%")
+    print(f"  {'total':<10} {r['total_ms']:8.3f} ms  -> {r['fps']:.0f} fps end-to-end "
+          f"({r['fps'] / GOAL_FPS:.2f}x the {GOAL_FPS:.0f} fps goal)")
+    print(f"peers: forward alone {r['peer_forward_ms']:.3f} ms; Pillow BOX resize 640x480 -> work size "
+          f"{r['peer_resize_ms']:.3f} ms (preprocess = {r['stages_ms']['preprocess'] / r['peer_resize_ms']:.0f}x "
+          "that resize)")
+    print(f"memory in this process grew {r['rss_growth_mb']:+.1f} MB over {r['frames']} frames")
+    print(f"daemon: READY=1 {d['ready_s']:.2f} s after start, RSS {d['rss_mb']:.1f} MB (peak {d['hwm_mb']:.1f}), "
+          f"{d['daemon_fps']} fps, stopped {d['stop_s']:.2f} s after SIGTERM (exit {d['exit_code']})")
+    if args.json:
+        print(json.dumps({
+            "fps": round(r["fps"], 1), "rss_mb": round(d["rss_mb"], 1), "ready_s": round(d["ready_s"], 3),
+            "peak_rss_mb": round(d["hwm_mb"], 1), "daemon_fps": d["daemon_fps"], "stop_s": round(d["stop_s"], 3),
+            "stages_ms": {k: round(v, 4) for k, v in r["stages_ms"].items()}, "frames": r["frames"],
+            "model": r["model"], "runtime": r["runtime"], "goal_fps": GOAL_FPS,
+            "ratio_to_goal": round(r["fps"] / GOAL_FPS, 4), "peer_forward_ms": round(r["peer_forward_ms"], 4),
+            "peer_resize_ms": round(r["peer_resize_ms"], 4), "rss_growth_mb": round(r["rss_growth_mb"], 2),
+        }))
+
+
+if __name__ == "__main__":
+    main()
