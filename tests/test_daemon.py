@@ -290,3 +290,34 @@ def test_corrupt_zip_member_is_refused_at_start_too(tmp_path, tiny_model):
         assert daemon.wait() == 0
     finally:
         daemon.stop()
+
+
+def test_watchdog_pings_come_from_the_running_loop_and_journald_gets_no_timestamps(tmp_path, model_copy, notify):
+    frames = write_frames(tmp_path / "frames", model_copy, [(0, 2)])
+    daemon = start(tmp_path, config_for(tmp_path, model_copy, frames), notify,
+                   env={"WATCHDOG_USEC": "100000", "JOURNAL_STREAM": "8:12345"})
+    try:
+        daemon.wait_for(lambda: notify.messages.count("WATCHDOG=1") >= 5, what="watchdog pings")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.stop()
+    shows = [line for line in daemon.lines if "shows" in line]
+    assert shows and all(line.startswith("shows ") for line in shows), daemon.output  # journald stamps lines itself
+
+
+def test_sigterm_during_a_camera_fault_still_exits_cleanly(tmp_path, tiny_model, notify):
+    camera_dir = tmp_path / "camera"
+    write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
+    config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2", "timeout": 5.0})
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{REPO}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    daemon = start(tmp_path, config, notify, env=env)
+    try:
+        daemon.wait_state(label="1", what="running on the camera")
+        (camera_dir / "unplugged").touch()  # reads now block, then time out
+        daemon.wait_state(state="camera fault", what="fault")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=5) == 0, daemon.output
+    finally:
+        daemon.stop()
+    assert daemon.state()["state"] == "stopped" and daemon.state()["leds"] == {"0": 0, "1": 0}
