@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 8
 MAX_SIDE = 4000
@@ -217,49 +217,99 @@ def _fill_holes(region: np.ndarray) -> np.ndarray:
     return ~_reconstruct(border, ~region)
 
 
-def card_region(gray: np.ndarray, contrast: float, window: int) -> np.ndarray:
-    """The card: the connected bright area around the brightest paper near the centre, with the
-    ink on it filled in.
+def _grow(mask: np.ndarray, k: int) -> np.ndarray:
+    m = _window_extreme(_window_extreme(mask.astype(np.uint8), k, 0, np.maximum), k, 1, np.maximum)
+    return m.astype(bool)
 
-    Paper at least ``contrast`` times the seed's brightness belongs to it, which tolerates
-    shadows across the card; where the picture has a clearly darker room around a card, the cut
-    moves up to Otsu's threshold between them, so table and clutter drop out. When the seed sits
-    inside a loop of ink (the middle of a large "0"), the region steps over the stroke.
+
+def _shrink(mask: np.ndarray, k: int) -> np.ndarray:
+    m = _window_extreme(_window_extreme(mask.astype(np.uint8), k, 0, np.minimum), k, 1, np.minimum)
+    return m.astype(bool)
+
+
+def _convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The filled convex hull of a mask (a card is a convex quadrilateral in any perspective)."""
+    # Only the left- and right-most pixel of each row can be hull vertices.
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return mask
+    first = mask[rows].argmax(axis=1)
+    last = mask.shape[1] - 1 - mask[rows][:, ::-1].argmax(axis=1)
+    points = sorted(set(zip(first.tolist(), rows.tolist())) | set(zip(last.tolist(), rows.tolist())))
+
+    def half(pts):
+        out = []
+        for p in pts:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    hull = half(points)[:-1] + half(points[::-1])[:-1]
+    if len(hull) < 3:  # a line or a dot: nothing to fill
+        return mask
+    canvas = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
+    ImageDraw.Draw(canvas).polygon(hull, fill=1, outline=1)
+    return np.asarray(canvas, dtype=bool) | mask
+
+
+def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: float,
+                edge_step: float = 0.08, candidates: int = 4) -> np.ndarray:
+    """The card: a connected area of paper with ink on it, preferring the centre.
+
+    Candidates grow from the brightest paper near the centre, then the next brightest outside
+    the ones already found. They are found on the picture with its strokes closed
+    (paper_brightness), so ink never splits one. Paper at least ``contrast`` times the seed's
+    brightness belongs to it (shadows across a card are tolerated); where the picture has a
+    clearly darker room, the cut moves up to Otsu's threshold. A card's border is a step in
+    brightness even against a wall as light as the card, while shadows and light gradients are
+    gentle: steps are walls a region does not grow through. Of the candidates, the one holding
+    the most ink (weighted towards the centre) is the card: clutter is blank, cards are not.
     """
-    paper = paper_brightness(gray, 3)  # drop noise and hairlines, keep the card's edges
+    paper = paper_brightness(gray, window)
     h, w = paper.shape
     yy, xx = np.ogrid[:h, :w]
     near_centre = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
-    top = float((paper * near_centre).max())
-    threshold = contrast * top
+    ink = _ink_strength(gray, paper) > ink_threshold
+    # Steps are taken where only noise is closed, so a dark sliver between the card and the
+    # picture's border (which the wide closing fills) still parts the two.
+    fine = paper_brightness(gray, 3)
+    step = np.zeros(paper.shape, bool)
+    step[1:, :] |= np.abs(np.diff(fine, axis=0)) > edge_step * fine[1:, :]
+    step[:, 1:] |= np.abs(np.diff(fine, axis=1)) > edge_step * fine[:, 1:]
+    walls = _dilate3(step)
     otsu, separation = _otsu(paper.ravel())
-    if separation > 0.08:
-        threshold = min(max(threshold, otsu), 0.85 * top)
-    bright = paper >= threshold
-    # Seed in open paper (bright for half a window around), not in the small hole of a bold "0".
-    half = max(3, window // 2) | 1
-    open_paper = _window_extreme(_window_extreme(bright.astype(np.uint8), half, 0, np.minimum), half, 1, np.minimum)
-    score = paper * near_centre * (open_paper if open_paper.any() else 1)
-    seed = np.zeros(paper.shape, bool)
-    seed[np.unravel_index(np.argmax(score), paper.shape)] = True
-    region = _fill_holes(_reconstruct(seed, bright))
-    without_ink = paper_brightness(gray, window)
-    reach = region
-    for _ in range(3):
-        ring = _dilate3(region) & ~region
-        if not ring.any():
+    free = np.ones(paper.shape, bool)
+    best, best_score = np.zeros(paper.shape, bool), 0.0
+    shave = max(3, window // 4) | 1
+    for _ in range(candidates):
+        score_map = paper * near_centre * free
+        top_at = np.unravel_index(np.argmax(score_map), paper.shape)
+        top = float(paper[top_at])
+        if score_map[top_at] <= 0:
             break
-        # Around the region: ink (dark here, paper once strokes are closed) or the room (dark in both)?
-        if float((paper[ring] < 0.8 * without_ink[ring]).mean()) < 0.5:
+        threshold = contrast * top
+        if separation > 0.08:
+            threshold = min(max(threshold, otsu), 0.85 * top)
+        allowed = (fine >= threshold) & ~walls & free
+        seed = np.zeros(paper.shape, bool)
+        seed[np.unravel_index(np.argmax(paper * near_centre * allowed), paper.shape)] = True
+        # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
+        region = _convex_hull(_reconstruct(seed, allowed))
+        if region.mean() > 0.5:  # a tight crop of a card: strokes may run off its border
+            region = _fill_holes(region | _reconstruct(_grow(region, 5), ink))
+        ys, xs = np.nonzero(_grow(region, shave) & ink)
+        if len(ys):
+            centrality = float(near_centre[int(ys.mean()), int(xs.mean())])
+            score = len(ys) * (0.05 + centrality)
+            # The same ink in a larger region: that is the card, the smaller one a loop of a "0".
+            if score > best_score * 1.05 or (score > best_score * 0.95 and region.sum() > best.sum()):
+                best, best_score = region, score
+        free &= ~_grow(region | seed, 3)
+        if free.mean() < 0.03:
             break
-        reach = _window_extreme(_window_extreme(reach.astype(np.uint8), window, 0, np.maximum), window, 1, np.maximum).astype(bool)
-        region = _fill_holes(_reconstruct(reach & bright, bright) | region)
-    if region.mean() < 0.5:
-        return region
-    # A card that fills the picture (a tight crop) may have strokes running off its border:
-    # they are card too. Within a window of the region, whatever is paper once strokes are closed.
-    near = _window_extreme(_window_extreme(region.astype(np.uint8), window, 0, np.maximum), window, 1, np.maximum)
-    return _fill_holes(region | (near.astype(bool) & (without_ink >= threshold)))
+    return best
 
 
 def _ink_strength(gray: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -332,7 +382,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     work = _resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))))
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
-    card = card_region(work, settings.card_contrast, window)
+    card = card_region(work, settings.card_contrast, window, settings.ink_threshold)
     if card.mean() < settings.min_card:
         return Prepared(None, "no card")
     # Stage 2, at a resolution tied to the card: where is the ink on it?
@@ -343,10 +393,10 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     crop = _resize(gray, (cw, ch), box=card_box)
     on_card = np.asarray(Image.fromarray(card.astype(np.uint8) * 255).resize(
         (cw, ch), Image.Resampling.NEAREST, box=(cl, ct, cr, cb))) > 127
-    # Shave the card's edge: blur, JPEG and clutter touching the card make dark fringes there.
-    # The picture's own border is not shaved (edge padding), so a tight crop keeps its ink.
+    # Shave the card's edge: blur, JPEG and the room in the corners of its box make dark fringes
+    # there. The picture's own border is not shaved (edge padding), so a tight crop keeps its ink.
     shave = max(3, round(settings.work_size * 0.05)) | 1
-    on_card = _window_extreme(_window_extreme(on_card, shave, 0, np.minimum), shave, 1, np.minimum)
+    on_card = _shrink(on_card, shave)
     paper = paper_brightness(crop, window)
     strength = _ink_strength(crop, paper)
     mask = (strength > settings.ink_threshold) & on_card
@@ -367,7 +417,8 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     if fraction > settings.max_ink:
         return Prepared(None, "no card", ink_fraction=fraction)
     # Crop box in picture coordinates, then render the glyph straight at its final size.
-    box = (card_box[0] + left / k2, card_box[1] + top / k2, card_box[0] + right / k2, card_box[1] + bottom / k2)
+    box = (max(0.0, card_box[0] + left / k2), max(0.0, card_box[1] + top / k2),
+           min(float(w), card_box[0] + right / k2), min(float(h), card_box[1] + bottom / k2))
     height, width = int(input_shape[0]), int(input_shape[1])
     side = settings.fit * min(height, width)
     bw, bh = box[2] - box[0], box[3] - box[1]
