@@ -141,11 +141,13 @@ class ModelWatcher:
         self.path = Path(path)
         self.stable_time = stable_time
         self.known = None
+        self.missing = False
         self._pending = None
         self._since = 0.0
 
     def poll(self, now: float) -> bool:
         sig = file_signature(self.path)
+        self.missing = sig is None
         if sig is None or sig == self.known:
             self._pending = None
             return False
@@ -489,8 +491,11 @@ class Daemon:
                         continue
                 elif self.config.model.watch and now >= next_poll:
                     next_poll = now + self.config.model.poll_interval
+                    was_missing = self._watcher.missing
                     if self._watcher.poll(now):
                         self.try_load_model("changed")
+                    if self._watcher.missing and not was_missing:
+                        self.log(f"model file {self._watcher.path} is gone; still running {self.pipeline.bundle.name}")
                 try:
                     frame = self.grab()
                 except ReplayFinished as e:

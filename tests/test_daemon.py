@@ -159,6 +159,11 @@ def test_hot_reload_takes_a_good_model_and_refuses_bad_ones(tmp_path, model_copy
         assert "still running second" in refusals[0]
         assert any("NaN" in line for line in refusals) and any("wrong task" in line for line in refusals)
 
+        # The file removed: nothing to load, the model in memory goes on.
+        model_copy.unlink()
+        daemon.wait_for(lambda: "is gone; still running second" in daemon.output, what="note of the missing file")
+        frames_before = daemon.state()["frames"]
+        daemon.wait_for(lambda: daemon.state().get("frames", 0) > frames_before + 5, what="frames without the file")
         # A plain copy of a good model over the file (no temp name) is taken once it is complete.
         bundle.meta["name"] = "third"
         save_bundle(bundle, tmp_path / "third.npz")
