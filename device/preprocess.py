@@ -128,10 +128,20 @@ def _check_size(size, where) -> None:
         raise ImageError(f"{where}: image is {w}x{h}; the smallest accepted is {MIN_SIDE}x{MIN_SIDE}")
 
 
-def to_gray(image) -> np.ndarray:
-    """Grey levels in [0, 1] from a Pillow image of any mode, or from a 2-D/3-D array."""
+def to_picture(image) -> Image.Image:
+    """A grey Pillow image ("L", or "F" in [0, 1] where 8 bits would lose detail) from a Pillow
+    image of any mode or a 2-D/3-D array. Alpha is composited on white paper. Camera frames
+    (uint8) stay 8-bit, so nothing full-size is ever converted to float."""
     if isinstance(image, np.ndarray):
-        return _array_to_gray(image)
+        a = image
+        if a.ndim == 3 and a.shape[2] in (3, 4):  # RGB(A) frame
+            return Image.fromarray(np.ascontiguousarray(a[..., :3], dtype=np.uint8), "RGB").convert("L")
+        if a.ndim != 2:
+            raise ImageError(f"frame must be 2-D grey or H x W x 3 colour, got shape {a.shape}")
+        if a.dtype == np.uint8:
+            return Image.fromarray(a, "L")
+        scale = 65535.0 if a.dtype == np.uint16 else 1.0
+        return Image.fromarray(np.clip(a.astype(np.float32) / np.float32(scale), 0.0, 1.0), "F")
     im = image
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -139,27 +149,25 @@ def to_gray(image) -> np.ndarray:
         im = im.convert("RGBA")
         paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(paper, im)
-    if im.mode.startswith("I;16"):
-        return (np.asarray(im, dtype=np.float32) / 65535.0).astype(np.float32)
-    if im.mode in ("I", "F"):
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float32)
         top = float(a.max()) if a.size else 1.0
-        scale = 1.0 if (im.mode == "F" and top <= 1.0) else 255.0 if top <= 255 else 65535.0
-        return np.clip(a / scale, 0.0, 1.0).astype(np.float32)
-    return np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+        if im.mode.startswith("I;16"):
+            scale = 65535.0
+        else:
+            scale = 1.0 if (im.mode == "F" and top <= 1.0) else 255.0 if top <= 255 else 65535.0
+        return Image.fromarray(np.clip(a / np.float32(scale), 0.0, 1.0).astype(np.float32), "F")
+    return im if im.mode == "L" else im.convert("L")
 
 
-def _array_to_gray(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 3 and a.shape[2] in (3, 4):  # RGB(A) frame
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return a / 255.0
-    if a.ndim != 2:
-        raise ImageError(f"frame must be 2-D grey or H x W x 3 colour, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / np.float32(255.0)
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / np.float32(65535.0)
-    return np.clip(a.astype(np.float32), 0.0, 1.0)
+def to_gray(image) -> np.ndarray:
+    """Grey levels in [0, 1] (float32, H x W) from a Pillow image of any mode or an array."""
+    return _pixels(to_picture(image))
+
+
+def _pixels(im: Image.Image) -> np.ndarray:
+    a = np.asarray(im, dtype=np.float32)
+    return a / np.float32(255.0) if im.mode == "L" else a
 
 
 # --- finding the ink -------------------------------------------------------------------------
@@ -170,10 +178,8 @@ def _window_extreme(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
     Doubling trick: log2(k) array operations instead of k, whatever the window.
     """
     lo = (k - 1) // 2
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (lo, k - 1 - lo)
-    out = np.pad(a, pad, mode="edge")
-    out = np.moveaxis(out, axis, 0)
+    a = np.moveaxis(a, axis, 0)
+    out = np.concatenate([np.repeat(a[:1], lo, axis=0), a, np.repeat(a[-1:], k - 1 - lo, axis=0)])
     span = 1
     while span * 2 <= k:
         out = op(out[:-span], out[span:])
@@ -199,15 +205,32 @@ def _dilate3(mask: np.ndarray) -> np.ndarray:
     return grown
 
 
+def _spread_along_rows(region: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Every run of allowed pixels in a row that holds a region pixel joins the region."""
+    flat = allowed.ravel()
+    starts = flat.copy()
+    starts[1:] &= ~flat[:-1]
+    starts[::allowed.shape[1]] = flat[::allowed.shape[1]]  # a run never continues into the next row
+    ids = np.cumsum(starts)
+    runs = ids * flat
+    reached = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, bool)
+    reached[runs[region.ravel() & flat]] = True
+    reached[0] = False
+    return reached[runs].reshape(allowed.shape)
+
+
 def _reconstruct(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Every pixel of ``allowed`` connected (8-neighbours) to ``seed``: grow until nothing changes."""
+    """Every pixel of ``allowed`` connected (4-neighbours) to ``seed``. Whole runs of a row or a
+    column join at once, so it takes as many passes as the path has turns, not pixels."""
     region = seed & allowed
-    count = region.sum()
+    allowed_t = np.ascontiguousarray(allowed.T)
+    count = int(region.sum())
     while True:
-        region = _dilate3(region) & allowed
-        grown = region.sum()
+        region = _spread_along_rows(region, allowed)
+        region = _spread_along_rows(np.ascontiguousarray(region.T), allowed_t).T
+        grown = int(region.sum())
         if grown == count:
-            return region
+            return np.ascontiguousarray(region)
         count = grown
 
 
@@ -280,6 +303,13 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
     step[:, 1:] |= np.abs(np.diff(fine, axis=1)) > edge_step * fine[:, 1:]
     walls = _dilate3(step)
     otsu, separation = _otsu(paper.ravel())
+    # Ink that reaches the picture's border is mostly a dark sliver between a card and the
+    # border (the wide closing fills it): it counts only if no candidate has ink of its own.
+    border = np.zeros(paper.shape, bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    inner_ink = ink & ~_reconstruct(border, ink)
+    if not inner_ink.any():
+        inner_ink = ink
     free = np.ones(paper.shape, bool)
     best, best_score = np.zeros(paper.shape, bool), 0.0
     shave = max(3, window // 4) | 1
@@ -293,13 +323,16 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
         if separation > 0.08:
             threshold = min(max(threshold, otsu), 0.85 * top)
         allowed = (fine >= threshold) & ~walls & free
+        # Seed in open paper, not in a pocket between strokes (the crossing of a "4").
+        open_paper = _shrink(allowed, 5)
         seed = np.zeros(paper.shape, bool)
-        seed[np.unravel_index(np.argmax(paper * near_centre * allowed), paper.shape)] = True
+        seed[np.unravel_index(np.argmax(paper * near_centre * (open_paper if open_paper.any() else allowed)),
+                              paper.shape)] = True
         # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
         region = _convex_hull(_reconstruct(seed, allowed))
         if region.mean() > 0.5:  # a tight crop of a card: strokes may run off its border
             region = _fill_holes(region | _reconstruct(_grow(region, 5), ink))
-        ys, xs = np.nonzero(_grow(region, shave) & ink)
+        ys, xs = np.nonzero(_grow(region, shave) & inner_ink)
         if len(ys):
             centrality = float(near_centre[int(ys.mean()), int(xs.mean())])
             score = len(ys) * (0.05 + centrality)
@@ -335,14 +368,16 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     return int(starts[best]), int(ends[best])
 
 
-def _resize(a: np.ndarray, size: tuple, box=None) -> np.ndarray:
-    """Resize a float image to (width, height); area averaging down, bilinear up."""
-    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+def _resize(picture, size: tuple, box=None) -> np.ndarray:
+    """Resize a picture (Pillow image, or float array) to (width, height) as floats in [0, 1];
+    area averaging down, bilinear up."""
+    im = picture if isinstance(picture, Image.Image) else \
+        Image.fromarray(np.ascontiguousarray(picture, dtype=np.float32), mode="F")
     if box is not None:  # float rounding can step a hair outside the picture
         box = (max(0.0, box[0]), max(0.0, box[1]), min(float(im.width), box[2]), min(float(im.height), box[3]))
     src_w = (box[2] - box[0]) if box else im.width
     method = Image.Resampling.BOX if size[0] < src_w else Image.Resampling.BILINEAR
-    return np.asarray(im.resize(size, method, box=box), dtype=np.float32)
+    return _pixels(im.resize(size, method, box=box))
 
 
 def _otsu(values: np.ndarray) -> tuple[float, float]:
@@ -369,17 +404,17 @@ def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     """Turn a picture (Pillow image, grey array or camera frame) into the network's input."""
-    gray = image if (isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 2) \
-        else to_gray(image)
-    if gray.shape[0] < MIN_SIDE or gray.shape[1] < MIN_SIDE:
-        raise ImageError(f"image is {gray.shape[1]}x{gray.shape[0]}; the smallest accepted is {MIN_SIDE}x{MIN_SIDE}")
+    picture = to_picture(image)
+    w, h = picture.size
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ImageError(f"image is {w}x{h}; the smallest accepted is {MIN_SIDE}x{MIN_SIDE}")
     if settings.ink == "light":
-        gray = 1.0 - gray
+        picture = ImageOps.invert(picture) if picture.mode == "L" else \
+            Image.fromarray(1.0 - np.asarray(picture, np.float32), "F")
     window = max(3, round(settings.paper_window * settings.work_size))
     # Stage 1, coarse: where is the card?
-    h, w = gray.shape
     scale = settings.work_size / max(h, w)
-    work = _resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))))
+    work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))))
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     card = card_region(work, settings.card_contrast, window, settings.ink_threshold)
@@ -390,7 +425,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     card_box = (cl / scale, ct / scale, cr / scale, cb / scale)
     k2 = settings.work_size * scale / max(cr - cl, cb - ct)  # crop pixels per picture pixel
     cw, ch = max(1, round((cr - cl) / scale * k2)), max(1, round((cb - ct) / scale * k2))
-    crop = _resize(gray, (cw, ch), box=card_box)
+    crop = _resize(picture, (cw, ch), box=card_box)
     on_card = np.asarray(Image.fromarray(card.astype(np.uint8) * 255).resize(
         (cw, ch), Image.Resampling.NEAREST, box=(cl, ct, cr, cb))) > 127
     # Shave the card's edge: blur, JPEG and the room in the corners of its box make dark fringes
@@ -415,7 +450,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     if fraction < settings.min_ink:
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
-        return Prepared(None, "no card", ink_fraction=fraction)
+        return Prepared(None, "too much ink", ink_fraction=fraction)
     # Crop box in picture coordinates, then render the glyph straight at its final size.
     box = (max(0.0, card_box[0] + left / k2), max(0.0, card_box[1] + top / k2),
            min(float(w), card_box[0] + right / k2), min(float(h), card_box[1] + bottom / k2))
@@ -424,7 +459,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     bw, bh = box[2] - box[0], box[3] - box[1]
     k = side / max(bw, bh)
     gw, gh = max(1, round(bw * k)), max(1, round(bh * k))
-    glyph_gray = _resize(gray, (gw, gh), box=box)
+    glyph_gray = _resize(picture, (gw, gh), box=box)
     glyph_paper = _resize(paper, (gw, gh), box=(left, top, right, bottom))
     glyph = _ink_strength(glyph_gray, np.maximum(glyph_paper, glyph_gray))
     glyph[glyph < settings.ink_threshold * 0.5] = 0.0

@@ -53,7 +53,10 @@ def cmd_evaluate(args) -> int:
             return 2
     to_model = np.array([bundle.labels.index(n) for n in cards.names])
     kind = "camera" if args.camera else "clean"
-    x, kept = make_inputs(cards.cards, [(int(i), kind, 999) for i in idx], bundle.preprocess, bundle.input_shape, 0)
+    frames = args.frames if args.camera else 1
+    idx = np.repeat(idx, frames)
+    jobs = [(int(i), kind, 999 + k % frames) for k, i in enumerate(idx)]
+    x, kept = make_inputs(cards.cards, jobs, bundle.preprocess, bundle.input_shape, 0)
     y = to_model[cards.labels[idx]]
     pred = np.full(len(idx), -1)
     probs = np.concatenate([runtime.predict(as_float(x[i:i + 256])) for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 1))
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="for a task: its validation split (default) or every image")
     p.add_argument("--camera", action="store_true", help="judge simulated camera frames instead of clean cards")
+    p.add_argument("--frames", type=int, default=1, help="with --camera: frames per card (default 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)

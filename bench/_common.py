@@ -1,0 +1,39 @@
+"""Shared helpers for the benchmarks: timing and random-weight bundles for an architecture."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from device.bundle import Bundle, make_meta  # noqa: E402
+from device.preprocess import PreprocessSettings  # noqa: E402
+
+
+def best_of(fn, repeats: int = 5, number: int = 1) -> float:
+    """Best wall time of ``repeats`` runs of ``number`` calls, in seconds per call."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - t) / number)
+    return best
+
+
+def random_bundle(arch_name: str, classes: int = 10, seed: int = 0) -> Bundle:
+    """An untrained bundle of an architecture, for timing only."""
+    from training.nets import ARCHS, Network
+
+    arch = ARCHS[arch_name](classes)
+    net = Network(arch["layers"], arch["input_shape"], np.random.default_rng(seed))
+    weights = net.weights()
+    meta = make_meta(name=f"random-{arch_name}", task="bench", labels=[str(i) for i in range(classes)],
+                     input_shape=arch["input_shape"], preprocess=PreprocessSettings(),
+                     architecture=arch["layers"], provenance={"note": "random weights for benchmarks"},
+                     weights=weights)
+    return Bundle(meta, weights)

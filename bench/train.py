@@ -1,0 +1,60 @@
+"""NumPy trainer seconds per epoch, per architecture, on the same synthetic batch stream.
+
+    python bench/train.py [--json] [--samples N]
+
+The Keras column fills in once the Keras trainer exists (see the Keras/TFLite issue); until then
+it prints as "-" and the ratio is left empty rather than guessed. Seconds are for ``--samples``
+inputs (default 2048) at batch 64, Adam, one core's worth of NumPy/BLAS as the machine gives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import _common  # noqa: F401  (puts the repo on sys.path)
+
+from training.layers import softmax_cross_entropy
+from training.nets import ARCHS, Network
+from training.optim import Adam
+
+
+def numpy_epoch_seconds(arch_name: str, samples: int, batch: int = 64) -> float:
+    arch = ARCHS[arch_name](10)
+    rng = np.random.default_rng(0)
+    net = Network(arch["layers"], arch["input_shape"], rng)
+    opt = Adam(net)
+    x = rng.random((samples, *arch["input_shape"]), dtype=np.float32)
+    y = rng.integers(0, 10, samples)
+    # One warm-up batch (allocation, BLAS thread start), then a timed epoch.
+    net.loss_and_grads(x[:batch], y[:batch])
+    t = time.perf_counter()
+    for i in range(0, samples, batch):
+        loss, d = softmax_cross_entropy(net.logits(x[i:i + batch], training=True), y[i:i + batch])
+        net.backward(d)
+        opt.step()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--samples", type=int, default=2048)
+    args = parser.parse_args()
+    if not args.json:
+        print(f"{'arch':<10}{'numpy s/epoch':>15}{'keras s/epoch':>15}{'numpy/keras':>13}   ({args.samples} inputs)")
+    for name in ("lenet5", "dwengo", "digitnet"):
+        s = numpy_epoch_seconds(name, args.samples)
+        r = {"arch": name, "samples": args.samples, "numpy_s_per_epoch": round(s, 3),
+             "keras_s_per_epoch": None, "numpy_over_keras": None}
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{name:<10}{s:>15.2f}{'-':>15}{'-':>13}")
+
+
+if __name__ == "__main__":
+    main()
