@@ -2,14 +2,16 @@
 
 A card is dark ink on light paper, photographed in a room. The steps:
 
-1. grey levels in [0, 1] from any Pillow mode (alpha is composited on white paper);
-2. at a small working size, the paper's brightness is estimated with a grey closing (a max
-   filter then a min filter wider than any pen stroke): it follows shadows and light gradients
-   but not strokes, and large dark areas around the card (a table) stay "paper", not ink;
-3. ink strength = how much darker a pixel is than its paper, relative to that paper, so a dim
-   corner and a lit corner give the same stroke;
-4. the ink's main cluster (projections along rows and columns, nearest the centre when clutter
-   competes) gives the crop; too little ink there is the outcome "no ink", not a guess;
+1. grey levels in [0, 1] from any Pillow mode (alpha is composited on white paper); camera
+   frames stay 8-bit until they are small;
+2. at a small working size, find the card (card_region): candidate areas of paper grown from
+   bright seeds near the centre, stopped by brightness steps (a card's edge), on the picture with
+   its strokes closed (a grey closing: a max filter then a min filter wider than any stroke); the
+   candidate whose paper borders the most ink is the card;
+3. at a resolution tied to the card, ink strength = how much darker a pixel is than its paper,
+   relative to that paper, so a dim corner and a lit corner give the same stroke;
+4. the ink's main cluster (projections along rows and columns, nearest the centre when stray
+   marks compete) gives the crop; too little ink there is the outcome "no ink", not a guess;
 5. the crop is scaled to fit ``fit`` of the input keeping its aspect ratio, ink normalised to
    1.0 on a 0.0 background, and centred by its centre of mass, like MNIST.
 
@@ -287,8 +289,10 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
     brightness belongs to it (shadows across a card are tolerated); where the picture has a
     clearly darker room, the cut moves up to Otsu's threshold. A card's border is a step in
     brightness even against a wall as light as the card, while shadows and light gradients are
-    gentle: steps are walls a region does not grow through. Of the candidates, the one holding
-    the most ink (weighted towards the centre) is the card: clutter is blank, cards are not.
+    gentle: steps are walls a region does not grow through. Of the candidates, the one whose
+    own paper borders the most ink (weighted towards the centre) is the card: clutter is blank,
+    cards are not. The card is returned as the convex hull of its paper (a card is a convex
+    quadrilateral), so ink and shadows on it are inside.
     """
     paper = paper_brightness(gray, window)
     h, w = paper.shape
@@ -311,6 +315,7 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
     if not inner_ink.any():
         inner_ink = ink
     free = np.ones(paper.shape, bool)
+    tight_crop = None
     best, best_score = np.zeros(paper.shape, bool), 0.0
     shave = max(3, window // 4) | 1
     for _ in range(candidates):
@@ -328,20 +333,28 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
         seed = np.zeros(paper.shape, bool)
         seed[np.unravel_index(np.argmax(paper * near_centre * (open_paper if open_paper.any() else allowed)),
                               paper.shape)] = True
+        paper_found = _reconstruct(seed, allowed)
         # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
-        region = _convex_hull(_reconstruct(seed, allowed))
+        region = _convex_hull(paper_found)
         if region.mean() > 0.5:  # a tight crop of a card: strokes may run off its border
             region = _fill_holes(region | _reconstruct(_grow(region, 5), ink))
-        ys, xs = np.nonzero(_grow(region, shave) & inner_ink)
+            tight_crop = tight_crop if tight_crop is not None else region
+        # Its ink is the ink next to its own paper: a wall around the card (whose hull holds
+        # the card) does not get the card's ink.
+        ys, xs = np.nonzero(_grow(paper_found, shave) & inner_ink)
         if len(ys):
             centrality = float(near_centre[int(ys.mean()), int(xs.mean())])
             score = len(ys) * (0.05 + centrality)
-            # The same ink in a larger region: that is the card, the smaller one a loop of a "0".
-            if score > best_score * 1.05 or (score > best_score * 0.95 and region.sum() > best.sum()):
-                best, best_score = region, score
+            # A region around the best so far, with ink of its own: the best was a loop of a "0"
+            # on this card. A wall around a card has (next to) no ink of its own.
+            surrounds = best.any() and (region & best).sum() >= 0.9 * best.sum()
+            if score > best_score or (surrounds and score >= 0.5 * best_score):
+                best, best_score = region, max(score, best_score)
         free &= ~_grow(region | seed, 3)
         if free.mean() < 0.03:
             break
+    if not best.any() and tight_crop is not None:
+        return tight_crop  # strokes bolder than the window: the paper filling the picture is the card
     return best
 
 

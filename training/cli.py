@@ -12,6 +12,7 @@ import numpy as np
 
 from device.bundle import BundleError, load_bundle
 from device.runtime import make_runtime
+from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
 from training.nets import ARCHS
 from training.optim import OPTIMISERS
@@ -25,13 +26,26 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task, "lenet5"),
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
-                      processes=args.processes)
+                      processes=args.processes, trainer=args.trainer)
     out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = train(cfg, out, command, progress=not args.quiet)
     p = bundle.meta["provenance"]
     print(f"saved {out}: best epoch {p['best_epoch']}, validation accuracy {p['val_accuracy']:.4f} "
           f"(camera frames {p['val_camera_accuracy']:.4f})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training.export import export
+
+    bundle, tflite_path, record = export(args.model, data=args.data, io_type=args.io, count=args.count,
+                                         tflite_out=args.tflite)
+    check = record["validation"]
+    print(f"{args.model}: int8 TFLite ({record['input']} input/output, {len(bundle.tflite) / 1024:.0f} KiB) added; "
+          f"also written to {tflite_path}")
+    print(f"validation ({check['images']} images): top-1 agreement with float {check['top1_agreement']:.2%}, "
+          f"accuracy {check['float_accuracy']:.2%} float -> {check['int8_accuracy']:.2%} int8")
     return 0
 
 
@@ -89,8 +103,8 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam-train", description="Train and check cardcam models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("train", help="train a model with the NumPy trainer")
-    p.add_argument("--task", default="digits", help="digits01, digits or folder:DIR (default: digits)")
+    p = sub.add_parser("train", help="train a model (NumPy trainer, or --trainer keras)")
+    p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
@@ -98,11 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--jitter", type=int, default=3, help="handwriting-jitter variants per card (default 3)")
-    p.add_argument("--camera", type=int, default=1, help="simulated camera frames per card (default 1)")
+    p.add_argument("--camera", type=int, default=2, help="simulated camera frames per card (default 2)")
     p.add_argument("--processes", type=int, help="processes that make the inputs (default: all cores)")
     p.add_argument("--out", help="bundle to write (default: models/TASK.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy",
+                   help="numpy (default) or keras (pip install 'cardcam[keras]'); same specs, data and bundle")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="add a full-integer int8 TFLite model to a bundle (and write it as .tflite)")
+    p.add_argument("--model", required=True, help="the bundle (.npz); rewritten in place, weights unchanged")
+    p.add_argument("--data", help="the training data for representative inputs (default: the bundle's task)")
+    p.add_argument("--io", choices=("int8", "float32"), default="int8",
+                   help="type of the TFLite model's input and output (default int8; the ops are int8 either way)")
+    p.add_argument("--count", type=int, default=300, help="representative inputs from the training split (default 300)")
+    p.add_argument("--tflite", help="standalone .tflite to write (default: beside the bundle)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
     p.add_argument("--model", required=True)
     p.add_argument("--split", choices=("val", "all"), default="val",
@@ -112,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)
+    from training import cards, sheets  # printing and sheet cutting live with their code
+
+    sheets.add_commands(sub)
+    cards.add_command(sub)
     return parser
 
 
@@ -121,11 +149,13 @@ def main(argv=None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (BundleError, DataError, ValueError) as e:
+    except (BundleError, DataError, ValueError, KerasMissing) as e:
         print(f"cardcam-train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `cardcam-train evaluate ... | head`
+        return 0
 
 
 if __name__ == "__main__":
