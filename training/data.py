@@ -124,7 +124,14 @@ def load_task(task: str, mnist_path=MNIST_PATH) -> tuple[CardSet, str]:
     if task.startswith("folder:"):
         root = task.split(":", 1)[1]
         return load_folder(root), f"user images from {root}"
-    raise DataError(f"unknown task {task!r} (choose digits01, digits or folder:DIR)")
+    if task == "smiley" or task.startswith("smiley:"):
+        from training import smileys  # imports CardSet from here
+
+        count = task.split(":", 1)[1] if ":" in task else str(smileys.DEFAULT_PER_CLASS)
+        if not count.isdigit() or not 1 <= int(count) <= 100_000:
+            raise DataError(f"task {task!r}: smiley:N needs N, the cards per class, in 1..100000")
+        return smileys.make_smileys(int(count)), smileys.describe(int(count), 0)
+    raise DataError(f"unknown task {task!r} (choose digits01, digits, smiley[:N] or folder:DIR)")
 
 
 def split(cards: CardSet, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:

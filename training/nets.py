@@ -74,7 +74,33 @@ def digitnet(classes: int) -> dict:
     ]}
 
 
-ARCHS = {"lenet5": lenet5, "dwengo": dwengo, "digitnet": digitnet}
+def smileynet(classes: int) -> dict:
+    """For drawn faces, where a mouth's curve is a few pixels at 32x32: 48x48 input, a 5x5 then
+    two 3x3 convolutions (8, 16, 32 filters, BatchNorm), each max-pooled, dense 64. About three
+    times lenet5's work per picture, and fewer weights."""
+    return {"input_shape": [48, 48, 1], "layers": [
+        {"type": "conv2d", "filters": 8, "kernel": 5, "padding": "valid"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 16, "kernel": 3, "padding": "valid"},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 32, "kernel": 3, "padding": "valid"},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "flatten"},
+        {"type": "dense", "units": 64},
+        {"type": "relu"},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": classes},
+        {"type": "softmax"},
+    ]}
+
+
+ARCHS = {"lenet5": lenet5, "dwengo": dwengo, "digitnet": digitnet, "smileynet": smileynet}
 
 
 class Network:
