@@ -132,3 +132,22 @@ def test_shipped_smiley_model_reads_faces_drawn_another_way(repo, heldout, name)
     accuracy = float((probs.argmax(axis=1) == labels[found]).mean())
     assert found.mean() >= 0.95 and accuracy >= 0.85, (found.mean(), accuracy)
     assert json.dumps(provenance)  # plain JSON, recorded with the model
+
+
+def test_a_smiley_model_keeps_its_own_preprocessing_settings(tmp_path, capsys):
+    from training.cli import main
+
+    out = tmp_path / "smiley.npz"
+    assert main(["train", "--task", "smiley:12", "--arch", "lenet5", "--epochs", "1", "--jitter", "0", "--camera", "0",
+                 "--processes", "1", "--preprocess", "paper_window=0.35", "--out", str(out), "--quiet"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.labels == ["happy", "sad"] and bundle.preprocess.paper_window == 0.35
+    assert bundle.preprocess.work_size == PreprocessSettings().work_size
+    assert "--preprocess paper_window=0.35" in bundle.meta["provenance"]["command"]
+    capsys.readouterr()
+    for bad, message in (("paper_window=wide", "must be float"), ("colour=red", "KEY a preprocessing setting"),
+                         ("paper_window=5", "'paper_window' must be a number in")):
+        assert main(["train", "--task", "smiley:12", "--preprocess", bad, "--out", str(tmp_path / "x.npz")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.npz").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from device.bundle import BundleError, load_bundle
+from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
@@ -22,11 +23,28 @@ from training.trainer import TrainConfig, as_float, make_inputs, train
 DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet"}
 
 
+def parse_preprocess(pairs) -> dict:
+    """``--preprocess KEY=VALUE`` options -> PreprocessSettings fields (checked there)."""
+    defaults, out = PreprocessSettings(), {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(defaults, key) or key.startswith("_"):
+            raise ValueError(f"--preprocess {pair}: expected KEY=VALUE with KEY a preprocessing setting")
+        kind = type(getattr(defaults, key))
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--preprocess {pair}: {key} must be {kind.__name__}") from None
+    PreprocessSettings.from_dict(out)  # ranges
+    return out
+
+
 def cmd_train(args) -> int:
     cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task, "lenet5"),
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
-                      processes=args.processes, trainer=args.trainer)
+                      processes=args.processes, trainer=args.trainer,
+                      preprocess=parse_preprocess(args.preprocess) or None)
     out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = train(cfg, out, command, progress=not args.quiet)
@@ -115,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=int, default=2, help="simulated camera frames per card (default 2)")
     p.add_argument("--processes", type=int, help="processes that make the inputs (default: all cores)")
     p.add_argument("--out", help="bundle to write (default: models/TASK.npz)")
+    p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
+                   help="a preprocessing setting for this model (kept in its bundle), e.g. paper_window=0.35")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy",
                    help="numpy (default) or keras (pip install 'cardcam[keras]'); same specs, data and bundle")

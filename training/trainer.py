@@ -79,6 +79,7 @@ class TrainConfig:
     camera_variants: int = 1
     val_fraction: float = 0.15
     processes: int | None = None
+    preprocess: dict | None = None  # PreprocessSettings fields that differ from the defaults
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -101,7 +102,7 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         raise ValueError(f"unknown architecture {cfg.arch!r} (choose from {', '.join(ARCHS)})")
     arch = ARCHS[cfg.arch](len(cards.names))
     input_shape = tuple(arch["input_shape"])
-    settings = PreprocessSettings()
+    settings = PreprocessSettings.from_dict(cfg.preprocess or {})
     train_idx, val_idx = split(cards, cfg.val_fraction)
 
     t0 = time.perf_counter()
