@@ -26,6 +26,7 @@ from device.preprocess import PreprocessSettings
 FORMAT = "cardcam-bundle"
 FORMAT_VERSION = 1
 TFLITE_ENTRY = "tflite"
+TFLITE_IO_TYPES = ("int8", "uint8", "float32")  # meta["tflite"]["input"/"output"]: what the TFLite model takes/gives
 _REQUIRED_META = {
     "format": str,
     "version": int,
@@ -103,6 +104,7 @@ def save_bundle(bundle: Bundle, path) -> Path:
     path = Path(path)
     bundle.meta["weights_sha256"] = weights_sha256(bundle.weights)
     validate(bundle.meta, bundle.weights, str(path))
+    check_tflite_entry(bundle.meta, bundle.tflite, str(path))
     arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in bundle.weights.items()}
     arrays["meta"] = np.frombuffer(json.dumps(bundle.meta, indent=1).encode("utf-8"), dtype=np.uint8)
     if bundle.tflite is not None:
@@ -162,8 +164,10 @@ def _bundle_from_bytes(data: bytes, path: Path) -> Bundle:
     if tflite is not None and (tflite.dtype != np.uint8 or tflite.ndim != 1):
         raise BundleError(f"{where}: '{TFLITE_ENTRY}' must be raw bytes (uint8)")
     validate(meta, arrays, where)
+    tflite = tflite.tobytes() if tflite is not None else None
+    check_tflite_entry(meta, tflite, where)
     weights = {name: a.astype(np.float32) for name, a in arrays.items()}  # native byte order
-    return Bundle(meta, weights, tflite.tobytes() if tflite is not None else None, path)
+    return Bundle(meta, weights, tflite, path)
 
 
 def validate(meta, weights: dict, where: str) -> None:
@@ -214,3 +218,24 @@ def validate(meta, weights: dict, where: str) -> None:
     digest = weights_sha256(weights)
     if digest != meta["weights_sha256"]:
         raise BundleError(f"{where}: weights do not match their hash in meta (file altered or damaged)")
+    if "tflite" in meta:
+        record = meta["tflite"]
+        if not isinstance(record, dict):
+            raise BundleError(f"{where}: meta 'tflite' must be a JSON object")
+        for key in ("input", "output"):
+            if record.get(key) not in TFLITE_IO_TYPES:
+                raise BundleError(f"{where}: meta 'tflite' '{key}' must be one of {', '.join(TFLITE_IO_TYPES)}, "
+                                  f"got {record.get(key)!r}")
+        if not isinstance(record.get("sha256"), str):
+            raise BundleError(f"{where}: meta 'tflite' needs 'sha256', the hash of the TFLite entry")
+
+
+def check_tflite_entry(meta: dict, tflite: bytes | None, where: str) -> None:
+    """The TFLite entry and its description in meta agree (an entry without one is allowed)."""
+    record = meta.get("tflite")
+    if record is None:
+        return
+    if tflite is None:
+        raise BundleError(f"{where}: meta describes a TFLite model but there is no '{TFLITE_ENTRY}' entry")
+    if hashlib.sha256(tflite).hexdigest() != record["sha256"]:
+        raise BundleError(f"{where}: the '{TFLITE_ENTRY}' entry does not match its hash in meta (altered or damaged)")

@@ -33,7 +33,7 @@ def _classify_file(path: str, bundle, runtime, settings) -> dict:
 def cmd_predict(args) -> int:
     try:
         bundle = load_bundle(args.model)
-        runtime = make_runtime(bundle, args.runtime)
+        runtime = make_runtime(bundle, args.runtime, args.threads)
     except (BundleError, RuntimeUnavailable) as e:
         print(f"cardcam: {e}", file=sys.stderr)
         return 2
@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify picture files with a model bundle")
     p.add_argument("--model", required=True, help="model bundle (.npz)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="auto (default: the bundle's TFLite model if it has one and a TFLite runtime is "
+                        "installed, else numpy), numpy or tflite")
+    p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (default 1)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_predict)
 

@@ -34,6 +34,7 @@ from device.decision import Decider
 from device.outputs import OutputError, Outputs, TerminalRenderer, mock_pin_factory
 from device.preprocess import ImageError, preprocess
 from device.runtime import RuntimeUnavailable, make_runtime
+from device.runtime import describe as describe_runtime
 
 CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits01.npz"
 
@@ -156,7 +157,7 @@ class ModelWatcher:
         return now - self._since >= self.stable_time
 
 
-def load_model(path, runtime_kind="auto", task="", like=None):
+def load_model(path, runtime_kind="auto", task="", like=None, threads=1):
     """A bundle and its runtime, fully checked; raises BundleError, ModelRefused or RuntimeUnavailable.
 
     ``task``: the config's required task, if any. ``like``: the running bundle, whose task and
@@ -170,7 +171,7 @@ def load_model(path, runtime_kind="auto", task="", like=None):
         raise ModelRefused(f"{path}: wrong task: the file is {meta_task!r} with labels {' '.join(bundle.labels)}, "
                            f"the running model is {like.meta.get('task')!r} with labels {' '.join(like.labels)}; "
                            "to switch task, point [model] path at it and send SIGHUP")
-    runtime = make_runtime(bundle, runtime_kind)
+    runtime = make_runtime(bundle, runtime_kind, threads)
     # One forward pass on a blank and a random input: weights that overflow to NaN show here.
     probe = np.zeros((2,) + tuple(bundle.input_shape), np.float32)
     probe[1] = np.random.default_rng(0).random(bundle.input_shape, dtype=np.float32)
@@ -333,7 +334,8 @@ class Daemon:
         running = self.pipeline.bundle if self.pipeline else None
         try:
             bundle, runtime = load_model(path, self.config.model.runtime, self.config.model.task,
-                                         like=running if reason == "changed" else None)
+                                         like=running if reason == "changed" else None,
+                                         threads=self.config.model.threads)
         except (BundleError, ModelRefused, RuntimeUnavailable, ImageError, ValueError) as e:
             if file_signature(path) != before:  # still being written: not a verdict yet
                 return False
@@ -360,7 +362,7 @@ class Daemon:
         self.model_error = None
         verb = "model loaded" if running is None else "model reloaded"
         self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
-                 f"runtime {runtime.name}) from {path}")
+                 f"runtime {runtime.description}) from {path}")
         self._check_outputs(bundle)
         self.write_state("running" if self.ready else "starting")
         return True
@@ -566,7 +568,7 @@ def run(args) -> int:
         print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: {frames}, "
               "mock GPIO pins", flush=True)
     daemon = Daemon(config, args.config, simulate)
-    daemon.log(where)
+    daemon.log(f"{where}; runtime {config.model.runtime}: {describe_runtime(config.model.runtime)}")
     if args.simulate:
         daemon.log(f"simulation: {frames}, GPIO on gpiozero's MockFactory")
     return daemon.run()

@@ -12,7 +12,8 @@ import sys
 
 from device.config import ConfigError, load_config
 from device.daemon import is_raspberry_pi, load_model, model_path
-from device.runtime import RUNTIMES
+from device.runtime import describe as describe_runtime
+from device.runtime import tflite_interpreter
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 
@@ -47,10 +48,11 @@ def check_libraries(on_pi):
 
 
 def check_runtimes(on_pi):
-    extra = [name for name, module in (("litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
-             if _version(module) not in (None,)]
-    names = [r for r in RUNTIMES if r != "auto"] + [f"({e} installed)" for e in extra]
-    return OK, "runtimes", " ".join(names), ""
+    found = tflite_interpreter()
+    if found is None:
+        return (WARN if on_pi else OK), "runtimes", "numpy only: no TFLite runtime, so every model runs in NumPy", \
+            "pip install ai-edge-litert (64-bit Pi OS) or tflite-runtime (32-bit) to run the int8 models"
+    return OK, "runtimes", f"numpy and tflite ({found[0]} {found[1]}); auto: {describe_runtime('auto')}", ""
 
 
 def check_gpiozero(on_pi):
@@ -108,13 +110,13 @@ def check_config_and_model(config_path, on_pi):
     lines = [(OK, "config", where.removeprefix("config: "), "")]
     path = model_path(config, simulate=not on_pi)
     try:
-        bundle, runtime = load_model(path, config.model.runtime, config.model.task)
+        bundle, runtime = load_model(path, config.model.runtime, config.model.task, threads=config.model.threads)
     except Exception as e:  # BundleError, ModelRefused, RuntimeUnavailable: all mean "no usable model"
         lines.append((FAIL, "model", str(e), "copy a model there: scp model.npz pi@HOST:/tmp/m.npz, then on the Pi "
                       f"sudo mv /tmp/m.npz {path}   (or set [model] path)"))
     else:
         lines.append((OK, "model", f"{bundle.name}: {bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
-                      f"runtime {runtime.name}, {path}", ""))
+                      f"runtime {runtime.description}, {path}", ""))
     return lines
 
 

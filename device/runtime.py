@@ -1,30 +1,46 @@
 """Runtimes: turn a bundle into ``predict(batch) -> probabilities``.
 
 ``NumpyRuntime`` needs nothing but NumPy. BatchNorm is folded into the conv/dense before it and
-dropout is dropped, so the forward pass is a short list of array operations built once per model.
+dropout is dropped; each conv/dense then runs with its ReLU and max-pool fused (pooling commutes
+with a per-channel bias and with ReLU, so both are applied to the 4x smaller pooled map), into
+buffers allocated once per batch size, each conv in the formulation fastest for its shape.
+
+``TfliteRuntime`` runs the bundle's int8 TFLite entry through the first interpreter that imports:
+ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tensorflow.lite.
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
 
 import numpy as np
 
 from device import nn
 from device.bundle import Bundle
 
-RUNTIMES = ("auto", "numpy")
+RUNTIMES = ("auto", "numpy", "tflite")
+# Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
+TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
+                  ("tensorflow", "tensorflow.lite"))
 
 
 class RuntimeUnavailable(RuntimeError):
     """The runtime asked for cannot run this bundle on this machine."""
 
 
+# --- NumPy -----------------------------------------------------------------------------------
+
 class NumpyRuntime:
     name = "numpy"
+    description = "numpy"
 
     def __init__(self, bundle: Bundle):
         self.labels = list(bundle.labels)
         self.input_shape = bundle.input_shape
-        self._steps = _build_steps(bundle)
+        self._ops = _plan(bundle)
+        self._compiled: dict = {}  # batch size -> list of steps writing into preallocated buffers
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, classes) probabilities."""
@@ -33,59 +49,337 @@ class NumpyRuntime:
             x = x[None]
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input shape {list(x.shape[1:])} does not match the model's {list(self.input_shape)}")
-        for step in self._steps:
+        n = len(x)
+        if n == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        steps = self._compiled.get(n)
+        if steps is None:
+            if len(self._compiled) > 4:  # a few batch sizes in use at most; don't hoard memory
+                self._compiled.clear()
+            steps = self._compiled[n] = _compile(self._ops, n, self.input_shape)
+        for step in steps:
             x = step(x)
-        return x
+        return x.copy()  # the last buffer is reused by the next call
 
 
-def _build_steps(bundle: Bundle) -> list:
+def _plan(bundle: Bundle) -> list:
+    """The forward pass as fused ops: ("affine", kind, kernel, bias, padding, pool sizes, relu),
+    ("scale", scale, shift), ("pool", size), ("relu",), ("flatten",), ("softmax",)."""
     layers = nn.infer_shapes(bundle.architecture, bundle.input_shape)
     weights = bundle.weights
-    steps = []
-    pending = None  # (kind, kernel, bias, padding) of a conv/dense that BatchNorm may still scale
-
-    def flush():
-        nonlocal pending
-        if pending is None:
-            return
-        kind, kernel, bias, padding = pending
-        if kind == "conv2d":
-            steps.append(lambda x, k=kernel, b=bias, p=padding: nn.conv2d(x, k, b, p))
-        else:
-            steps.append(lambda x, k=kernel, b=bias: x @ k + b)
-        pending = None
-
+    ops = []
     for layer in layers:
         kind, spec = layer.spec["type"], layer.spec
         w = {n: weights[f"L{layer.index}.{n}"] for n in layer.weights}
+        last = ops[-1] if ops else None
+        affine_open = last is not None and last[0] == "affine" and not last[5] and not last[6]
         if kind in ("conv2d", "dense"):
-            flush()
-            pending = (kind, w["kernel"].copy(), w["bias"].copy(), spec.get("padding", "valid"))
-            continue
-        if kind == "batchnorm":
+            ops.append(["affine", kind, w["kernel"].astype(np.float32), w["bias"].astype(np.float32),
+                        spec.get("padding", "valid"), [], False])
+        elif kind == "batchnorm":
             scale, shift = nn.fold_batchnorm(w, spec.get("epsilon", nn.BATCHNORM_DEFAULTS["epsilon"]))
-            if pending is not None:
-                k, b = pending[1], pending[2]
-                pending = (pending[0], (k * scale).astype(np.float32), (b * scale + shift).astype(np.float32), pending[3])
+            if affine_open:  # scale the conv/dense right before it (no pool or ReLU in between)
+                last[2] = (last[2] * scale).astype(np.float32)
+                last[3] = (last[3] * scale + shift).astype(np.float32)
             else:
-                steps.append(lambda x, s=scale.astype(np.float32), t=shift.astype(np.float32): x * s + t)
-            continue
-        flush()
-        if kind == "relu":
-            steps.append(lambda x: np.maximum(x, 0.0))
+                ops.append(["scale", scale.astype(np.float32), shift.astype(np.float32)])
+        elif kind == "relu":
+            if last is not None and last[0] == "affine":
+                last[6] = True
+            else:
+                ops.append(["relu"])
         elif kind == "maxpool2d":
-            steps.append(lambda x, s=spec.get("size", 2): nn.maxpool2d(x, s))
+            if last is not None and last[0] == "affine" and last[1] == "conv2d":
+                last[5].append(spec.get("size", 2))  # max-pool commutes with +bias and with ReLU
+            else:
+                ops.append(["pool", spec.get("size", 2)])
         elif kind == "flatten":
-            steps.append(lambda x: x.reshape(len(x), -1))
+            ops.append(["flatten"])
         elif kind == "softmax":
-            steps.append(nn.softmax)
+            ops.append(["softmax"])
         # dropout: identity at inference
-    flush()
+    return ops
+
+
+def _pool_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
+    """Non-overlapping max-pool as size*size strided maxima (no temporaries)."""
+    ho, wo = out.shape[1], out.shape[2]
+    first = True
+    for i in range(size):
+        for j in range(size):
+            part = x[:, i:i + ho * size:size, j:j + wo * size:size, :]
+            if first:
+                np.copyto(out, part)
+                first = False
+            else:
+                np.maximum(out, part, out=out)
+    return out
+
+
+def _compile(ops: list, n: int, input_shape) -> list:
+    """Steps for batch size n; every intermediate array is allocated here, once."""
+    steps = []
+    shape = (n, *input_shape)
+    for op in ops:
+        kind = op[0]
+        if kind == "affine" and op[1] == "conv2d":
+            step, shape = _conv_step(op, shape)
+        elif kind == "affine":
+            kernel, bias, relu = op[2], op[3], op[6]
+            out = np.empty((n, kernel.shape[1]), np.float32)
+
+            def step(x, k=kernel, b=bias, out=out, relu=relu):
+                np.matmul(x, k, out=out)
+                out += b
+                if relu:
+                    np.maximum(out, 0.0, out=out)
+                return out
+            shape = out.shape
+        elif kind == "scale":
+            out = np.empty(shape, np.float32)
+
+            def step(x, s=op[1], t=op[2], out=out):
+                np.multiply(x, s, out=out)
+                out += t
+                return out
+        elif kind == "relu":
+            out = np.empty(shape, np.float32)
+
+            def step(x, out=out):
+                return np.maximum(x, 0.0, out=out)
+        elif kind == "pool":
+            size = op[1]
+            out = np.empty((n, shape[1] // size, shape[2] // size, shape[3]), np.float32)
+
+            def step(x, size=size, out=out):
+                return _pool_into(x, size, out)
+            shape = out.shape
+        elif kind == "flatten":
+            shape = (n, int(np.prod(shape[1:])))
+
+            def step(x, shape=shape):
+                return np.ascontiguousarray(x).reshape(shape)
+        else:  # softmax
+            out = np.empty(shape, np.float32)
+
+            def step(x, out=out):
+                np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+                np.exp(out, out=out)
+                out /= out.sum(axis=-1, keepdims=True)
+                return out
+        steps.append(step)
     return steps
 
 
-def make_runtime(bundle: Bundle, kind: str = "auto"):
-    """The runtime to use for this bundle. 'auto' picks the best one available."""
+def _conv_step(op, shape):
+    """One conv (+ fused max-pools, bias, ReLU) for input `shape`: (step, output shape).
+
+    Formulations, chosen by shape (bench/inference.py measures them):
+    - im2col: every k x k window copied into a preallocated (pixels, k*k*C) matrix, then one
+      matrix product (BLAS does the work). The copy is either one strided copy of all windows or
+      k*k slice copies, whichever is faster for this layer here (timed once, when compiled).
+    - shifted sum: k*k multiply-adds of shifted views, for a single input and output channel
+      (a 1x1 matrix product is all overhead, and the window copy has a stride-1 inner axis).
+    """
+    _, kernel, bias, padding, pools, relu = op[1:]
+    n, h, w, c = shape
+    k, f = kernel.shape[0], kernel.shape[-1]
+    if padding == "same":
+        lo = (k - 1) // 2
+        padded = np.zeros((n, h + k - 1, w + k - 1, c), np.float32)  # the border stays zero
+        interior = padded[:, lo:lo + h, lo:lo + w, :]
+    else:
+        padded = interior = None
+    hp, wp = (h + k - 1, w + k - 1) if padded is not None else (h, w)
+    ho, wo = hp - k + 1, wp - k + 1
+    conv_out = np.empty((n, ho, wo, f), np.float32)
+    pooled = []
+    ph, pw = ho, wo
+    for size in pools:
+        ph, pw = ph // size, pw // size
+        pooled.append((size, np.empty((n, ph, pw, f), np.float32)))
+    if c == 1 and f == 1:
+        taps = [(i, j, float(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
+        tmp = np.empty_like(conv_out)
+
+        def convolve(xp):
+            (i, j, v), *rest = taps
+            np.multiply(xp[:, i:i + ho, j:j + wo, :], v, out=conv_out)
+            for i, j, v in rest:
+                np.multiply(xp[:, i:i + ho, j:j + wo, :], v, out=tmp)
+                np.add(conv_out, tmp, out=conv_out)
+    else:
+        cols = np.empty((n, ho, wo, k, k, c), np.float32)
+        cols2 = cols.reshape(-1, k * k * c)
+        out2 = conv_out.reshape(-1, f)
+        matrix = np.ascontiguousarray(kernel.reshape(-1, f))
+
+        def one_copy(xp):
+            windows = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))
+            np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
+
+        def slice_copies(xp):
+            for i in range(k):
+                for j in range(k):
+                    cols[:, :, :, i, j, :] = xp[:, i:i + ho, j:j + wo, :]
+
+        # Both fill the same matrix (identical results); which is faster depends on the shape and
+        # the machine, so time both once, here, on this layer's own buffers.
+        probe = padded if padded is not None else np.zeros(shape, np.float32)
+        fill = min((one_copy, slice_copies), key=lambda fn: _best_time(fn, probe))
+
+        def convolve(xp):
+            fill(xp)
+            np.matmul(cols2, matrix, out=out2)
+
+    def step(x):
+        if padded is not None:
+            np.copyto(interior, x)
+            x = padded
+        convolve(x)
+        y = conv_out
+        for size, out in pooled:
+            y = _pool_into(y, size, out)
+        y += bias
+        if relu:
+            np.maximum(y, 0.0, out=y)
+        return y
+    return step, pooled[-1][1].shape if pooled else conv_out.shape
+
+
+def _best_time(fn, arg, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(arg)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# --- TFLite ----------------------------------------------------------------------------------
+
+_INTERPRETER = None  # (module label, version, Interpreter class) once found; False: none here
+
+
+def tflite_interpreter():
+    """(label, version, Interpreter class) of the first TFLite runtime that imports, or None."""
+    global _INTERPRETER
+    if _INTERPRETER is None:
+        _INTERPRETER = False
+        for module, label in TFLITE_MODULES:
+            if label == "tensorflow.lite" and importlib.util.find_spec("tensorflow") is None:
+                continue
+            try:
+                m = importlib.import_module(module)
+                cls = m.lite.Interpreter if label == "tensorflow.lite" else m.Interpreter
+            except Exception:  # ImportError, or a wheel built for another numpy: try the next one
+                continue
+            _INTERPRETER = (label, _package_version(label), cls)
+            break
+    return _INTERPRETER or None
+
+
+def _package_version(label: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(label)
+    for name in ([dist] if dist else ["tensorflow", "tensorflow-cpu"]):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
+
+class TfliteRuntime:
+    """The bundle's TFLite model, batch 1 per invoke, tensors allocated once."""
+
+    name = "tflite"
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1, interpreter=None):
+        where = str(bundle.path) if bundle.path else bundle.name
+        if bundle.tflite is None:
+            raise RuntimeUnavailable(f"{where}: the bundle has no TFLite model; add one with "
+                                     f"`cardcam-train export --model {where}`, or use --runtime numpy")
+        found = interpreter or tflite_interpreter()
+        if found is None:
+            raise RuntimeUnavailable("no TFLite runtime is installed: pip install ai-edge-litert "
+                                     "(64-bit, numpy 2) or tflite-runtime (32-bit Pi OS, numpy < 2)")
+        label, version, cls = found
+        self.labels = list(bundle.labels)
+        self.input_shape = bundle.input_shape
+        try:
+            self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
+            self._interpreter.allocate_tensors()
+        except Exception as e:  # the interpreters raise ValueError/RuntimeError on a bad flatbuffer
+            raise RuntimeUnavailable(f"{where}: the TFLite model cannot be loaded ({str(e).splitlines()[0]})") from None
+        inp, out = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1 or tuple(inp[0]["shape"]) != (1, *self.input_shape) \
+                or tuple(out[0]["shape"]) != (1, len(self.labels)):
+            shapes = lambda details: [[int(v) for v in d["shape"]] for d in details]  # noqa: E731
+            raise RuntimeUnavailable(f"{where}: the TFLite model takes {shapes(inp)} and gives {shapes(out)}, not "
+                                     f"one {list(self.input_shape)} input and {len(self.labels)} scores")
+        self._in, self._out = inp[0], out[0]
+        self._in_scale, self._in_zero = self._in["quantization"]
+        self._out_scale, self._out_zero = self._out["quantization"]
+        self._in_type = np.dtype(self._in["dtype"])
+        if self._in_type.kind in "iu":
+            info = np.iinfo(self._in_type)
+            self._in_range = (info.min, info.max)
+        self._buffer = np.empty((1, *self.input_shape), self._in_type)
+        kind = "int8" if self._in_type.kind in "iu" else "float32"
+        self.backend = f"{label} {version}"
+        self.num_threads = int(num_threads)
+        self.description = (f"tflite ({label} {version}, {kind} input, {self.num_threads} "
+                            f"thread{'s' if self.num_threads != 1 else ''})")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) float32 inputs -> (N, classes) probabilities, one invoke per input."""
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"input shape {list(x.shape[1:])} does not match the model's {list(self.input_shape)}")
+        it = self._interpreter
+        result = np.empty((len(x), len(self.labels)), np.float32)
+        for i in range(len(x)):
+            if self._in_type.kind in "iu":  # quantise with the input tensor's own scale and zero point
+                q = np.rint(x[i:i + 1] / np.float32(self._in_scale)) + self._in_zero
+                np.clip(q, *self._in_range, out=q)
+                self._buffer[...] = q
+            else:
+                self._buffer[...] = x[i:i + 1]
+            it.set_tensor(self._in["index"], self._buffer)
+            it.invoke()
+            y = it.get_tensor(self._out["index"])[0]
+            if y.dtype.kind in "iu":
+                result[i] = (y.astype(np.float32) - self._out_zero) * np.float32(self._out_scale)
+            else:
+                result[i] = y
+        return result
+
+
+# --- choosing --------------------------------------------------------------------------------
+
+def make_runtime(bundle: Bundle, kind: str = "auto", num_threads: int = 1):
+    """The runtime to use for this bundle. 'auto': TFLite when the bundle has a TFLite model and
+    a TFLite runtime imports, otherwise NumPy. ``num_threads``: TFLite interpreter threads."""
     if kind not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {kind!r} (choose from {', '.join(RUNTIMES)})")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise RuntimeUnavailable(f"TFLite threads must be a whole number >= 1, got {num_threads!r}")
+    if kind == "tflite" or (kind == "auto" and bundle.tflite is not None and tflite_interpreter() is not None):
+        return TfliteRuntime(bundle, num_threads)
     return NumpyRuntime(bundle)
+
+
+def describe(kind: str = "auto") -> str:
+    """What a runtime setting runs on this machine, for the daemon's first log line and the doctor."""
+    found = tflite_interpreter() if kind != "numpy" else None
+    via = f"tflite via {found[0]} {found[1]}" if found else ""
+    if kind == "numpy":
+        return "numpy"
+    if kind == "tflite":
+        return via or "tflite, but no TFLite runtime is installed (pip install ai-edge-litert or tflite-runtime)"
+    if found is None:
+        return "numpy (no TFLite runtime installed)"
+    return f"{via} for bundles with a TFLite model, else numpy"

@@ -126,3 +126,58 @@ def trained01(tmp_path_factory, mnist01_cards):
     bundle = train(cfg, out, command="pytest trained01", progress=False, cards=mnist01_cards,
                    data_description="600 MNIST 0/1 cards (tests)")
     return SimpleNamespace(path=out, bundle=bundle, config=cfg, cards=mnist01_cards)
+
+
+def skip_or_fail(reason: str):
+    """Skip, unless CARDCAM_REQUIRE_TFLITE=1 (.ci/run's numpy<2 venv, where the TFLite tests are the point)."""
+    import os
+
+    if os.environ.get("CARDCAM_REQUIRE_TFLITE") == "1":
+        pytest.fail(f"CARDCAM_REQUIRE_TFLITE=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def keras_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("keras") is not None and importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.fixture(scope="session")
+def int8_model(request, tmp_path_factory):
+    """A 0/1 lenet5 bundle with its int8 TFLite entry: ``trained01`` exported here when Keras is
+    installed; otherwise (the numpy<2 + tflite-runtime venv) the shipped models/digits01.npz if it
+    has one. ``.exported`` says which."""
+    from device.bundle import load_bundle
+
+    if keras_available():
+        from training.export import add_tflite
+
+        trained01 = request.getfixturevalue("trained01")
+        bundle = load_bundle(trained01.path)
+        tflite, record = add_tflite(bundle, trained01.cards, "600 MNIST 0/1 cards (tests)", count=200)
+        bundle.tflite, bundle.meta["tflite"] = tflite, record
+        from device.bundle import save_bundle
+
+        path = save_bundle(bundle, tmp_path_factory.mktemp("int8") / "digits01-int8.npz")
+        return SimpleNamespace(path=path, bundle=load_bundle(path), cards=trained01.cards, exported=True)
+    shipped = REPO / "models" / "digits01.npz"
+    if not shipped.exists() or load_bundle(shipped).tflite is None:
+        skip_or_fail("no Keras to export a TFLite model, and models/digits01.npz has no TFLite entry")
+    return SimpleNamespace(path=shipped, bundle=load_bundle(shipped), cards=None, exported=False)
+
+
+@pytest.fixture(scope="session")
+def mnist01_inputs(mnist):
+    """Real model inputs: 300 MNIST 0/1 digits as dark-on-light cards through the Pi's preprocessing
+    (32x32), with their labels. Device code only, so it runs in every environment."""
+    from device.preprocess import preprocess
+
+    keep = np.flatnonzero(np.isin(mnist.labels, (0, 1)))[:300]
+    xs, ys = [], []
+    for i in keep:
+        prepared = preprocess(255 - mnist.images[i], PreprocessSettings(), (32, 32, 1))
+        if prepared.found:
+            xs.append(prepared.input)
+            ys.append(int(mnist.labels[i]))
+    return np.stack(xs).astype(np.float32), np.array(ys)

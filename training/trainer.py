@@ -79,6 +79,7 @@ class TrainConfig:
     camera_variants: int = 1
     val_fraction: float = 0.15
     processes: int | None = None
+    trainer: str = "numpy"  # or "keras" (optional extra): the same specs, data and schedule
     preprocess: dict | None = None  # PreprocessSettings fields that differ from the defaults
 
 
@@ -90,11 +91,45 @@ def _loss(probs, labels) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
+class NumpyLearner:
+    """training.layers + training.optim, one epoch at a time (KerasLearner is its Keras twin)."""
+
+    def __init__(self, architecture, input_shape, optimizer: str, lr: float, rng):
+        self.net = Network(architecture, input_shape, rng)
+        self.opt = OPTIMISERS[optimizer](self.net, lr=lr)
+
+    def fit_epoch(self, x_uint8, y, order, lr: float, batch_size: int, desc: str | None = None):
+        """One pass in the given order; returns (mean training loss, training accuracy)."""
+        from tqdm import tqdm
+
+        self.opt.lr = lr
+        steps = -(-len(x_uint8) // batch_size)
+        losses, correct = [], 0
+        bar = tqdm(range(steps), desc=desc, disable=desc is None, leave=False, unit="batch")
+        for step in bar:
+            b = order[step * batch_size:(step + 1) * batch_size]
+            xb, yb = as_float(x_uint8[b]), y[b]
+            logits = self.net.logits(xb, training=True)
+            loss, d = softmax_cross_entropy(logits, yb)
+            self.net.backward(d)
+            self.opt.step()
+            losses.append(loss)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / ((step + 1) * batch_size):.3f}")
+        bar.close()
+        return float(np.mean(losses)), correct / len(x_uint8)
+
+    def predict(self, x):
+        return self.net.predict(x)
+
+    def weights(self) -> dict:
+        return self.net.weights()
+
+
 def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: CardSet | None = None,
           data_description: str | None = None) -> Bundle:
     """Train, keep the best epoch (validation accuracy), save the bundle and its epoch log."""
-    from tqdm import tqdm
-
     out = Path(out)
     if cards is None:
         cards, data_description = load_task(cfg.task)
@@ -125,51 +160,43 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
               f"cards (+{len(x_cam)} camera frames) in {prep_s:.0f} s")
 
     rng = np.random.default_rng(cfg.seed)
-    net = Network(arch["layers"], input_shape, rng)
-    opt = OPTIMISERS[cfg.optimizer](net, lr=cfg.lr)
+    if cfg.trainer == "keras":
+        from training.keras_model import KerasLearner
+
+        learner = KerasLearner(arch["layers"], input_shape, cfg.optimizer, cfg.lr, cfg.seed)
+    elif cfg.trainer == "numpy":
+        learner = NumpyLearner(arch["layers"], input_shape, cfg.optimizer, cfg.lr, rng)
+    else:
+        raise ValueError(f"unknown trainer {cfg.trainer!r} (choose numpy or keras)")
     log_path = out.with_suffix(".train.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     best = None
     log_lines = []
-    steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     for epoch in range(1, cfg.epochs + 1):
         # Cosine decay of the learning rate over the run: large steps first, fine ones at the end.
-        opt.lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max(1, cfg.epochs))))
+        lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max(1, cfg.epochs))))
         order = rng.permutation(len(x_train))
         t_epoch = time.perf_counter()
-        losses, correct = [], 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
-                   leave=False, unit="batch")
-        for step in bar:
-            b = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            xb, yb = as_float(x_train[b]), y_train[b]
-            logits = net.logits(xb, training=True)
-            loss, d = softmax_cross_entropy(logits, yb)
-            net.backward(d)
-            opt.step()
-            losses.append(loss)
-            correct += int((logits.argmax(axis=1) == yb).sum())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / ((step + 1) * cfg.batch_size):.3f}")
-        bar.close()
+        train_loss, train_accuracy = learner.fit_epoch(x_train, y_train, order, lr, cfg.batch_size,
+                                                       f"epoch {epoch}/{cfg.epochs}" if progress else None)
         seconds = time.perf_counter() - t_epoch
-        p_val, p_cam = net.predict(as_float(x_val)), net.predict(as_float(x_cam))
+        p_val, p_cam = learner.predict(as_float(x_val)), learner.predict(as_float(x_cam))
         record = {
-            "epoch": epoch, "lr": round(float(opt.lr), 6), "seconds": round(seconds, 2),
-            "train_loss": round(float(np.mean(losses)), 5), "train_accuracy": round(correct / len(x_train), 5),
+            "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
+            "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
             "val_loss": round(_loss(p_val, y_val), 5), "val_accuracy": round(accuracy(p_val, y_val), 5),
             "val_camera_accuracy": round(accuracy(p_cam, y_cam), 5),
         }
         log_lines.append(record)
         score = (record["val_accuracy"] + record["val_camera_accuracy"], -record["val_loss"])
         if best is None or score > best[0]:
-            best = (score, epoch, net.weights(), record)
+            best = (score, epoch, learner.weights(), record)
         if progress:
             print(f"epoch {epoch:>2}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.4f}  "
                   f"val {record['val_accuracy']:.4f}  camera {record['val_camera_accuracy']:.4f}  {seconds:.1f} s")
     _, best_epoch, weights, best_record = best
     provenance = {
-        "trainer": "numpy",
+        "trainer": cfg.trainer,
         "data": data_description,
         "command": command,
         "seed": cfg.seed,
@@ -184,6 +211,11 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         "val_camera_accuracy": best_record["val_camera_accuracy"],
         "val_split": f"{cfg.val_fraction:.0%} of each class, fixed split seed",
     }
+    if cfg.trainer == "keras":
+        import keras
+        import tensorflow as tf
+
+        provenance["framework"] = f"keras {keras.__version__}, tensorflow {tf.__version__}"
     meta = make_meta(name=out.stem, task=cfg.task, labels=cards.names, input_shape=input_shape,
                      preprocess=settings, architecture=arch["layers"], provenance=provenance, weights=weights)
     meta["arch"] = cfg.arch
