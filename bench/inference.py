@@ -1,52 +1,102 @@
 """Per-image inference time of every shipped model and architecture, batch 1.
 
-    python bench/inference.py [--json]
+    python bench/inference.py [--json] [--threads N]
 
-Columns: NumPy forward ms; TFLite columns (litert float / int8, tflite-runtime) appear once the
-TFLite runtimes exist (see the Keras/TFLite issue); until then they print as "-", and the
-ratio NumPy/litert-float is left empty rather than guessed.
+Columns: NumPy forward ms (device.runtime.NumpyRuntime), litert float32 and int8 ms, tflite-runtime
+int8 ms (where importable), and the ratio NumPy / litert float. Every TFLite time goes through
+device.runtime.TfliteRuntime.predict, so it includes quantising the input and dequantising the
+output, as on the Pi. Float TFLite models are converted here (needs the keras extra); the int8
+one is the bundle's own entry, or for random-weight bundles converted with random inputs.
+Missing runtimes print as "-" (JSON null), never as a guess.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from _common import best_of, random_bundle
 
-from device.bundle import load_bundle
-from device.runtime import NumpyRuntime
+from device.bundle import Bundle, load_bundle
+from device.runtime import NumpyRuntime, TfliteRuntime, _package_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(bundle) -> dict:
+def interpreter(module: str, label: str):
+    try:
+        return label, _package_version(label), importlib.import_module(module).Interpreter
+    except ImportError:
+        return None
+
+
+def tflite_models(bundle) -> tuple[bytes | None, bytes | None]:
+    """(float32, int8) flatbuffers for the bundle, or None where TensorFlow is needed and absent."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from training.export import convert, convert_float
+        importlib.import_module("tensorflow")
+    except ImportError:
+        return None, bundle.tflite
+    float_model = convert_float(bundle)
+    int8_model = bundle.tflite
+    if int8_model is None:
+        rep = np.random.default_rng(1).random((32, *bundle.input_shape), dtype=np.float32)
+        int8_model = convert(bundle, rep)
+    return float_model, int8_model
+
+
+def time_ms(runtime, x) -> float:
+    runtime.predict(x)
+    return best_of(lambda: runtime.predict(x), repeats=7, number=50) * 1000
+
+
+def measure(bundle, threads: int) -> dict:
     x = np.random.default_rng(0).random((1, *bundle.input_shape), dtype=np.float32)
-    numpy_rt = NumpyRuntime(bundle)
-    numpy_ms = best_of(lambda: numpy_rt.predict(x), repeats=7, number=50) * 1000
-    return {"model": bundle.name, "numpy_ms": round(numpy_ms, 4), "litert_f32_ms": None,
-            "litert_int8_ms": None, "tflite_runtime_ms": None, "numpy_over_litert": None}
+    numpy_ms = time_ms(NumpyRuntime(bundle), x)
+    float_model, int8_model = tflite_models(bundle)
+    litert = interpreter("ai_edge_litert.interpreter", "ai_edge_litert")
+    tflite_rt = interpreter("tflite_runtime.interpreter", "tflite_runtime")
+
+    def run(found, model):
+        if found is None or model is None:
+            return None
+        b = Bundle(bundle.meta, bundle.weights, model, bundle.path)
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            rt = TfliteRuntime(b, threads, interpreter=found)
+        return round(time_ms(rt, x), 4)
+
+    f32, i8 = run(litert, float_model), run(litert, int8_model)
+    return {"model": bundle.name, "numpy_ms": round(numpy_ms, 4), "litert_f32_ms": f32, "litert_int8_ms": i8,
+            "tflite_runtime_ms": run(tflite_rt, int8_model),
+            "numpy_over_litert": round(numpy_ms / f32, 2) if f32 else None, "threads": threads}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per model per line")
+    parser.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (default 1)")
     args = parser.parse_args()
     bundles = [load_bundle(p) for p in sorted((ROOT / "models").glob("*.npz"))]
     bundles += [random_bundle(a) for a in ("lenet5", "dwengo", "digitnet")]
     if not args.json:
-        print(f"{'model':<18}{'numpy ms':>10}{'litert f32':>12}{'litert int8':>13}{'numpy/litert':>14}")
+        print(f"{'model':<18}{'numpy ms':>10}{'litert f32':>12}{'litert int8':>13}{'tflite-rt':>11}"
+              f"{'numpy/litert':>14}   (batch 1, {args.threads} TFLite thread(s))")
     for b in bundles:
-        r = measure(b)
+        r = measure(b, args.threads)
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r), flush=True)
         else:
             dash = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             print(f"{r['model']:<18}{r['numpy_ms']:>10.3f}{dash(r['litert_f32_ms']):>12}"
-                  f"{dash(r['litert_int8_ms']):>13}{dash(r['numpy_over_litert']):>14}")
+                  f"{dash(r['litert_int8_ms']):>13}{dash(r['tflite_runtime_ms']):>11}"
+                  f"{dash(r['numpy_over_litert']):>14}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python bench/train.py [--json] [--samples N]
 
-The Keras column fills in once the Keras trainer exists (see the Keras/TFLite issue); until then
-it prints as "-" and the ratio is left empty rather than guessed. Seconds are for ``--samples``
-inputs (default 2048) at batch 64, Adam, one core's worth of NumPy/BLAS as the machine gives it.
+Keras (training.keras_model.KerasLearner, the `--trainer keras` path) trains the same net on the
+same inputs in the same run; without the keras extra its column prints as "-" (JSON null). Seconds
+are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads each library takes
+by default on this machine; both get one warm-up pass first (allocation, Keras' graph tracing).
 """
 
 from __future__ import annotations
@@ -39,6 +40,24 @@ def numpy_epoch_seconds(arch_name: str, samples: int, batch: int = 64) -> float:
     return time.perf_counter() - t
 
 
+def keras_epoch_seconds(arch_name: str, samples: int, batch: int = 64) -> float | None:
+    from training.keras_model import KerasLearner, KerasMissing
+
+    arch = ARCHS[arch_name](10)
+    try:
+        learner = KerasLearner(arch["layers"], arch["input_shape"], "adam", 1e-3, 0)
+    except KerasMissing:
+        return None
+    rng = np.random.default_rng(0)
+    x = (rng.random((samples, *arch["input_shape"])) * 255).astype(np.uint8)  # the trainer keeps uint8 inputs
+    y = rng.integers(0, 10, samples)
+    order = np.arange(samples)
+    learner.fit_epoch(x[:batch * 2], y[:batch * 2], order[:batch * 2], 1e-3, batch)  # warm-up: tracing
+    t = time.perf_counter()
+    learner.fit_epoch(x, y, order, 1e-3, batch)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -48,12 +67,16 @@ def main() -> None:
         print(f"{'arch':<10}{'numpy s/epoch':>15}{'keras s/epoch':>15}{'numpy/keras':>13}   ({args.samples} inputs)")
     for name in ("lenet5", "dwengo", "digitnet"):
         s = numpy_epoch_seconds(name, args.samples)
+        k = keras_epoch_seconds(name, args.samples)
         r = {"arch": name, "samples": args.samples, "numpy_s_per_epoch": round(s, 3),
-             "keras_s_per_epoch": None, "numpy_over_keras": None}
+             "keras_s_per_epoch": round(k, 3) if k is not None else None,
+             "numpy_over_keras": round(s / k, 2) if k else None}
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r), flush=True)
         else:
-            print(f"{name:<10}{s:>15.2f}{'-':>15}{'-':>13}")
+            dash = lambda v, f: "-" if v is None else f"{v:{f}}"  # noqa: E731
+            print(f"{name:<10}{s:>15.2f}{dash(r['keras_s_per_epoch'], '.2f'):>15}"
+                  f"{dash(r['numpy_over_keras'], '.2f'):>13}", flush=True)
 
 
 if __name__ == "__main__":

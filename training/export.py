@@ -13,6 +13,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import io
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,6 +57,21 @@ def split_inputs(bundle: Bundle, cards: CardSet, which: str, count: int | None, 
     return as_float(x), labels
 
 
+@contextlib.contextmanager
+def _native_chatter_hidden():
+    """TensorFlow's C++ converter writes progress lines straight to file descriptor 2; hide them
+    (its failures still arrive as Python exceptions with their messages)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def convert(bundle: Bundle, representative: np.ndarray, io_type: str = "int8") -> bytes:
     """TFLite flatbuffer of the bundle: full-integer int8 ops, int8 or float32 at the edges."""
     if io_type not in IO_TYPES:
@@ -74,8 +91,18 @@ def convert(bundle: Bundle, representative: np.ndarray, io_type: str = "int8") -
         converter.inference_output_type = tf.int8
     # The converter prints its SavedModel's signature, and warns that the (int8) input has no
     # statistics, which it then takes from the representative data as it should.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _native_chatter_hidden():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return bytes(converter.convert())
+
+
+def convert_float(bundle: Bundle) -> bytes:
+    """Plain float32 TFLite of the bundle (for benchmarks: what int8 is compared with)."""
+    keras()
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model_from_bundle(bundle))
+    with contextlib.redirect_stdout(io.StringIO()), _native_chatter_hidden():
         return bytes(converter.convert())
 
 
@@ -137,4 +164,4 @@ def export(model, data: str | None = None, io_type: str = "int8", count: int = R
     return bundle, out, record
 
 
-__all__ = ["convert", "agreement", "add_tflite", "export", "split_inputs", "task_cards", "BundleError"]
+__all__ = ["convert", "convert_float", "agreement", "add_tflite", "export", "split_inputs", "task_cards", "BundleError"]
