@@ -21,6 +21,7 @@ from device import nn
 from device.bundle import Bundle
 
 RUNTIMES = ("auto", "numpy", "tflite")
+_BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -101,19 +102,23 @@ def _plan(bundle: Bundle) -> list:
     return ops
 
 
-def _pool_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
-    """Non-overlapping max-pool as size*size strided maxima (no temporaries)."""
-    ho, wo = out.shape[1], out.shape[2]
-    first = True
-    for i in range(size):
-        for j in range(size):
-            part = x[:, i:i + ho * size:size, j:j + wo * size:size, :]
-            if first:
-                np.copyto(out, part)
-                first = False
-            else:
-                np.maximum(out, part, out=out)
-    return out
+def _pooler(shape, size: int):
+    """Non-overlapping max-pool for inputs of `shape` into a preallocated output: the maximum
+    over rows, then over columns, of strided views (no temporaries). Returns (pool, output)."""
+    n, h, w, c = shape
+    ho, wo = h // size, w // size
+    rows = np.empty((n, ho, w, c), np.float32)
+    out = np.empty((n, ho, wo, c), np.float32)
+
+    def pool(x):
+        np.maximum(x[:, 0:ho * size:size], x[:, 1:ho * size:size], out=rows)
+        for i in range(2, size):
+            np.maximum(rows, x[:, i:ho * size:size], out=rows)
+        np.maximum(rows[:, :, 0:wo * size:size], rows[:, :, 1:wo * size:size], out=out)
+        for j in range(2, size):
+            np.maximum(out, rows[:, :, j:wo * size:size], out=out)
+        return out
+    return pool, out
 
 
 def _compile(ops: list, n: int, input_shape) -> list:
@@ -148,11 +153,7 @@ def _compile(ops: list, n: int, input_shape) -> list:
             def step(x, out=out):
                 return np.maximum(x, 0.0, out=out)
         elif kind == "pool":
-            size = op[1]
-            out = np.empty((n, shape[1] // size, shape[2] // size, shape[3]), np.float32)
-
-            def step(x, size=size, out=out):
-                return _pool_into(x, size, out)
+            step, out = _pooler(shape, op[1])
             shape = out.shape
         elif kind == "flatten":
             shape = (n, int(np.prod(shape[1:])))
@@ -181,77 +182,84 @@ def _conv_step(op, shape):
     - shifted sum: k*k multiply-adds of shifted views, for a single input and output channel
       (a 1x1 matrix product is all overhead, and the window copy has a stride-1 inner axis).
     """
-    _, kernel, bias, padding, pools, relu = op[1:]
+    _, kernel, bias, padding, pool_sizes, relu = op[1:]
     n, h, w, c = shape
     k, f = kernel.shape[0], kernel.shape[-1]
+    # The input is copied into a buffer of our own (for 'same', inside its zero border), so every
+    # view of it below is made once, here, and not per frame.
     if padding == "same":
         lo = (k - 1) // 2
         padded = np.zeros((n, h + k - 1, w + k - 1, c), np.float32)  # the border stays zero
         interior = padded[:, lo:lo + h, lo:lo + w, :]
     else:
-        padded = interior = None
-    hp, wp = (h + k - 1, w + k - 1) if padded is not None else (h, w)
+        padded = np.empty(shape, np.float32)
+        interior = padded
+    hp, wp = padded.shape[1], padded.shape[2]
     ho, wo = hp - k + 1, wp - k + 1
     conv_out = np.empty((n, ho, wo, f), np.float32)
-    pooled = []
-    ph, pw = ho, wo
-    for size in pools:
-        ph, pw = ph // size, pw // size
-        pooled.append((size, np.empty((n, ph, pw, f), np.float32)))
+    pools = []
+    pooled_shape = conv_out.shape
+    for size in pool_sizes:
+        pool, out = _pooler(pooled_shape, size)
+        pools.append(pool)
+        pooled_shape = out.shape
     if c == 1 and f == 1:
-        taps = [(i, j, float(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
+        taps = [(padded[:, i:i + ho, j:j + wo, :], float(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
         tmp = np.empty_like(conv_out)
 
-        def convolve(xp):
-            (i, j, v), *rest = taps
-            np.multiply(xp[:, i:i + ho, j:j + wo, :], v, out=conv_out)
-            for i, j, v in rest:
-                np.multiply(xp[:, i:i + ho, j:j + wo, :], v, out=tmp)
+        def convolve():
+            (view, v), *rest = taps
+            np.multiply(view, v, out=conv_out)
+            for view, v in rest:
+                np.multiply(view, v, out=tmp)
                 np.add(conv_out, tmp, out=conv_out)
     else:
         cols = np.empty((n, ho, wo, k, k, c), np.float32)
         cols2 = cols.reshape(-1, k * k * c)
         out2 = conv_out.reshape(-1, f)
         matrix = np.ascontiguousarray(kernel.reshape(-1, f))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        pairs = [(cols[:, :, :, i, j, :], padded[:, i:i + ho, j:j + wo, :]) for i in range(k) for j in range(k)]
 
-        def one_copy(xp):
-            windows = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))
-            np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
+        def one_copy():
+            np.copyto(cols, windows)
 
-        def slice_copies(xp):
-            for i in range(k):
-                for j in range(k):
-                    cols[:, :, :, i, j, :] = xp[:, i:i + ho, j:j + wo, :]
+        def slice_copies():
+            for dst, src in pairs:
+                np.copyto(dst, src)
 
         # Both fill the same matrix (identical results); which is faster depends on the shape and
         # the machine, so time both once, here, on this layer's own buffers.
-        probe = padded if padded is not None else np.zeros(shape, np.float32)
-        fill = min((one_copy, slice_copies), key=lambda fn: _best_time(fn, probe))
+        fill = min((one_copy, slice_copies), key=_best_time)
+        # Row blocks small enough that OpenBLAS runs each on one thread (it threads a product of
+        # m*n*k >= 65536*4). Threaded, a 256x400x32 product took 8 ms instead of 0.1 ms here while
+        # another process kept the cores busy, as preprocessing or a camera does on the Pi.
+        rows = max(1, (_BLAS_THREAD_MIN - 1) // (cols2.shape[1] * f))
+        blocks = [(cols2[r:r + rows], out2[r:r + rows]) for r in range(0, len(cols2), rows)]
 
-        def convolve(xp):
-            fill(xp)
-            np.matmul(cols2, matrix, out=out2)
+        def convolve():
+            fill()
+            for a, o in blocks:
+                np.matmul(a, matrix, out=o)
 
     def step(x):
-        if padded is not None:
-            np.copyto(interior, x)
-            x = padded
-        convolve(x)
+        np.copyto(interior, x)
+        convolve()
         y = conv_out
-        for size, out in pooled:
-            y = _pool_into(y, size, out)
+        for pool in pools:
+            y = pool(y)
         y += bias
         if relu:
             np.maximum(y, 0.0, out=y)
         return y
-    return step, pooled[-1][1].shape if pooled else conv_out.shape
+    return step, pooled_shape
 
 
-def _best_time(fn, arg, repeats: int = 3) -> float:
+def _best_time(fn, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        fn(arg)
+        fn()
         best = min(best, time.perf_counter() - t)
     return best
 
