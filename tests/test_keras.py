@@ -141,6 +141,12 @@ def test_export_cli_adds_tflite_to_a_numpy_bundle_and_writes_a_tflite_file(train
     assert after.meta["tflite"]["sha256"] == hashlib.sha256(after.tflite).hexdigest()
     assert after.meta["tflite"]["representative"].startswith("60 inputs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cards", "m.npz", "m.tflite"]
+    # The int8 model judged like any other: cardcam-train evaluate --runtime tflite.
+    proc = subprocess.run([sys.executable, "-m", "training", "evaluate", "--model", str(model), "--runtime", "tflite",
+                           "--json", str(data)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["runtime"].startswith("tflite (") and report["count"] == 120 and report["accuracy"] >= 0.95
     # Refusals: one line naming what is wrong, the bundle untouched.
     proc = subprocess.run([sys.executable, "-m", "training", "export", "--model", str(tmp_path / "none.npz")],
                           capture_output=True, text=True, timeout=120, cwd=REPO)

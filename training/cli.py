@@ -12,7 +12,7 @@ import numpy as np
 
 from device.bundle import BundleError, load_bundle
 from device.preprocess import PreprocessSettings
-from device.runtime import make_runtime
+from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime
 from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
 from training.nets import ARCHS
@@ -69,7 +69,7 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     bundle = load_bundle(args.model)
-    runtime = make_runtime(bundle, "numpy")
+    runtime = make_runtime(bundle, args.runtime)
     if Path(args.data).is_dir():
         cards = load_folder(args.data)
         idx = np.arange(len(cards))
@@ -101,13 +101,13 @@ def cmd_evaluate(args) -> int:
     acc = float((pred == y).mean())
     per_class = {labels[c]: float(confusion[c, c] / max(1, confusion[c].sum())) for c in range(n)}
     result = {"model": str(args.model), "data": args.data, "split": args.split if not Path(args.data).is_dir() else "all",
-              "pictures": kind, "count": int(len(idx)), "accuracy": round(acc, 5),
+              "pictures": kind, "runtime": runtime.description, "count": int(len(idx)), "accuracy": round(acc, 5),
               "no_ink": int((pred < 0).sum()), "per_class": {k: round(v, 5) for k, v in per_class.items()},
               "confusion": confusion.tolist()}
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.model} on {args.data} ({result['split']}, {kind} pictures): {len(idx)} images, "
+    print(f"{args.model} on {args.data} ({result['split']}, {kind} pictures, {runtime.description}): {len(idx)} images, "
           f"accuracy {acc:.2%}, no ink found in {result['no_ink']}")
     print("per class: " + "  ".join(f"{k}: {v:.2%}" for k, v in per_class.items()))
     width = max(5, max(len(l) for l in labels) + 1)
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a task: its validation split (default) or every image")
     p.add_argument("--camera", action="store_true", help="judge simulated camera frames instead of clean cards")
     p.add_argument("--frames", type=int, default=1, help="with --camera: frames per card (default 1)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
+                   help="numpy (default: the float weights), tflite (the bundle's int8 model) or auto")
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (BundleError, DataError, ValueError, KerasMissing) as e:
+    except (BundleError, DataError, ValueError, KerasMissing, RuntimeUnavailable) as e:
         print(f"cardcam-train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
