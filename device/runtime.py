@@ -22,6 +22,7 @@ from device.bundle import Bundle
 
 RUNTIMES = ("auto", "numpy", "tflite")
 _BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
+_BAND_MAX = 1 << 17  # floats (512 KiB): larger row-band matrices are never the fast form
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -179,6 +180,8 @@ def _conv_step(op, shape):
     - im2col: every k x k window copied into a preallocated (pixels, k*k*C) matrix, then one
       matrix product (BLAS does the work). The copy is either one strided copy of all windows or
       k*k slice copies, whichever is faster for this layer here (timed once, when compiled).
+    - row band: k input rows stacked, times one banded matrix per layer (see below); timed
+      against im2col when the matrix is small.
     - shifted sum: k*k multiply-adds of shifted views, for a single input and output channel
       (a 1x1 matrix product is all overhead, and the window copy has a stride-1 inner axis).
     """
@@ -192,7 +195,7 @@ def _conv_step(op, shape):
         padded = np.zeros((n, h + k - 1, w + k - 1, c), np.float32)  # the border stays zero
         interior = padded[:, lo:lo + h, lo:lo + w, :]
     else:
-        padded = np.empty(shape, np.float32)
+        padded = np.zeros(shape, np.float32)  # zeros, not garbage, for the timing runs below
         interior = padded
     hp, wp = padded.shape[1], padded.shape[2]
     ho, wo = hp - k + 1, wp - k + 1
@@ -237,10 +240,32 @@ def _conv_step(op, shape):
         rows = max(1, (_BLAS_THREAD_MIN - 1) // (cols2.shape[1] * f))
         blocks = [(cols2[r:r + rows], out2[r:r + rows]) for r in range(0, len(cols2), rows)]
 
-        def convolve():
+        def im2col():
             fill()
             for a, o in blocks:
                 np.matmul(a, matrix, out=o)
+
+        candidates = [im2col]
+        band = _band_matrix(kernel, wp, wo)
+        if band.size <= _BAND_MAX:
+            # Row-band form: each output row (wo*f values) is k input rows (k*wp*c values) times
+            # one banded matrix. More arithmetic (wp/k times), but its patches are whole rows,
+            # copied k at a time; it wins for a single input channel on a narrow input (LeNet's
+            # first layer) where the im2col copy, with its 1-wide inner axis, is the cost.
+            stacked = np.empty((n, ho, k, wp * c), np.float32)
+            stacked2, out_rows = stacked.reshape(n * ho, -1), conv_out.reshape(n * ho, wo * f)
+            row_pairs = [(stacked[:, :, i, :], padded[:, i:i + ho].reshape(n, ho, wp * c)) for i in range(k)]
+            rows = max(1, (_BLAS_THREAD_MIN - 1) // band.size)
+            band_blocks = [(stacked2[r:r + rows], out_rows[r:r + rows]) for r in range(0, n * ho, rows)]
+
+            def row_band():
+                for dst, src in row_pairs:
+                    np.copyto(dst, src)
+                for a, o in band_blocks:
+                    np.matmul(a, band, out=o)
+            candidates.append(row_band)
+        # The forms differ only in the order of float additions (~1e-7); time them here, once.
+        convolve = min(candidates, key=_best_time)
 
     def step(x):
         np.copyto(interior, x)
@@ -253,6 +278,15 @@ def _conv_step(op, shape):
             np.maximum(y, 0.0, out=y)
         return y
     return step, pooled_shape
+
+
+def _band_matrix(kernel: np.ndarray, wp: int, wo: int) -> np.ndarray:
+    """(k*wp*c, wo*f) matrix taking k stacked input rows to one output row of a 'valid' conv."""
+    k, _, c, f = kernel.shape
+    band = np.zeros((k, wp, c, wo, f), np.float32)
+    for o in range(wo):
+        band[:, o:o + k, :, o, :] = kernel
+    return band.reshape(k * wp * c, wo * f)
 
 
 def _best_time(fn, repeats: int = 3) -> float:
