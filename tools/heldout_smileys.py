@@ -10,6 +10,10 @@ brows, tearful faces. It shares no code and no parameter ranges with the generat
     .venv/bin/python tools/heldout_smileys.py --out /tmp/heldout [--per-style 20]
     cardcam-train evaluate --model models/smiley.npz /tmp/heldout
     cardcam-train evaluate --model models/smiley.npz --camera --frames 3 /tmp/heldout
+
+or, accuracy per style on the faces as drawn and through the camera simulation:
+
+    .venv/bin/python tools/heldout_smileys.py --model models/smiley.npz [--per-style 20]
 """
 
 from __future__ import annotations
@@ -149,21 +153,58 @@ def render(style: str, happy: bool, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(im, np.uint8)
 
 
+def faces(per_style: int, seed: int):
+    """(style, label, card) for every style, happy then sad."""
+    for happy, label in ((True, "happy"), (False, "sad")):
+        for s, style in enumerate(STYLES):
+            for i in range(per_style):
+                yield style, label, i, render(style, happy, np.random.default_rng([seed, s, i, happy]))
+
+
+def evaluate(model, per_style: int, seed: int, camera_frames: int = 2) -> dict:
+    """Accuracy per style: {style: (clean accuracy, camera accuracy)}; "no ink" counts as wrong."""
+    from device.bundle import load_bundle
+    from device.preprocess import preprocess
+    from device.runtime import make_runtime
+    from training.augment import camera_frame
+
+    bundle = load_bundle(model)
+    runtime = make_runtime(bundle, "numpy")
+    scores: dict = {}
+    for style, label, i, card in faces(per_style, seed):
+        pictures = [("clean", card)] + [("camera", camera_frame(card, np.random.default_rng([seed, i, f])))
+                                        for f in range(camera_frames)]
+        for kind, picture in pictures:
+            p = preprocess(picture, bundle.preprocess, bundle.input_shape)
+            right = p.found and bundle.labels[int(runtime.predict(p.input[None]).argmax())] == label
+            scores.setdefault(style, {}).setdefault(kind, []).append(right)
+    return {style: (float(np.mean(k["clean"])), float(np.mean(k["camera"])) if k.get("camera") else float("nan"))
+            for style, k in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder to write OUT/happy/*.png and OUT/sad/*.png")
+    parser.add_argument("--out", help="folder to write OUT/happy/*.png and OUT/sad/*.png")
+    parser.add_argument("--model", help="instead: print a model's accuracy on the faces, per style")
     parser.add_argument("--per-style", type=int, default=20, help="faces per style and class (default 20)")
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args()
+    if args.model:
+        result = evaluate(args.model, args.per_style, args.seed)
+        for style, (clean, camera) in result.items():
+            print(f"{style:>8}: drawn {clean:.1%}  camera {camera:.1%}")
+        clean = np.mean([c for c, _ in result.values()])
+        camera = np.mean([c for _, c in result.values()])
+        print(f"{'all':>8}: drawn {clean:.1%}  camera {camera:.1%}  ({2 * len(STYLES) * args.per_style} faces)")
+        return
+    if not args.out:
+        parser.error("give --out DIR or --model MODEL")
     from PIL import Image
 
     out = Path(args.out)
-    for happy, label in ((True, "happy"), (False, "sad")):
+    for style, label, i, card in faces(args.per_style, args.seed):
         (out / label).mkdir(parents=True, exist_ok=True)
-        for s, style in enumerate(STYLES):
-            for i in range(args.per_style):
-                rng = np.random.default_rng([args.seed, s, i, happy])
-                Image.fromarray(render(style, happy, rng)).save(out / label / f"{style}-{i:03d}.png")
+        Image.fromarray(card).save(out / label / f"{style}-{i:03d}.png")
     print(f"wrote {2 * len(STYLES) * args.per_style} faces to {out}/happy and {out}/sad")
 
 

@@ -137,15 +137,17 @@ def _eyes(pen: _Pen, rng, label: str, paper: int) -> tuple[float, float, float]:
     weights[kinds.index("arc_up" if label == "happy" else "arc_down")] += 1.5
     kind = rng.choice(kinds, p=weights / weights.sum())
     asym = rng.uniform(-0.05, 0.05)  # eyes a little uneven
+    glint = rng.random() < 0.2
     tilt = rng.uniform(-0.25, 0.25)
     for side in (-1, 1):
         cx = side * dx + rng.normal(0, 0.015)
         cy = ey + (asym if side > 0 else 0) + rng.normal(0, 0.015)
         s = size * rng.uniform(0.9, 1.1)
-        if kind == "dot":
-            pen.dot(cx, cy, s * 0.75, s * 0.75)
-        elif kind == "oval":
-            pen.dot(cx, cy, s * rng.uniform(0.45, 0.7), s * rng.uniform(1.0, 1.5))
+        if kind in ("dot", "oval"):
+            rx, ry = (s * 0.75, s * 0.75) if kind == "dot" else (s * rng.uniform(0.45, 0.7), s * rng.uniform(1.0, 1.5))
+            pen.dot(cx, cy, rx, ry)
+            if glint:  # a highlight left white, as in printed emoji
+                pen.dot(cx + rx * 0.3, cy - ry * 0.35, rx * 0.35, rx * 0.35, fill=paper)
         elif kind == "ring":
             pen.stroke(_ellipse(cx, cy, s, s * rng.uniform(1.0, 1.4), 32), width_factor=0.7)
         elif kind == "pupil":
@@ -188,8 +190,8 @@ def _mouth(pen: _Pen, rng, label: str, paper: int, below: float | None = None):
     stays close under them (preprocessing keeps the main cluster of ink, and a face whose mouth
     floats far from its eyes would lose one of them)."""
     cy = rng.uniform(0.18, 0.58)   # the same range for both classes
-    width = rng.uniform(0.3, 1.0)
-    depth = width * rng.uniform(0.14, 0.55)  # curvature: gentle to deep, for both classes
+    width = rng.uniform(0.35, 1.0)
+    depth = max(0.06, width * rng.uniform(0.1, 0.55))  # curvature: gentle to deep, for both classes
     if below is not None:
         cy = below + depth / 2 + rng.uniform(0.06, 0.2)
     cx = rng.uniform(-0.1, 0.1)
@@ -200,8 +202,8 @@ def _mouth(pen: _Pen, rng, label: str, paper: int, below: float | None = None):
     else:
         kind = rng.choice(["arc", "open", "wavy", "down_turned", "small"], p=[0.5, 0.12, 0.13, 0.15, 0.10])
     if kind == "small":
-        width *= 0.6
-        depth = width * rng.uniform(0.25, 0.6)
+        width *= 0.75
+        depth = max(0.06, width * rng.uniform(0.25, 0.6))
     curve = _mouth_curve(width, sign * depth, cy, rng)
     if kind in ("arc", "small", "cheeks"):
         pts = _rotate(curve + [cx, 0], tilt, (cx, cy))
@@ -231,8 +233,14 @@ def _mouth(pen: _Pen, rng, label: str, paper: int, below: float | None = None):
                                width_factor=0.45)
         else:
             pen.fill(shape)
-            if rng.random() < 0.3:  # a tongue or teeth in paper colour
+            extra = rng.random()
+            if extra < 0.25:  # a tongue in paper colour
                 pen.fill(_ellipse(cx, cy + sign * depth * 0.3, width * 0.18, depth * 0.25, 16), fill=paper)
+            elif extra < 0.5:  # a row of teeth in paper colour along the lip
+                lip_r = _rotate(lip + [cx, 0], tilt, (cx, cy))
+                band = lip_r[4:-4]
+                pen.fill(np.concatenate([band, band[::-1] + [0, sign * depth * rng.uniform(0.25, 0.45)]]),
+                         fill=paper, wobble=False)
     elif kind == "wavy":  # a worried, wobbling line, its corners drooping
         x = np.linspace(-width / 2, width / 2, 40)
         waves = rng.uniform(1.5, 3.0)
@@ -326,7 +334,7 @@ def draw_smiley(label: str, rng: np.random.Generator, size: int = CARD_SIZE) -> 
         return np.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1]], axis=1) + centre
 
     ink = int(rng.uniform(0, 70))
-    pen = _Pen(draw, to_px, radius, width=rng.uniform(0.025, 0.09), ink=ink,
+    pen = _Pen(draw, to_px, radius, width=rng.uniform(0.035, 0.09), ink=ink,
                wobble=rng.choice([0.0, rng.uniform(0.005, 0.035)]), rng=rng)
     outline = rng.choice(["circle", "ellipse", "wobbly", "filled", "none"], p=[0.25, 0.12, 0.28, 0.15, 0.20])
     _outline(pen, rng, outline, paper)
