@@ -133,7 +133,7 @@ SCHEMA = {
     "model": {
         "path": Text(DEFAULT_MODEL),
         "runtime": Choice("auto", RUNTIMES),
-        "threads": Number(1, 1, 64, integer=True, doc="TFLite interpreter threads (1 is fastest on these small nets)"),
+        "threads": Number(1, 1, 64, integer=True, doc="TFLite interpreter threads (see bench/inference.py --threads)"),
         "task": Text("", "if set, only models of this task are accepted"),
         "watch": Bool(True, "reload the model when its file changes"),
         "poll_interval": Number(0.5, 0.05, 60),
