@@ -125,6 +125,7 @@ def agreement(bundle: Bundle, tflite: bytes, x: np.ndarray, y: np.ndarray | None
 def add_tflite(bundle: Bundle, cards: CardSet, data_name: str, io_type: str = "int8",
                count: int = REPRESENTATIVE_COUNT, seed: int = 0) -> tuple[bytes, dict]:
     """Convert and check; returns the flatbuffer and the meta["tflite"] record (bundle unchanged)."""
+    keras()  # first: it quietens TensorFlow's start-up logging, or says how to install it
     import tensorflow as tf
 
     rep, _ = split_inputs(bundle, cards, "train", (count + 1) // 2, seed)
