@@ -49,7 +49,7 @@ class PreprocessSettings:
     max_ink: float = 0.5            # above this, it is not a card with a glyph
     min_paper: float = 0.06         # paper darker than this: too dark to see anything
     card_contrast: float = 0.6      # paper at least this fraction of the card's brightest is card
-    min_card: float = 0.03          # a card smaller than this fraction of the picture is no card
+    min_card: float = 0.05          # paper smaller than this fraction of the picture is no card
     fit: float = 0.75               # the glyph's longer side as a fraction of the input side
 
     _RANGES = {
@@ -279,7 +279,7 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     return np.asarray(canvas, dtype=bool) | mask
 
 
-def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: float,
+def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: float, min_card: float = 0.05,
                 edge_step: float = 0.08, candidates: int = 4) -> np.ndarray:
     """The card: a connected area of paper with ink on it, preferring the centre.
 
@@ -334,6 +334,9 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
         seed[np.unravel_index(np.argmax(paper * near_centre * (open_paper if open_paper.any() else allowed)),
                               paper.shape)] = True
         paper_found = _reconstruct(seed, allowed)
+        if paper_found.mean() < min_card:  # too small for a card: the hole of a bold "0", a scrap
+            free &= ~_grow(paper_found | seed, 3)
+            continue
         # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
         region = _convex_hull(paper_found)
         if region.mean() > 0.5:  # a tight crop of a card: strokes may run off its border
@@ -430,7 +433,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))))
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
-    card = card_region(work, settings.card_contrast, window, settings.ink_threshold)
+    card = card_region(work, settings.card_contrast, window, settings.ink_threshold, settings.min_card)
     if card.mean() < settings.min_card:
         return Prepared(None, "no card")
     # Stage 2, at a resolution tied to the card: where is the ink on it?

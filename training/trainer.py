@@ -76,7 +76,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 2e-3
     jitter_variants: int = 3
-    camera_variants: int = 1
+    camera_variants: int = 2
     val_fraction: float = 0.15
     processes: int | None = None
     trainer: str = "numpy"  # or "keras" (optional extra): the same specs, data and schedule
@@ -184,8 +184,10 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         record = {
             "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
             "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
-            "val_loss": round(_loss(p_val, y_val), 5), "val_accuracy": round(accuracy(p_val, y_val), 5),
-            "val_camera_accuracy": round(accuracy(p_cam, y_cam), 5),
+            # A card whose ink was not found counts as wrong: the Pi would show nothing for it.
+            "val_loss": round(_loss(p_val, y_val), 5),
+            "val_accuracy": round(accuracy(p_val, y_val) * len(y_val) / len(val_idx), 5),
+            "val_camera_accuracy": round(accuracy(p_cam, y_cam) * len(y_cam) / len(val_idx), 5),
         }
         log_lines.append(record)
         score = (record["val_accuracy"] + record["val_camera_accuracy"], -record["val_loss"])
@@ -206,7 +208,8 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         "epochs_run": cfg.epochs,
         "best_epoch": best_epoch,
         "train_inputs": int(len(x_train)),
-        "val_cards": int(len(x_val)),
+        "val_cards": int(len(val_idx)),
+        "val_cards_without_ink_found": int(len(val_idx) - len(x_val)),
         "val_accuracy": best_record["val_accuracy"],
         "val_camera_accuracy": best_record["val_camera_accuracy"],
         "val_split": f"{cfg.val_fraction:.0%} of each class, fixed split seed",
