@@ -163,7 +163,8 @@ def int8_model(request, tmp_path_factory):
         return SimpleNamespace(path=path, bundle=load_bundle(path), cards=trained01.cards, exported=True)
     shipped = REPO / "models" / "digits01.npz"
     if not shipped.exists() or load_bundle(shipped).tflite is None:
-        skip_or_fail("no Keras to export a TFLite model, and models/digits01.npz has no TFLite entry")
+        skip_or_fail("no Keras to export a TFLite model here, and models/digits01.npz has no TFLite entry "
+                     "(after retraining it, run: cardcam-train export --model models/digits01.npz)")
     return SimpleNamespace(path=shipped, bundle=load_bundle(shipped), cards=None, exported=False)
 
 
