@@ -49,7 +49,7 @@ class PreprocessSettings:
     max_ink: float = 0.5            # above this, it is not a card with a glyph
     min_paper: float = 0.06         # paper darker than this: too dark to see anything
     card_contrast: float = 0.6      # paper at least this fraction of the card's brightest is card
-    min_card: float = 0.05          # paper smaller than this fraction of the picture is no card
+    min_card: float = 0.03          # paper smaller than this fraction of the picture is no card
     fit: float = 0.75               # the glyph's longer side as a fraction of the input side
 
     _RANGES = {
@@ -279,7 +279,7 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     return np.asarray(canvas, dtype=bool) | mask
 
 
-def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: float, min_card: float = 0.05,
+def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: float, min_card: float = 0.03,
                 edge_step: float = 0.08, candidates: int = 4) -> np.ndarray:
     """The card: a connected area of paper with ink on it, preferring the centre.
 
@@ -334,7 +334,9 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
         seed[np.unravel_index(np.argmax(paper * near_centre * (open_paper if open_paper.any() else allowed)),
                               paper.shape)] = True
         paper_found = _reconstruct(seed, allowed)
-        if paper_found.mean() < min_card:  # too small for a card: the hole of a bold "0", a scrap
+        ring = _grow(paper_found, 5) & ~paper_found
+        ringed_by_ink = ring.any() and float((fine[ring] < 0.75 * paper[ring]).mean()) > 0.6
+        if paper_found.mean() < min_card or ringed_by_ink:  # a scrap, or the hole of a bold "0"
             free &= ~_grow(paper_found | seed, 3)
             continue
         # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
