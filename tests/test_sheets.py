@@ -15,6 +15,7 @@ from device.preprocess import paper_brightness
 from training import sheets
 from training.augment import _perspective_coeffs
 from training.cli import main
+from training.data import load_folder
 from training.smileys import draw_smiley
 
 cv2 = pytest.importorskip("cv2")
@@ -150,6 +151,9 @@ def test_photographed_sheets_come_back_cell_by_cell(tmp_path, photos, capsys):
             got = ink_map(np.asarray(Image.open(out / label / f"{photo.stem}-{n:02d}.png")))
             scores = {m: _corr(got, v) for m, v in truth.items()}
             assert max(scores, key=scores.get) == n and scores[n] > 0.6, (label, n, scores[n])
+    # The folder is a training set as it is (`cardcam-train train --task folder:DATA_DIR`).
+    data = load_folder(out)
+    assert data.names == ["happy", "sad"] and np.bincount(data.labels).tolist() == [21, 22]
 
 
 def test_a_photo_that_cannot_be_cut_is_named_and_the_others_go_through(tmp_path, photos, capsys):
