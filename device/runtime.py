@@ -34,6 +34,16 @@ class RuntimeUnavailable(RuntimeError):
 
 # --- NumPy -----------------------------------------------------------------------------------
 
+def as_batch(batch, input_shape) -> np.ndarray:
+    """A float32 (N, H, W, C) batch from one input or many; a wrong shape is a ValueError."""
+    x = np.asarray(batch, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[1:] != tuple(input_shape):
+        raise ValueError(f"input shape {list(x.shape[1:])} does not match the model's {list(input_shape)}")
+    return x
+
+
 class NumpyRuntime:
     name = "numpy"
     description = "numpy"
@@ -46,11 +56,7 @@ class NumpyRuntime:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, classes) probabilities."""
-        x = np.asarray(batch, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"input shape {list(x.shape[1:])} does not match the model's {list(self.input_shape)}")
+        x = as_batch(batch, self.input_shape)
         n = len(x)
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
@@ -376,11 +382,7 @@ class TfliteRuntime:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, classes) probabilities, one invoke per input."""
-        x = np.asarray(batch, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"input shape {list(x.shape[1:])} does not match the model's {list(self.input_shape)}")
+        x = as_batch(batch, self.input_shape)
         it = self._interpreter
         result = np.empty((len(x), len(self.labels)), np.float32)
         for i in range(len(x)):
