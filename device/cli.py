@@ -47,7 +47,7 @@ def cmd_predict(args) -> int:
         elif "error" in record:
             print(f"{path}: error: {record['error']}")
         elif record["label"] is None:
-            print(f"{path}: no card ({record['reason']})")
+            print(f"{path}: nothing to read ({record['reason']})")
         else:
             print(f"{path}: {record['label']} ({record['confidence']:.1%})")
     sys.stdout.flush()
