@@ -191,10 +191,14 @@ def _window_extreme(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
+def _square(a: np.ndarray, k: int, op) -> np.ndarray:
+    """max/min over every k x k square window (separable: rows, then columns)."""
+    return _window_extreme(_window_extreme(a, k, 0, op), k, 1, op)
+
+
 def paper_brightness(gray: np.ndarray, window: int) -> np.ndarray:
     """Grey closing (dilate then erode) with a square window: the picture without its strokes."""
-    m = _window_extreme(_window_extreme(gray, window, 0, np.maximum), window, 1, np.maximum)
-    return _window_extreme(_window_extreme(m, window, 0, np.minimum), window, 1, np.minimum)
+    return _square(_square(gray, window, np.maximum), window, np.minimum)
 
 
 def _dilate3(mask: np.ndarray) -> np.ndarray:
@@ -243,13 +247,11 @@ def _fill_holes(region: np.ndarray) -> np.ndarray:
 
 
 def _grow(mask: np.ndarray, k: int) -> np.ndarray:
-    m = _window_extreme(_window_extreme(mask.astype(np.uint8), k, 0, np.maximum), k, 1, np.maximum)
-    return m.astype(bool)
+    return _square(mask.astype(np.uint8), k, np.maximum).astype(bool)
 
 
 def _shrink(mask: np.ndarray, k: int) -> np.ndarray:
-    m = _window_extreme(_window_extreme(mask.astype(np.uint8), k, 0, np.minimum), k, 1, np.minimum)
-    return m.astype(bool)
+    return _square(mask.astype(np.uint8), k, np.minimum).astype(bool)
 
 
 def _convex_hull(mask: np.ndarray) -> np.ndarray:
