@@ -20,7 +20,7 @@ from training.optim import OPTIMISERS
 from training.trainer import TrainConfig, as_float, make_inputs, train
 
 # The defaults that give the shipped models (models/README.md).
-DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet"}
+DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet", "smiley": "smileynet"}
 
 
 def parse_preprocess(pairs) -> dict:
@@ -40,7 +40,7 @@ def parse_preprocess(pairs) -> dict:
 
 
 def cmd_train(args) -> int:
-    cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task, "lenet5"),
+    cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task.split(":")[0], "lenet5"),
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
                       processes=args.processes, trainer=args.trainer,
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model (NumPy trainer, or --trainer keras)")
     p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits)")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits, smileynet for smiley)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
