@@ -212,7 +212,8 @@ preflight() {
     for f in pyproject.toml config.example.toml systemd/cardcam.service device/cli.py; do
         [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a complete cardcam checkout"
     done
-    ARCH=$(uname -m)
+    # The userland's architecture, not the kernel's: 32-bit Pi OS on a Pi 4 or 5 runs a 64-bit kernel.
+    ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
     command -v apt-get >/dev/null || die "no apt-get: this needs Raspberry Pi OS Bookworm or Debian 12"
     OS=$(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')
     OS=${OS:-unknown OS}
@@ -409,11 +410,14 @@ EOF
 }
 
 tflite_runtime() {
-    local want=${CARDCAM_TFLITE:-auto} spec="" module=""
+    local want=${CARDCAM_TFLITE:-auto} spec="" module="" why="ai-edge-litert on 64-bit Pi OS, tflite-runtime on 32-bit"
     if [ "$want" = auto ]; then
         case "$ARCH/$PYVER" in
-            aarch64/*) want=ai-edge-litert ;;
-            armv7l/3.11) want=tflite-runtime ;;
+            arm64/*) want=ai-edge-litert ;;
+            armhf/3.11)
+                want=tflite-runtime
+                # Pi OS armhf also runs on ARMv6 (Pi 1, Zero): no tflite-runtime wheel for those.
+                if [ "$(uname -m)" = armv6l ]; then want=none; why="no TFLite wheels for ARMv6"; fi ;;
             *) want=none ;;
         esac
     fi
@@ -422,16 +426,24 @@ tflite_runtime() {
         # The last tflite-runtime, the one with 32-bit ARM wheels; it needs numpy < 2 (apt's is 1.24).
         tflite-runtime) spec=tflite-runtime==2.14.0; module=tflite_runtime.interpreter ;;
         none)
-            note "TFLite runtime: none on $ARCH with Python $PYVER: every model runs in NumPy" \
-                 "(ai-edge-litert on 64-bit Pi OS, tflite-runtime on 32-bit)"
+            note "TFLite runtime: none on $ARCH with Python $PYVER ($why): every model runs in NumPy"
             return 0 ;;
         *) die "CARDCAM_TFLITE must be auto, ai-edge-litert, tflite-runtime or none, got '$want'" ;;
     esac
     if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import $module" 2>/dev/null; then
         ok "TFLite runtime: $want $(venv_version "$want") ($ARCH, Python $PYVER)"
     else
-        act "install the TFLite runtime $spec ($ARCH, Python $PYVER)" pip_in_venv "$spec"
+        act "install the TFLite runtime $spec ($ARCH, Python $PYVER)" install_runtime "$spec"
         PROJECT_CHANGED=1
+    fi
+}
+
+# install_runtime SPEC: a TFLite runtime that will not install is a warning, not the end: NumPy runs the models.
+install_runtime() {
+    if ! "$VENV/bin/python" -m pip install --root-user-action=ignore -c "$WORK/constraints.txt" "$1" \
+        >"$WORK/output.log" 2>&1; then
+        tail -n 5 "$WORK/output.log" >&2
+        warn "could not install $1 (pip's last words above): every model runs in NumPy, which works, only slower"
     fi
 }
 
