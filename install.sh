@@ -212,6 +212,7 @@ preflight() {
     for f in pyproject.toml config.example.toml systemd/cardcam.service device/cli.py; do
         [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a complete cardcam checkout"
     done
+    compgen -G "$SRC/models/*.npz" >/dev/null || die "$SRC/models/ has no .npz models: run install.sh from a complete checkout"
     # The userland's architecture, not the kernel's: 32-bit Pi OS on a Pi 4 or 5 runs a 64-bit kernel.
     ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
     command -v apt-get >/dev/null || die "no apt-get: this needs Raspberry Pi OS Bookworm or Debian 12"
