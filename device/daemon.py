@@ -442,6 +442,7 @@ class Daemon:
 
         if self.live is None:
             self.live = LiveState()
+        self.write_state("running" if self.ready else "starting")  # the page's status from the start
         if self.pipeline is not None:
             self.live.set_model(self.pipeline.bundle, self.config.model.runtime, self.config.model.threads,
                                 self.pipeline.runtime.description)

@@ -280,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (malformed request line, headers too long, ...) as JSON too."""
         self.close_connection = True
+        self.request_version = "HTTP/1.0"  # not parsed: answer with a status line, not a bare HTTP/0.9 body
         try:
             self.send_json(code, {"error": message or HTTPStatus(code).phrase})
         except OSError:
