@@ -239,7 +239,9 @@ def test_a_client_that_stalls_mid_body_is_dropped_and_others_are_served(served):
                   + drawing("1")[:100])
         # Meanwhile the page goes on.
         assert get_json(served, "/api/status")[0] == 200
-        reply = s.recv(4096)  # after the server's request_timeout (0.5 s here)
+        reply = b""
+        while chunk := s.recv(4096):  # after the server's request_timeout (0.5 s here), then closed
+            reply += chunk
     assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive" in reply
     assert get_json(served, "/api/status")[0] == 200
 
@@ -359,7 +361,8 @@ def test_daemon_serves_its_live_state_and_stops_in_time_with_clients(tmp_path):
     daemon = Daemon(daemon_config(tmp_path, frames, enabled=True, host="0.0.0.0", port=0), tmp_path / "state.json")
     try:
         url = daemon.web_url().replace("0.0.0.0", "127.0.0.1")
-        assert "reachable from the network without a password" in daemon.output  # bound to every address
+        daemon.wait_for(lambda: "reachable from the network without a password" in daemon.output,
+                        what="the warning for a page bound to every address")
         daemon.wait_state(label="1", what="the 1 card shown")
         first = fetch_json(url + "api/status")
         daemon.wait_for(lambda: fetch_json(url + "api/status")["frames"] > first["frames"] + 5, what="frames moving")
