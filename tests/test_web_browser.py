@@ -1,5 +1,6 @@
 """The web page end to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
-the real daemon serves it, the page updates by itself, a "1" drawn with the mouse is read as 1.
+the real daemon serves it, the page updates by itself, a "1" drawn with the mouse (and with a
+finger, on a phone-sized page) is read as 1.
 
     CARDCAM_WEB_SCREENSHOT=docs/web.png python -m pytest tests/test_web_browser.py
 
@@ -67,6 +68,19 @@ def draw(page, points):
     page.mouse.up()
 
 
+def touch(page, box, points):
+    """One stroke with a finger, through the DevTools protocol (Playwright's touchscreen only taps)."""
+    cdp = page.context.new_cdp_session(page)
+    xy = [{"x": box["x"] + x * box["width"], "y": box["y"] + y * box["height"]} for x, y in points]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [xy[0]]})
+    for (a, b) in zip(xy, xy[1:]):
+        for i in range(1, 9):
+            point = {"x": a["x"] + (b["x"] - a["x"]) * i / 8, "y": a["y"] + (b["y"] - a["y"]) * i / 8}
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
 def test_page_shows_the_live_appliance_and_reads_a_drawn_one(daemon, tmp_path):
     sync_api = browser_or_skip()
     url = daemon.web_url()
@@ -116,6 +130,10 @@ def test_page_shows_the_live_appliance_and_reads_a_drawn_one(daemon, tmp_path):
             assert phone.evaluate("document.documentElement.scrollWidth") <= 390
             box = phone.locator("#canvas").bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["width"] >= 250
+            # A finger: real touch events (Chromium's input pipeline turns them into pointer events).
+            touch(phone, box, [(0.5, 0.2), (0.5, 0.5), (0.49, 0.8)])
+            phone.click("#classify")
+            phone.wait_for_function("document.getElementById('draw-label').textContent === '1'", timeout=10000)
             assert not errors, errors
         finally:
             browser.close()
