@@ -370,6 +370,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif length:
             self.rfile.read(length)
 
+    def _linger(self, seconds: float = 2.0) -> None:
+        """Read and drop what the client still sends, until it stops or ``seconds`` pass."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
     def handle_expect_100(self):
         """`Expect: 100-continue` (curl, for big bodies): refuse an oversized body before it is sent."""
         try:
@@ -389,9 +401,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = self._content_length()
         if length > MAX_UPLOAD:
-            # Not read: the connection is closed after the answer instead.
+            # Not kept: answer, then close once the client has stopped sending (so it reads the
+            # answer instead of a reset connection), within a time limit.
             self.close_connection = True
-            raise RequestError(413, f"picture is larger than the {MAX_UPLOAD // 1024} KB limit ({length} bytes)")
+            self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit ({length} bytes)"})
+            self._linger()
+            return
         if "Content-Length" not in self.headers:
             self.close_connection = True
             raise RequestError(411, "send the picture with a Content-Length")

@@ -233,6 +233,13 @@ def test_bad_requests_get_a_json_error(served, head, code, message):
     assert get_json(served, "/api/status")[0] == 200
 
 
+def test_an_oversized_picture_sent_anyway_gets_413_not_a_reset(served):
+    status, kind, data = request(served, "POST", "/api/predict", b"\x89PNG" + b"\0" * (3 * MAX_UPLOAD),
+                                 {"Content-Type": "image/png"})
+    assert status == 413 and "1024 KB limit" in json.loads(data)["error"]
+    assert get_json(served, "/api/status")[0] == 200
+
+
 def test_a_client_that_stalls_mid_body_is_dropped_and_others_are_served(served):
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
         s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
