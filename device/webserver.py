@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from device.cli import classify
 from device.preprocess import MAX_SIDE, MIN_SIDE, ImageError, to_picture
+from device.runtime import RuntimeUnavailable, make_runtime
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -221,9 +223,6 @@ class WebApp:
         return data
 
     def predict(self, body: bytes, content_type: str) -> dict:
-        from device.cli import classify
-        from device.runtime import RuntimeUnavailable, make_runtime
-
         picture = decode_upload(body, content_type)
         _, _, model = self.live.snapshot()
         if model is None:
@@ -232,7 +231,9 @@ class WebApp:
         if not self._predict_lock.acquire(timeout=10):
             raise RequestError(503, "busy classifying other drawings; try again")
         try:
-            if self._runtime_for != (bundle, kind, threads):
+            made_for = self._runtime_for
+            # By identity: a Bundle compares by value (every weight array), and a reload is a new object.
+            if made_for is None or made_for[0] is not bundle or made_for[1:] != (kind, threads):
                 try:
                     self._runtime = make_runtime(bundle, kind, threads)
                 except RuntimeUnavailable as e:

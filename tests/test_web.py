@@ -284,6 +284,12 @@ def test_predict_follows_a_model_swap_and_waits_for_a_model(served, bundle):
     served.app.live.set_model(other, "numpy", 1, "numpy")
     status, answer = predict(served, drawing("1"))
     assert status == 200 and answer["model"] == "swapped" and answer["label"] == "1"
+    # The same file loaded again (SIGHUP): an equal but new bundle gets a runtime of its own too.
+    again = load_bundle(MODEL)
+    again.meta["name"] = "swapped"
+    served.app.live.set_model(again, "numpy", 1, "numpy")
+    assert predict(served, drawing("0"))[1]["label"] == "0"
+    assert served.app._runtime_for[0] is again
     empty = WebServer(LiveState(), "127.0.0.1", 0).start()
     try:
         status, answer = predict(empty, drawing("1"))
