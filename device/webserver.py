@@ -289,7 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (malformed request line, headers too long, ...) as JSON too."""
         self.close_connection = True
-        self.request_version = "HTTP/1.0"  # not parsed: answer with a status line, not a bare HTTP/0.9 body
+        if self.request_version == "HTTP/0.9":  # the request line was not understood:
+            self.request_version = "HTTP/1.0"    # answer with a status line, not a bare HTTP/0.9 body
         try:
             self.send_json(code, {"error": message or HTTPStatus(code).phrase})
         except OSError:
@@ -426,6 +427,24 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True       # a stalled client never holds up the daemon's exit
     block_on_close = False
     allow_reuse_address = True  # restart at once after a stop (TIME_WAIT)
+    request_queue_size = 16
+    _slots: threading.BoundedSemaphore  # WebServer.max_connections
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address):
         self.app.log(f"web: error serving {client_address[0]}")
@@ -441,10 +460,12 @@ class WebServer:
 
     POLL = 0.05  # serve_forever's shutdown check (its default 0.5 s would eat the whole SIGTERM budget)
 
-    def __init__(self, live: LiveState, host: str, port: int, log=print, request_timeout: float = 10.0):
+    def __init__(self, live: LiveState, host: str, port: int, log=print, request_timeout: float = 10.0,
+                 max_connections: int = 32):
         self.app = WebApp(live, log)
         self.host, self.port = host, port
         self.request_timeout = request_timeout
+        self.max_connections = max_connections  # one thread each; more are turned away (a page needs a few)
         self._httpd = None
         self._thread = None
 
@@ -452,6 +473,7 @@ class WebServer:
         server_class = _Server6 if ":" in self.host else _Server
         httpd = server_class((self.host, self.port), _Handler)
         httpd.app, httpd.request_timeout = self.app, self.request_timeout
+        httpd._slots = threading.BoundedSemaphore(self.max_connections)
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": self.POLL},

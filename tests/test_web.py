@@ -253,6 +253,21 @@ def test_a_client_that_stalls_mid_body_is_dropped_and_others_are_served(served):
     assert get_json(served, "/api/status")[0] == 200
 
 
+def test_connections_beyond_the_limit_are_turned_away_not_queued(bundle):
+    server = WebServer(LiveState(), "127.0.0.1", 0, request_timeout=5, max_connections=3).start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        time.sleep(0.3)
+        with pytest.raises(http.client.RemoteDisconnected):
+            request(server, "GET", "/api/status")
+        for s in idle:
+            s.close()
+        time.sleep(0.3)
+        assert get_json(server, "/api/status")[0] == 200  # slots come back as connections end
+    finally:
+        server.stop()
+
+
 def test_drawings_in_parallel_do_not_disturb_the_running_loop(served, bundle):
     """Eight threads post drawings of 0 while the loop classifies frames of 1 on its own runtime."""
     answers, errors = [], []
