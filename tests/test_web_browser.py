@@ -25,16 +25,17 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--n
 
 
 def browser_or_skip():
-    """Playwright's sync API; skipped without Debian's chromium unless CARDCAM_REQUIRE_BROWSER is set."""
-    required = bool(os.environ.get("CARDCAM_REQUIRE_BROWSER"))
+    """Playwright's sync API (the test extra). Skipped only when Debian's chromium is missing and
+    CARDCAM_REQUIRE_BROWSER is unset; with chromium there, a missing Playwright is a failure."""
     if not CHROMIUM.exists():
-        if required:
+        if os.environ.get("CARDCAM_REQUIRE_BROWSER"):
             pytest.fail(f"CARDCAM_REQUIRE_BROWSER is set but {CHROMIUM} is missing (apt install chromium)", pytrace=False)
         pytest.skip(f"no {CHROMIUM} (apt install chromium)")
-    if required:
+    try:
         from playwright import sync_api
-        return sync_api
-    return pytest.importorskip("playwright.sync_api")
+    except ImportError:
+        pytest.fail("chromium is installed but Playwright is not: pip install -e '.[test]'", pytrace=False)
+    return sync_api
 
 
 @pytest.fixture
