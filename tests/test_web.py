@@ -29,7 +29,6 @@ from device.camera import SAMPLES_DIR
 from device.cli import classify
 from device.config import ConfigError, defaults, load_config
 from device.daemon import Pipeline
-from device.preprocess import load_image
 from device.runtime import make_runtime
 from device.webserver import MAX_UPLOAD, LiveState, WebServer, is_loopback
 
