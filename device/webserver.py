@@ -146,6 +146,8 @@ def frame_thumbnail(frame, prepared) -> Image.Image:
     """The camera frame, small, with the box of the ink preprocessing found drawn in red. A grey
     picture with one palette entry made red: PNG encodes it twice as fast as RGB, at two thirds the bytes."""
     picture = to_picture(frame)
+    if picture.mode == "F":  # greys in [0, 1] (16-bit or float frames)
+        picture = picture.point(lambda v: v * 255)
     if picture.mode != "L":
         picture = picture.convert("L")
     scale = THUMB_WIDTH / picture.width

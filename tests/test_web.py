@@ -131,6 +131,16 @@ def test_live_pictures_are_pngs_of_the_frame_and_the_network_input(served, bundl
     assert status == 200 and kind == "image/png" and thumb.size == (240, 180)
 
 
+@pytest.mark.parametrize("frame", [np.full((480, 640), 128, np.uint8), np.full((480, 640, 3), 128, np.uint8),
+                                   np.full((480, 640), 0.5, np.float32), np.full((480, 640), 32896, np.uint16)],
+                         ids=["grey", "colour", "float", "16-bit"])
+def test_the_thumbnail_takes_every_kind_of_frame(frame):
+    from device.webserver import frame_thumbnail
+
+    thumb = np.asarray(frame_thumbnail(frame, None))
+    assert thumb.shape == (180, 240) and abs(float(thumb.mean()) - 128) <= 1.5
+
+
 def test_page_and_assets_are_served_from_the_package(served):
     status, kind, body = request(served, "GET", "/")
     assert status == 200 and kind.startswith("text/html") and b'id="canvas"' in body
