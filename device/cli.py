@@ -7,27 +7,33 @@ import json
 import sys
 
 from device.bundle import BundleError, load_bundle
-from device.preprocess import ImageError, load_image, preprocess
+from device.preprocess import ImageError, Prepared, load_image, preprocess
 from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime
 
 
-def _classify_file(path: str, bundle, runtime, settings) -> dict:
-    """One predict --json record for one file."""
-    try:
-        gray = load_image(path)
-        prepared = preprocess(gray, settings, bundle.input_shape)
-    except ImageError as e:
-        return {"file": path, "error": str(e)}
+def classify(picture, bundle, runtime) -> tuple[dict, Prepared]:
+    """One picture through the bundle's preprocessing and the runtime: the predict --json fields
+    (label, confidence, probabilities, and the reason when there is nothing to read), and what
+    preprocessing made of it. Also what the web page's /api/predict answers."""
+    prepared = preprocess(picture, bundle.preprocess, bundle.input_shape)
     if not prepared.found:
-        return {"file": path, "label": None, "confidence": None, "probabilities": None, "reason": prepared.reason}
+        return {"label": None, "confidence": None, "probabilities": None, "reason": prepared.reason}, prepared
     probs = runtime.predict(prepared.input[None])[0]
     best = int(probs.argmax())
     return {
-        "file": path,
         "label": bundle.labels[best],
         "confidence": round(float(probs[best]), 6),
         "probabilities": {l: round(float(p), 6) for l, p in zip(bundle.labels, probs)},
-    }
+    }, prepared
+
+
+def _classify_file(path: str, bundle, runtime) -> dict:
+    """One predict --json record for one file."""
+    try:
+        record, _ = classify(load_image(path), bundle, runtime)
+    except ImageError as e:
+        return {"file": path, "error": str(e)}
+    return {"file": path} | record
 
 
 def cmd_predict(args) -> int:
@@ -37,10 +43,9 @@ def cmd_predict(args) -> int:
     except (BundleError, RuntimeUnavailable) as e:
         print(f"cardcam: {e}", file=sys.stderr)
         return 2
-    settings = bundle.preprocess
     failed = False
     for path in args.files:
-        record = _classify_file(path, bundle, runtime, settings)
+        record = _classify_file(path, bundle, runtime)
         failed |= "error" in record
         if args.json:
             print(json.dumps(record), flush=False)

@@ -163,6 +163,11 @@ SCHEMA = {
         "status_interval": Number(1.0, 0.1, 60),
         "max_backoff": Number(1.0, 0.05, 10, doc="longest wait between camera retries"),
     },
+    "web": {
+        "enabled": Bool(False, "serve the live web page and JSON API (device/webserver.py)"),
+        "host": Text("127.0.0.1", "address to listen on; 0.0.0.0 = every network (no password!)"),
+        "port": Number(8080, 0, 65535, integer=True, doc="0 = any free port (the log says which)"),
+    },
 }
 
 
@@ -217,6 +222,10 @@ def _check_together(config: Config, where: str) -> None:
     c = config.camera
     if c.source == "replay" and not c.replay:
         raise ConfigError(f"{where}: [camera] replay must name a folder or video when source = \"replay\"")
+    host = config.web.host
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        raise ConfigError(f"{where}: [web] host must be an address like \"127.0.0.1\", \"0.0.0.0\" or \"::\", "
+                          f"got {host!r}")
     o = config.outputs
     used = {}
     pins = [(f"leds.\"{k}\"", v) for k, v in o.leds.items()] + [("status_led", o.status_led), ("buzzer", o.buzzer),

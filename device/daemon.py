@@ -10,7 +10,9 @@ Around that loop, the things that keep an appliance alive for months:
 - the model file is watched: a new file is taken only once it has stopped changing and passed
   every check, between two frames; a bad one is refused and the running model stays;
 - camera faults are logged and retried with a growing (capped) pause; a missing model is retried;
-  the status LED says which fault it is.
+  the status LED says which fault it is;
+- optionally ([web]), a web page and JSON API on a thread of its own (device/webserver.py), fed
+  references to the latest frame and result; the loop never waits on it.
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class Pipeline:
         self.set_model(bundle, runtime)
         self.times = dict.fromkeys(STAGES, 0.0)
         self.frames = 0
+        self.prepared = self.probabilities = None
 
     def set_model(self, bundle, runtime) -> None:
         self.bundle, self.runtime = bundle, runtime
@@ -215,6 +218,7 @@ class Pipeline:
         prepared = preprocess(frame, self.settings, self.input_shape)
         t1 = time.perf_counter()
         probs = self.runtime.predict(prepared.input[None])[0] if prepared.found else None
+        self.prepared, self.probabilities = prepared, probs  # for the web page
         t2 = time.perf_counter()
         decision = self.decider.update(probs)
         t3 = time.perf_counter()
@@ -255,6 +259,8 @@ class Daemon:
         self.started = time.monotonic()
         self.fps = 0.0
         self.result = Result(None, 0.0, False, "starting")
+        self.live = None  # device.webserver.LiveState while [web] is enabled
+        self.web = None
         self.reloads = 0
         self.refusals = 0
         self._state_broken = None  # a state file that could not be written: not tried again
@@ -301,7 +307,9 @@ class Daemon:
 
     def write_state(self, state: str) -> None:
         path = state_file(self.config.daemon.state_file, self.environ)
-        if not path or self.outputs is None or path == self._state_broken:
+        if path == self._state_broken:
+            path = None
+        if (not path and self.live is None) or self.outputs is None:
             return
         record = {
             "pid": os.getpid(), "state": state, "label": self.result.label,
@@ -316,6 +324,10 @@ class Daemon:
             "camera_error": self.camera_error if self.fault_since is not None else None,
             "model_error": self.model_error,
         } | self.outputs.snapshot()
+        if self.live is not None:
+            self.live.set_record(record)
+        if not path:
+            return
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as f:
@@ -365,6 +377,8 @@ class Daemon:
             self.pipeline.set_model(bundle, runtime)
             self.reloads += 1
         self.model_error = None
+        if self.live is not None:
+            self.live.set_model(bundle, self.config.model.runtime, self.config.model.threads, runtime.description)
         verb = "model loaded" if running is None else "model reloaded"
         self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
                  f"runtime {runtime.description}) from {path}")
@@ -424,6 +438,37 @@ class Daemon:
         if source is not None:
             source.close()
 
+    # -- the web page --
+
+    def start_web(self) -> None:
+        """Serve [web] if enabled; a port that cannot be had is logged, and the appliance runs on."""
+        web = self.config.web
+        if not web.enabled:
+            return
+        from device.webserver import LiveState, WebServer, is_loopback
+
+        if self.live is None:
+            self.live = LiveState()
+        self.write_state("running" if self.ready else "starting")  # the page's status from the start
+        if self.pipeline is not None:
+            self.live.set_model(self.pipeline.bundle, self.config.model.runtime, self.config.model.threads,
+                                self.pipeline.runtime.description)
+        try:
+            self.web = WebServer(self.live, web.host, web.port, log=self.log).start()
+        except OSError as e:
+            self.log(f"web page off: cannot listen on {web.host}:{web.port}: {e.strerror or e}; "
+                     "fix [web] and send SIGHUP")
+            return
+        self.log(f"web page at {self.web.url}")
+        if not is_loopback(web.host):
+            self.log(f"warning: the web page listens on {web.host}, reachable from the network without a "
+                     "password (camera picture, model); use host = \"127.0.0.1\" and an ssh tunnel to keep it private")
+
+    def stop_web(self) -> None:
+        web, self.web = self.web, None
+        if web is not None:
+            web.stop()
+
     # -- reload on SIGHUP --
 
     def reload(self) -> None:
@@ -449,6 +494,13 @@ class Daemon:
                 self.outputs = outputs
                 self.outputs.set_status(status)
                 self.outputs.show(self.result.label)
+        if config.web != old.web or (config.web.enabled and self.web is None):
+            self.stop_web()
+            if not config.web.enabled:
+                self.live = None
+                if old.web.enabled:
+                    self.log("web page off")
+            self.start_web()
         self._watcher = ModelWatcher(model_path(config, self.simulate), config.model.stable_time)
         if self.try_load_model("sighup") and config.decision != old.decision:
             self.pipeline.decider = Decider(self.pipeline.bundle.labels, config.decision.window,
@@ -475,6 +527,8 @@ class Daemon:
             return 2
         with contextlib.ExitStack() as stack:
             stack.callback(self._shutdown)
+            stack.callback(self.stop_web)  # first out: the page stops before the LEDs go off
+            self.start_web()
             self.set_status("starting")
             self.outputs.show(None)
             self._watcher = ModelWatcher(model_path(self.config, self.simulate), self.config.model.stable_time)
@@ -512,6 +566,8 @@ class Daemon:
                     continue
                 result = self.pipeline.step(frame)
                 self.result = result
+                if self.live is not None:
+                    self.live.publish(frame, self.pipeline.prepared, self.pipeline.probabilities, result)
                 t0 = time.perf_counter()
                 if not self.ready:
                     self.ready = True

@@ -246,6 +246,16 @@ class Daemon:
             self.proc.kill()
             self.proc.wait(5)
 
+    def web_url(self, timeout=20.0, after=0) -> str:
+        """The address from the daemon's "web page at http://..." log line (the ``after``-th line on)."""
+        found = []
+
+        def logged():
+            found[:] = [line.split("web page at ", 1)[1].strip() for line in self.lines[after:] if "web page at " in line]
+            return bool(found)
+        self.wait_for(logged, timeout, "the web page's address in the log")
+        return found[-1]
+
     def shown(self) -> list[str]:
         """The labels the daemon announced, in order ("no card" for none)."""
         out = []

@@ -1,0 +1,503 @@
+"""The daemon's optional web page and JSON API: what the appliance sees, and draw-a-card to classify.
+
+Standard library only (http.server), on its own daemon thread, started and stopped with `cardcam run`
+(``[web]`` in the config). The frame loop never waits on it:
+
+- each frame, the loop hands over *references* (the frame, what preprocessing made of it, the
+  network's output, the decision) under a lock held for a few assignments (``LiveState.publish``);
+  the HTTP threads copy those references out under the same lock and do all the work (JSON, PNG
+  encoding, thumbnails) outside it, lazily, only when a page asks;
+- ``POST /api/predict`` runs on the server's *own* runtime, made from the running bundle in the
+  HTTP thread and made again when the daemon swaps in a new model. The NumPy runtime writes into
+  preallocated buffers, so sharing the loop's runtime would need a lock the loop waits on; a
+  second instance costs a few hundred kilobytes and no waiting. HTTP threads share it under
+  their own lock (one drawing at a time; the loop is never part of that).
+
+Endpoints (README, "Web page"): ``/`` (the page, device/web/), ``GET /api/status``,
+``GET /api/model``, ``GET /api/image/frame.png``, ``GET /api/image/input.png``, ``POST /api/predict``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import json
+import socket
+import threading
+import time
+import warnings
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from device.cli import classify
+from device.preprocess import MAX_SIDE, MIN_SIDE, ImageError, to_picture
+from device.runtime import RuntimeUnavailable, make_runtime
+
+PAGE_DIR = Path(__file__).resolve().parent / "web"
+ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
+MAX_UPLOAD = 1 << 20  # bytes: a drawing is a few kilobytes, a phone photo as JPEG well under this
+UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
+THUMB_WIDTH = 240
+
+
+class LiveState:
+    """The latest of everything, handed from the frame loop to the HTTP threads.
+
+    The loop only stores references (``publish`` per frame, ``set_record`` at status changes,
+    ``set_model`` on a model swap); nothing it hands over is written again afterwards (each frame
+    and each preprocessing result is a new array), so readers may use them without copying.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._latest = None      # (seq, frame, prepared, probabilities, result)
+        self._seq = 0
+        self._record: dict = {}  # the daemon's state record: status, fps, LEDs, errors, ...
+        self._model = None       # (bundle, runtime kind, threads, runtime description)
+        self.started = time.monotonic()
+
+    def publish(self, frame, prepared, probabilities, result) -> None:
+        with self._lock:
+            self._seq += 1
+            self._latest = (self._seq, frame, prepared, probabilities, result)
+
+    def set_record(self, record: dict) -> None:
+        with self._lock:
+            self._record = record
+
+    def set_model(self, bundle, runtime_kind: str, threads: int, description: str) -> None:
+        with self._lock:
+            self._model = (bundle, runtime_kind, threads, description)
+
+    def snapshot(self):
+        """(latest, record, model): references, consistent with each other."""
+        with self._lock:
+            return self._latest, self._record, self._model
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` stands for is this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+class RequestError(Exception):
+    """A bad request: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(body: bytes, content_type: str):
+    """The uploaded picture as a Pillow image (PNG or JPEG only, size checked before decoding)."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind not in UPLOAD_TYPES:
+        raise RequestError(415, f"Content-Type must be image/png or image/jpeg, got {kind or 'none'!r}")
+    if not body:
+        raise RequestError(400, "empty body: send the picture as the request body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(body), formats=["PNG", "JPEG"])
+            w, h = im.size
+            if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+                raise RequestError(400, f"image is {w}x{h}; sides from {MIN_SIDE} to {MAX_SIDE} pixels are accepted")
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except RequestError:
+        raise
+    except UnidentifiedImageError:
+        raise RequestError(400, "not a PNG or JPEG picture") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(400, f"image is larger than {MAX_SIDE}x{MAX_SIDE} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise RequestError(400, f"cannot decode the picture ({e})") from None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)  # tiny pictures: speed over a few bytes
+    return out.getvalue()
+
+
+def input_picture(prepared, input_shape) -> Image.Image:
+    """What the network sees, at its own size (the page scales it up with crisp pixels): light ink on
+    black; all black when there was nothing to classify."""
+    if prepared is None or prepared.input is None:
+        return Image.new("L", (int(input_shape[1]), int(input_shape[0])), 0)
+    return Image.fromarray((np.clip(prepared.input[:, :, 0], 0.0, 1.0) * 255 + 0.5).astype(np.uint8), "L")
+
+
+def frame_thumbnail(frame, prepared) -> Image.Image:
+    """The camera frame, small, with the box of the ink preprocessing found drawn in red. A grey
+    picture with one palette entry made red: PNG encodes it twice as fast as RGB, at two thirds the bytes."""
+    picture = to_picture(frame)
+    if picture.mode == "F":  # greys in [0, 1] (16-bit or float frames)
+        picture = picture.point(lambda v: v * 255)
+    if picture.mode != "L":
+        picture = picture.convert("L")
+    scale = THUMB_WIDTH / picture.width
+    grey = picture.resize((THUMB_WIDTH, max(1, round(picture.height * scale))), Image.Resampling.BOX)
+    thumb = Image.frombytes("P", grey.size, grey.point(lambda v: min(v, 254)).tobytes())
+    thumb.putpalette(_THUMB_PALETTE)
+    if prepared is not None and prepared.box is not None:
+        l, t, r, b = (v * scale for v in prepared.box)
+        ImageDraw.Draw(thumb).rectangle([l - 2, t - 2, r + 2, b + 2], outline=255, width=2)
+    return thumb
+
+
+_THUMB_PALETTE = [v for g in range(255) for v in (g, g, g)] + [230, 60, 40]
+
+
+class WebApp:
+    """What the endpoints answer, from a LiveState; independent of the socket handling."""
+
+    def __init__(self, live: LiveState, log=print):
+        self.live = live
+        self.log = log
+        self.pages = {path: ((PAGE_DIR / name).read_bytes(), kind) for path, (name, kind) in ASSETS.items()}
+        self._image_cache: dict = {}           # kind -> (seq, png bytes)
+        self._cache_lock = threading.Lock()
+        self._predict_lock = threading.Lock()  # HTTP threads share one runtime; the frame loop has its own
+        self._runtime = None
+        self._runtime_for = None               # the (bundle, kind, threads) it was made for
+
+    def status(self) -> dict:
+        latest, record, model = self.live.snapshot()
+        out = {k: record.get(k) for k in ("state", "status", "fps", "reloads", "refusals", "camera_error",
+                                          "model_error", "leds", "status_led", "display")}
+        out["state"] = out["state"] or "starting"
+        out["uptime_s"] = round(time.monotonic() - self.live.started, 1)
+        bundle = model[0] if model else None
+        out.update(model=bundle.name if bundle else None, model_sha256=bundle.meta["weights_sha256"] if bundle else None,
+                   labels=list(bundle.labels) if bundle else [], runtime=model[3] if model else None)
+        if latest is None:
+            out.update(frames=0, label=None, confidence=None, probabilities=None, reason="no frame yet")
+            return out
+        seq, _, prepared, probs, result = latest
+        out.update(frames=seq, label=result.label, confidence=round(float(result.confidence), 4),
+                   reason=result.reason, found=prepared is not None and prepared.found,
+                   probabilities=None if probs is None or bundle is None or len(probs) != len(bundle.labels)
+                   else {l: round(float(p), 4) for l, p in zip(bundle.labels, probs)})
+        return out
+
+    def model(self) -> dict:
+        _, _, model = self.live.snapshot()
+        if model is None:
+            raise RequestError(503, "no model loaded yet")
+        bundle, kind, _, description = model
+        meta = bundle.meta
+        return {"name": bundle.name, "task": meta.get("task"), "labels": list(bundle.labels),
+                "arch": meta.get("arch"), "input_shape": list(bundle.input_shape),
+                "weights_sha256": meta.get("weights_sha256"), "runtime": description, "runtime_setting": kind,
+                "provenance": meta.get("provenance", {}), "preprocess": meta.get("preprocess", {}),
+                "tflite": meta.get("tflite"), "path": str(bundle.path) if bundle.path else None}
+
+    def image(self, kind: str) -> bytes:
+        latest, _, model = self.live.snapshot()
+        if latest is None:
+            raise RequestError(503, "no frame yet")
+        seq, frame, prepared, _, _ = latest
+        with self._cache_lock:
+            cached = self._image_cache.get(kind)
+            if cached is not None and cached[0] == seq:
+                return cached[1]
+        if kind == "frame":
+            data = png_bytes(frame_thumbnail(frame, prepared))
+        else:
+            data = png_bytes(input_picture(prepared, model[0].input_shape if model else (32, 32, 1)))
+        with self._cache_lock:
+            self._image_cache[kind] = (seq, data)
+        return data
+
+    def predict(self, body: bytes, content_type: str) -> dict:
+        picture = decode_upload(body, content_type)
+        _, _, model = self.live.snapshot()
+        if model is None:
+            raise RequestError(503, "no model loaded yet")
+        bundle, kind, threads, _ = model
+        if not self._predict_lock.acquire(timeout=10):
+            raise RequestError(503, "busy classifying other drawings; try again")
+        try:
+            made_for = self._runtime_for
+            # By identity: a Bundle compares by value (every weight array), and a reload is a new object.
+            if made_for is None or made_for[0] is not bundle or made_for[1:] != (kind, threads):
+                try:
+                    self._runtime = make_runtime(bundle, kind, threads)
+                except RuntimeUnavailable as e:
+                    raise RequestError(503, f"cannot run the model here: {e}") from None
+                self._runtime_for = (bundle, kind, threads)
+            t0 = time.perf_counter()
+            try:
+                record, prepared = classify(picture, bundle, self._runtime)
+            except ImageError as e:
+                raise RequestError(400, str(e)) from None
+            ms = 1000 * (time.perf_counter() - t0)
+            runtime = self._runtime.description
+        finally:
+            self._predict_lock.release()
+        record.setdefault("reason", "")
+        seen = base64.b64encode(png_bytes(input_picture(prepared, bundle.input_shape))).decode()
+        return record | {"model": bundle.name, "runtime": runtime, "ms": round(ms, 2),
+                         "input_png": f"data:image/png;base64,{seen}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "cardcam"
+    protocol_version = "HTTP/1.1"  # keep-alive: a polling page reuses its connection
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # a client that stalls mid-request is dropped, never waited on
+        super().setup()
+
+    @property
+    def app(self) -> WebApp:
+        return self.server.app
+
+    def log_message(self, format, *args):  # one line per request would flood the journal at 4 polls a second
+        pass
+
+    def send_body(self, status: int, body: bytes, content_type: str, extra=()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in extra:
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status: int, obj) -> None:
+        self.send_body(status, json.dumps(obj).encode(), "application/json")
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (malformed request line, headers too long, ...) as JSON too."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # the request line was not understood:
+            self.request_version = "HTTP/1.0"    # answer with a status line, not a bare HTTP/0.9 body
+        try:
+            self.send_json(code, {"error": message or HTTPStatus(code).phrase})
+        except OSError:
+            pass
+
+    def _guard(self, method) -> None:
+        try:
+            method()
+        except RequestError as e:
+            self.send_json(e.status, {"error": str(e)})
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+        except Exception as e:  # never let one request take the thread down silently
+            self.app.log(f"web: {self.command} {self.path}: {type(e).__name__}: {e}")
+            self.close_connection = True
+            try:
+                self.send_json(500, {"error": f"internal error: {type(e).__name__}"})
+            except OSError:
+                pass
+
+    def do_GET(self):
+        self._guard(self._get)
+
+    def do_HEAD(self):
+        self._guard(self._get)
+
+    def do_POST(self):
+        self._guard(self._post)
+
+    def do_PUT(self):
+        self._guard(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _not_allowed(self):
+        self._discard_body()
+        allowed = "POST" if self._route() == "/api/predict" else "GET, HEAD"
+        self.send_body(405, json.dumps({"error": f"{self.command} is not allowed here; use {allowed}"}).encode(),
+                       "application/json", [("Allow", allowed)])
+
+    def _route(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    def _get(self):
+        path = self._route()
+        if path in self.app.pages:
+            body, kind = self.app.pages[path]
+            self.send_body(200, body, kind)
+        elif path == "/api/status":
+            self.send_json(200, self.app.status())
+        elif path == "/api/model":
+            self.send_json(200, self.app.model())
+        elif path in ("/api/image/frame.png", "/api/image/input.png"):
+            self.send_body(200, self.app.image(path.rsplit("/", 1)[1][:-4]), "image/png")
+        elif path == "/api/predict":
+            self._not_allowed()
+        else:
+            raise RequestError(404, f"no such page: {path}")
+
+    def _content_length(self) -> int:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise RequestError(411, "send the picture with a Content-Length (chunked bodies are not accepted)")
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return 0
+        if not text.strip().isdigit():
+            self.close_connection = True
+            raise RequestError(400, f"bad Content-Length {text!r}")
+        return int(text)
+
+    def _discard_body(self) -> None:
+        try:
+            length = self._content_length()
+        except RequestError:
+            return
+        if length > MAX_UPLOAD:
+            self.close_connection = True
+        elif length:
+            self.rfile.read(length)
+
+    def _linger(self, seconds: float = 2.0) -> None:
+        """Read and drop what the client still sends, until it stops or ``seconds`` pass."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def handle_expect_100(self):
+        """`Expect: 100-continue` (curl, for big bodies): refuse an oversized body before it is sent."""
+        try:
+            too_big = self._content_length() > MAX_UPLOAD
+        except RequestError as e:
+            self.send_json(e.status, {"error": str(e)})
+            return False
+        if too_big:
+            self.close_connection = True
+            self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit"})
+            return False
+        return super().handle_expect_100()
+
+    def _post(self):
+        if self._route() != "/api/predict":
+            self._not_allowed()
+            return
+        length = self._content_length()
+        if length > MAX_UPLOAD:
+            # Not kept: answer, then close once the client has stopped sending (so it reads the
+            # answer instead of a reset connection), within a time limit.
+            self.close_connection = True
+            self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit ({length} bytes)"})
+            self._linger()
+            return
+        if "Content-Length" not in self.headers:
+            self.close_connection = True
+            raise RequestError(411, "send the picture with a Content-Length")
+        try:
+            body = self.rfile.read(length)  # at most the declared length, itself at most the limit
+        except socket.timeout:
+            self.close_connection = True
+            raise RequestError(408, f"the body did not arrive within {self.server.request_timeout:g} s") from None
+        if len(body) != length:
+            self.close_connection = True
+            raise RequestError(400, f"body is {len(body)} bytes, Content-Length said {length}")
+        self.send_json(200, self.app.predict(body, self.headers.get("Content-Type", "")))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True       # a stalled client never holds up the daemon's exit
+    block_on_close = False
+    allow_reuse_address = True  # restart at once after a stop (TIME_WAIT)
+    request_queue_size = 16
+    _slots: threading.BoundedSemaphore  # WebServer.max_connections
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        self.app.log(f"web: error serving {client_address[0]}")
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class WebServer:
+    """The HTTP server on its own thread: ``start()`` binds (OSError if it cannot), ``stop()`` returns
+    within about 0.1 s whatever the clients do."""
+
+    POLL = 0.05  # serve_forever's shutdown check (its default 0.5 s would eat the whole SIGTERM budget)
+
+    def __init__(self, live: LiveState, host: str, port: int, log=print, request_timeout: float = 10.0,
+                 max_connections: int = 32):
+        self.app = WebApp(live, log)
+        self.host, self.port = host, port
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections  # one thread each; more are turned away (a page needs a few)
+        self._httpd = None
+        self._thread = None
+
+    def start(self) -> "WebServer":
+        server_class = _Server6 if ":" in self.host else _Server
+        httpd = server_class((self.host, self.port), _Handler)
+        httpd.app, httpd.request_timeout = self.app, self.request_timeout
+        httpd._slots = threading.BoundedSemaphore(self.max_connections)
+        self._httpd = httpd
+        self.port = httpd.server_address[1]
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": self.POLL},
+                                        name="cardcam-web", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        self._thread.join(0.5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
