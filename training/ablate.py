@@ -421,6 +421,8 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
     if todo:
         bar = tqdm(total=len(todo), desc="ablate", unit="run", disable=not progress, dynamic_ncols=True)
         with open(results_path, "a") as results_file:
+            if results_file.tell() and not results_path.read_bytes().endswith(b"\n"):
+                results_file.write("\n")  # a line cut short by a killed run stays a line of its own
             def finished(record):
                 if "error" in record:
                     errors.append(record)
