@@ -47,10 +47,27 @@ def cmd_train(args) -> int:
                       preprocess=parse_preprocess(args.preprocess) or None)
     out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
-    bundle = train(cfg, out, command, progress=not args.quiet)
+    cards, description = load_task(cfg.task)  # here, so the report judges the same cards
+    bundle = train(cfg, out, command, progress=not args.quiet, cards=cards, data_description=description)
     p = bundle.meta["provenance"]
     print(f"saved {out}: best epoch {p['best_epoch']}, validation accuracy {p['val_accuracy']:.4f} "
           f"(camera frames {p['val_camera_accuracy']:.4f})")
+    from training.report import report_dir, write_report
+
+    try:
+        write_report(out, cards=cards)
+    except Exception as e:  # the model is saved; a report that cannot be drawn must not hide that
+        print(f"cardcam-train: {out}: report not written ({type(e).__name__}: {e})", file=sys.stderr)
+        return 0
+    print(f"report pictures in {report_dir(out)}/ (one HTML page: cardcam-train report {out})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from training.report import render_html
+
+    page = render_html(args.model, data=args.data, out=args.out)
+    print(f"wrote {page}")
     return 0
 
 
@@ -183,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="a model's training report as one self-contained HTML page")
+    p.add_argument("model", help="the bundle (.npz); pictures missing from NAME.report/ are drawn first")
+    p.add_argument("--data", help="cards to judge on: a task or a folder DIR/<label>/ (default: the model's task)")
+    p.add_argument("--out", help="HTML file to write (default: NAME.report/report.html)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("ablate", help="train variants of a network (parts removed, filters halved, ...) and compare")
     p.add_argument("--task", default="smiley:300", help="a task as for train (default: smiley:300, 300 cards per class)")
     p.add_argument("--arch", choices=sorted(ARCHS), default="dwengo", help="the network to take apart (default: dwengo)")
