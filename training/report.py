@@ -392,7 +392,14 @@ def render_html(model, data: str | None = None, out=None) -> Path:
     model = Path(model)
     bundle = load_bundle(model)
     paths = write_report(model, data=data, only_missing=True)
-    record = json.loads(paths["meta"].read_text())
+    try:
+        record = json.loads(paths["meta"].read_text())
+    except json.JSONDecodeError:
+        record = {}
+    if record.get("meta", {}).get("weights_sha256") != bundle.meta["weights_sha256"]:
+        # Pictures of other weights (the model was retrained in place): draw them all again.
+        paths = write_report(model, data=data)
+        record = json.loads(paths["meta"].read_text())
     p = bundle.meta.get("provenance", {})
     val = record.get("validation", {})
     parts = [f"<h1>{html.escape(bundle.name)}</h1>",
