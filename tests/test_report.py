@@ -138,3 +138,21 @@ def test_report_of_a_missing_or_broken_model_is_one_line(tmp_path):
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith(f"cardcam-train: {tmp_path / name}"), proc.stderr
     assert not report_dir(tmp_path / "missing.npz").exists()
+
+
+def test_first_layer_picture_of_a_network_without_convs(bundle_factory, tmp_path):
+    """A dense first layer is shown as what each unit looks for: its weight on each input pixel,
+    in the picture's own layout (pixel (r, c) is flattened input r * width + c)."""
+    from training.report import _first_weights, plot_filters
+
+    arch = [{"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "relu"}, {"type": "dense", "units": 2},
+            {"type": "softmax"}]
+    bundle = bundle_factory(arch, input_shape=(6, 8, 1))
+    images, title = _first_weights(bundle)
+    kernel = bundle.weights["L1.kernel"]
+    assert images.shape == (5, 6, 8) and "5 dense units" in title
+    for unit in range(5):
+        for r, c in ((0, 0), (2, 7), (5, 3)):
+            assert images[unit, r, c] == kernel[r * 8 + c, unit]
+    plot_filters(bundle, tmp_path / "f.png")
+    assert _picture(tmp_path / "f.png").std() > 10
