@@ -99,6 +99,7 @@ def test_table_columns_and_sane_numbers(grid):
     assert "pool9" in proc.stdout and "skipped: layer" in proc.stdout
     assert "4 runs trained, 0 reused" in proc.stdout
     assert "4/4" in proc.stderr and proc.stderr.count("ablate:") >= 1
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr  # the worker pool shut down cleanly
     md = (out / "ablation.md").read_text().splitlines()
     assert md[0].startswith("# Ablation: lenet5 on folder:")
     table = [l for l in md if l.startswith("| ")]

@@ -436,11 +436,16 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
             if jobs > 1 and len(todo) > 1:
                 data_path = out / f".inputs-{data_sha[:12]}.npz"
                 np.savez(data_path, **data)
+                pool = _pool(min(jobs, len(todo)), data_path, trainer)
                 try:
-                    with _pool(min(jobs, len(todo)), data_path, trainer) as pool:
-                        for record in pool.imap_unordered(_worker_run, todo):
-                            finished(record)
+                    for record in pool.imap_unordered(_worker_run, todo):
+                        finished(record)
+                    pool.close()
+                except BaseException:  # Ctrl-C included: the finished runs are already written
+                    pool.terminate()
+                    raise
                 finally:
+                    pool.join()  # workers gone before the parent exits: nothing leaked
                     data_path.unlink(missing_ok=True)
             else:
                 _DATA.clear()
@@ -536,15 +541,45 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.errorbar(r["train_seconds_mean"], r["val_accuracy_mean"] * 100, xerr=r["train_seconds_std"],
                     yerr=r["val_accuracy_std"] * 100, fmt="o", capsize=3, ms=8 if base else 6,
                     color="tab:red" if base else "tab:blue", ecolor="0.45", zorder=3 if base else 2)
-        ax.annotate(r["variant"], (r["train_seconds_mean"], r["val_accuracy_mean"] * 100), xytext=(6, 5),
-                    textcoords="offset points", fontsize=8, fontweight="bold" if base else "normal")
+    ax.margins(0.15)
     if not ok:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training seconds (mean \u00b1 std over runs)")
     ax.set_ylabel("validation accuracy, % (mean \u00b1 std)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.margins(0.15)
     fig.tight_layout()
+    fig.canvas.draw()  # the axes' final limits and place, so label boxes are where they will be drawn
+    _label_points(fig, ax, [(r["variant"], r["train_seconds_mean"], r["val_accuracy_mean"] * 100) for r in ok])
     fig.savefig(path)
     plt.close(fig)
+
+
+# Where a point's label may go, in points from it: beside it first, then further out.
+_LABEL_OFFSETS = [(6, 5), (6, -12), (-6, 5), (-6, -12), (6, 16), (-6, 16), (6, -23), (-6, -23), (6, 27), (-6, 27),
+                  (6, -34), (-6, -34), (30, 0), (-30, 0)]
+
+
+def _label_points(fig, ax, points) -> None:
+    """Name every point, each label where it overlaps no label or point placed before it; a
+    label set further out gets a thin line to its point."""
+    import matplotlib.transforms
+
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for _, x, y in points:  # the points themselves (8 pt markers) are taken
+        px, py = ax.transData.transform((x, y))
+        placed.append(matplotlib.transforms.Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    for name, x, y in points:
+        bold = name == "baseline"
+        for dx, dy in _LABEL_OFFSETS:
+            far = abs(dy) > 12 or abs(dx) > 6
+            label = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                                ha="left" if dx > 0 else "right", va="bottom", fontweight="bold" if bold else "normal",
+                                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if far else None)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            if (dx, dy) != _LABEL_OFFSETS[-1]:
+                label.remove()
+        placed.append(box)
