@@ -258,7 +258,7 @@ def plot_feature_maps(bundle: Bundle, val: Validation, path: Path) -> None:
         return
     blocks = [block_outputs(bundle, s["x"][i]) for _, i in examples]
     cols = 1 + len(blocks[0])
-    fig, axes = plt.subplots(len(examples), cols, figsize=(2.1 * cols, 2.3 * len(examples)), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(2.1 * cols, 2.6 * len(examples) + 0.3), dpi=100, squeeze=False)
     cmap = plt.get_cmap("magma").with_extremes(bad="white")  # the gaps between channels
     for r, ((label, i), outputs) in enumerate(zip(examples, blocks)):
         pred = bundle.labels[s["pred"][i]]
