@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from training.ablate import automatic_variants, make_variant, plan_variants
+from training.ablate import automatic_variants, format_table, make_variant, plan_variants, summarise
 from training.nets import ARCHS, Network
 
 
@@ -171,7 +171,10 @@ def test_variants_are_the_changes_they_name():
     assert {s["kernel"] for s in combined.layers if s["type"] == "conv2d"} == {5}
     # A shape that cannot work is a skipped variant with shape inference's reason; a name that
     # says nothing about this network is an error naming it.
-    assert "does not fit" in make_variant("pool3", layers, shape).skipped
+    skipped = make_variant("pool3", layers, shape)
+    assert "does not fit" in skipped.skipped
+    table = format_table(summarise([skipped], {}, {})).splitlines()
+    assert table[0].split()[0] == "variant" and table[2] == f"pool3    skipped: {skipped.skipped}"
     for bad, message in (("no-conv6", "conv blocks 1..5"), ("wider", "unknown variant 'wider'")):
         with pytest.raises(ValueError, match=message):
             make_variant(bad, layers, shape)

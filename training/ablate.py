@@ -383,6 +383,12 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
     settings = Settings(task, arch, trainer, epochs, batch_size, optimizer, lr, jitter, camera,
                         tuple(sorted(preprocess.items())))
     plan = plan_variants(architecture["layers"], input_shape, variants)
+    title = f"{arch if arch in ARCHS else 'custom'} on {task}: {runs} run{'s' * (runs > 1)} x {epochs} epochs, {trainer} trainer"
+    out.mkdir(parents=True, exist_ok=True)
+    if all(v.skipped for v in plan):  # nothing to train: no data to make
+        rows = summarise(plan, {}, {})
+        return {"rows": rows, "trained": 0, "reused": 0, "errors": [], "files": write_outputs(rows, out, title),
+                "title": title}
 
     # The same inputs for every run: made once here, handed to the workers as a file.
     cfg = settings.config(seed)
@@ -399,7 +405,6 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
         log(f"data: {len(data['x_train'])} training inputs, {len(val_idx)} validation cards "
             f"({time.perf_counter() - t:.0f} s)")
 
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS
     done = {r["key"]: r for r in read_results(results_path)}
     keys, todo = {}, []
@@ -457,7 +462,6 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
         log(f"run failed: {e['variant']} seed {e['seed']}: {e['error']}")
 
     rows = summarise(plan, done, keys)
-    title = f"{arch if arch in ARCHS else 'custom'} on {task}: {runs} run{'s' * (runs > 1)} x {epochs} epochs, {trainer} trainer"
     files = write_outputs(rows, out, title)
     return {"rows": rows, "trained": len(todo) - len(errors), "reused": reused, "errors": errors,
             "files": files, "title": title}
@@ -488,7 +492,7 @@ HEADERS = ["variant", "weights", "val accuracy", "camera accuracy", "train s", "
 def format_table(rows: list[dict]) -> str:
     """The terminal table (a skipped variant's reason runs across the columns)."""
     cells = [_cells(r) for r in rows]
-    width = [max(len(h), *(len(c[i]) for c, r in zip(cells, rows) if r["status"] == "ok" or i == 0))
+    width = [max([len(h)] + [len(c[i]) for c, r in zip(cells, rows) if r["status"] == "ok" or i == 0])
              for i, h in enumerate(HEADERS)]
     right = (False, True, True, True, True, True, True)
 
