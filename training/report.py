@@ -391,7 +391,7 @@ def render_html(model, data: str | None = None, out=None) -> Path:
     """NAME.report/report.html from the report folder, drawing what is missing first."""
     model = Path(model)
     bundle = load_bundle(model)
-    paths = write_report(model, data=data, only_missing=True)
+    paths = write_report(model, data=data, only_missing=data is None)  # other data: every picture anew
     try:
         record = json.loads(paths["meta"].read_text())
     except json.JSONDecodeError:
@@ -413,6 +413,8 @@ def render_html(model, data: str | None = None, out=None) -> Path:
         if kind in val:
             summary.append((f"validation accuracy, {kind} (this report, NumPy runtime)",
                             f"{_percent(val[kind]['accuracy'])} of {val[kind]['pictures']}"))
+    if record.get("validation_data"):
+        summary.append(("this report's validation split of", record["validation_data"]))
     summary.append(("training data", p.get("data", "?")))
     parts.append("<h2>Summary</h2>" + _table(["", ""], summary, left=2))
     parts.append(f"<p>Command: <code>{html.escape(str(p.get('command', '?')))}</code></p>")
