@@ -47,10 +47,27 @@ def cmd_train(args) -> int:
                       preprocess=parse_preprocess(args.preprocess) or None)
     out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
-    bundle = train(cfg, out, command, progress=not args.quiet)
+    cards, description = load_task(cfg.task)  # here, so the report judges the same cards
+    bundle = train(cfg, out, command, progress=not args.quiet, cards=cards, data_description=description)
     p = bundle.meta["provenance"]
     print(f"saved {out}: best epoch {p['best_epoch']}, validation accuracy {p['val_accuracy']:.4f} "
           f"(camera frames {p['val_camera_accuracy']:.4f})")
+    from training.report import report_dir, write_report
+
+    try:
+        write_report(out, cards=cards)
+    except Exception as e:  # the model is saved; a report that cannot be drawn must not hide that
+        print(f"cardcam-train: {out}: report not written ({type(e).__name__}: {e})", file=sys.stderr)
+        return 0
+    print(f"report pictures in {report_dir(out)}/ (one HTML page: cardcam-train report {out})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from training.report import render_html
+
+    page = render_html(args.model, data=args.data, out=args.out)
+    print(f"wrote {page}")
     return 0
 
 
@@ -118,6 +135,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from training import ablate
+
+    arch = ablate.ARCHS[args.arch](2)
+    if args.list:
+        for name in ablate.automatic_variants(arch["layers"]):
+            v = ablate.make_variant(name, arch["layers"], arch["input_shape"])
+            print(f"{name:16} {v.description}" + (f"  (skipped: {v.skipped})" if v.skipped else ""))
+        return 0
+    names = [n.strip() for group in args.variants or [] for n in group.split(",") if n.strip()]
+    for name in names:  # a name that means nothing for this network fails now, not after the data
+        ablate.make_variant(name, arch["layers"], arch["input_shape"])
+    out = args.out or "ablation/" + "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{args.task}-{args.arch}")
+    result = ablate.ablate(task=args.task, arch=args.arch, variants=names or None, runs=args.runs, seed=args.seed,
+                           epochs=args.epochs, trainer=args.trainer, jobs=args.jobs, out=out,
+                           batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, jitter=args.jitter,
+                           camera=args.camera, preprocess=parse_preprocess(args.preprocess) if args.preprocess else None,
+                           progress=not args.quiet)
+    print(result["title"])
+    print(ablate.format_table(result["rows"]))
+    print(f"{result['trained']} runs trained, {result['reused']} reused; written: "
+          + ", ".join(str(f) for f in result["files"].values()))
+    return 1 if result["errors"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam-train", description="Train and check cardcam models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,6 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="a model's training report as one self-contained HTML page")
+    p.add_argument("model", help="the bundle (.npz); pictures missing from NAME.report/ are drawn first")
+    p.add_argument("--data", help="cards to judge on: a task or a folder DIR/<label>/ (default: the model's task)")
+    p.add_argument("--out", help="HTML file to write (default: NAME.report/report.html)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("ablate", help="train variants of a network (parts removed, filters halved, ...) and compare")
+    p.add_argument("--task", default="smiley:300", help="a task as for train (default: smiley:300, 300 cards per class)")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="dwengo", help="the network to take apart (default: dwengo)")
+    p.add_argument("--variants", action="append", metavar="A,B,...",
+                   help="variants to train (default: every automatic one; --list shows them), e.g. "
+                        "baseline,no-conv2,no-batchnorm+no-dropout,kernel5,pool3")
+    p.add_argument("--list", action="store_true", help="print the automatic variants of --arch and stop")
+    p.add_argument("--runs", type=int, default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and BLAS thread each")
+    p.add_argument("--out", help="folder for runs.jsonl, ablation.csv/.md/.png (default: ablation/TASK-ARCH)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--jitter", type=int, default=1, help="handwriting-jitter variants per card (default 1)")
+    p.add_argument("--camera", type=int, default=1, help="simulated camera frames per card (default 1)")
+    p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
+                   help="a preprocessing setting (default for smiley tasks: paper_window=0.35, as the shipped models)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_ablate)
     from training import cards, deploy, sheets  # printing, sheet cutting and deploying live with their code
 
     sheets.add_commands(sub)

@@ -141,40 +141,20 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
     train_idx, val_idx = split(cards, cfg.val_fraction)
 
     t0 = time.perf_counter()
-    jobs = [(int(i), "clean", 0) for i in train_idx]
-    jobs += [(int(i), "jitter", 1 + v) for i in train_idx for v in range(cfg.jitter_variants)]
-    jobs += [(int(i), "camera", 100 + v) for i in train_idx for v in range(cfg.camera_variants)]
-    x_train, kept = make_inputs(cards.cards, jobs, settings, input_shape, cfg.seed, cfg.processes)
-    y_train = cards.labels[[jobs[k][0] for k in kept]]
-    # Validation: the clean cards, and each card once through the camera (seed fixed, so every
-    # training seed is judged on the same frames).
-    x_val, kept_val = make_inputs(cards.cards, [(int(i), "clean", 0) for i in val_idx], settings,
-                                  input_shape, 0, cfg.processes)
-    y_val = cards.labels[val_idx[kept_val]]
-    x_cam, kept_cam = make_inputs(cards.cards, [(int(i), "camera", 999) for i in val_idx], settings,
-                                  input_shape, 0, cfg.processes)
-    y_cam = cards.labels[val_idx[kept_cam]]
+    x_train, y_train, x_val, y_val, x_cam, y_cam = prepare_inputs(cfg, cards, train_idx, val_idx, settings, input_shape)
     prep_s = time.perf_counter() - t0
     if progress:
         print(f"data: {len(x_train)} training inputs from {len(train_idx)} cards, {len(x_val)} validation "
               f"cards (+{len(x_cam)} camera frames) in {prep_s:.0f} s")
 
     rng = np.random.default_rng(cfg.seed)
-    if cfg.trainer == "keras":
-        from training.keras_model import KerasLearner
-
-        learner = KerasLearner(arch["layers"], input_shape, cfg.optimizer, cfg.lr, cfg.seed)
-    elif cfg.trainer == "numpy":
-        learner = NumpyLearner(arch["layers"], input_shape, cfg.optimizer, cfg.lr, rng)
-    else:
-        raise ValueError(f"unknown trainer {cfg.trainer!r} (choose numpy or keras)")
+    learner = make_learner(cfg, arch["layers"], input_shape, rng)
     log_path = out.with_suffix(".train.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     best = None
     log_lines = []
     for epoch in range(1, cfg.epochs + 1):
-        # Cosine decay of the learning rate over the run: large steps first, fine ones at the end.
-        lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max(1, cfg.epochs))))
+        lr = learning_rate(cfg, epoch)
         order = rng.permutation(len(x_train))
         t_epoch = time.perf_counter()
         train_loss, train_accuracy = learner.fit_epoch(x_train, y_train, order, lr, cfg.batch_size,
@@ -190,7 +170,7 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
             "val_camera_accuracy": round(accuracy(p_cam, y_cam) * len(y_cam) / len(val_idx), 5),
         }
         log_lines.append(record)
-        score = (record["val_accuracy"] + record["val_camera_accuracy"], -record["val_loss"])
+        score = epoch_score(record)
         if best is None or score > best[0]:
             best = (score, epoch, learner.weights(), record)
         if progress:
@@ -228,3 +208,42 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         for line in log_lines:
             f.write(json.dumps(line) + "\n")
     return bundle
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Cosine decay over the run: large steps first, fine ones at the end (epoch counts from 1)."""
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max(1, cfg.epochs))))
+
+
+def epoch_score(record: dict) -> tuple:
+    """What picks the kept epoch: clean + camera validation accuracy, then the lower loss."""
+    return (record["val_accuracy"] + record["val_camera_accuracy"], -record["val_loss"])
+
+
+def make_learner(cfg: TrainConfig, layers: list, input_shape, rng):
+    if cfg.trainer == "keras":
+        from training.keras_model import KerasLearner
+
+        return KerasLearner(layers, input_shape, cfg.optimizer, cfg.lr, cfg.seed)
+    if cfg.trainer == "numpy":
+        return NumpyLearner(layers, input_shape, cfg.optimizer, cfg.lr, rng)
+    raise ValueError(f"unknown trainer {cfg.trainer!r} (choose numpy or keras)")
+
+
+def prepare_inputs(cfg: TrainConfig, cards: CardSet, train_idx, val_idx, settings, input_shape):
+    """(x_train, y_train, x_val, y_val, x_cam, y_cam): every training card clean, jittered and
+    through the camera; the validation cards clean and once through the camera."""
+    jobs = [(int(i), "clean", 0) for i in train_idx]
+    jobs += [(int(i), "jitter", 1 + v) for i in train_idx for v in range(cfg.jitter_variants)]
+    jobs += [(int(i), "camera", 100 + v) for i in train_idx for v in range(cfg.camera_variants)]
+    x_train, kept = make_inputs(cards.cards, jobs, settings, input_shape, cfg.seed, cfg.processes)
+    y_train = cards.labels[[jobs[k][0] for k in kept]]
+    # Validation: the clean cards, and each card once through the camera (seed fixed, so every
+    # training seed is judged on the same frames).
+    x_val, kept_val = make_inputs(cards.cards, [(int(i), "clean", 0) for i in val_idx], settings,
+                                  input_shape, 0, cfg.processes)
+    y_val = cards.labels[val_idx[kept_val]]
+    x_cam, kept_cam = make_inputs(cards.cards, [(int(i), "camera", 999) for i in val_idx], settings,
+                                  input_shape, 0, cfg.processes)
+    y_cam = cards.labels[val_idx[kept_cam]]
+    return x_train, y_train, x_val, y_val, x_cam, y_cam
