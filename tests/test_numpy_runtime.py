@@ -17,7 +17,7 @@ SHAPES = [  # (input shape, conv spec, pool size)
     ((13, 11, 3), {"type": "conv2d", "filters": 4, "kernel": 4, "padding": "same"}, 3),     # even kernel, odd sizes
     ((20, 20, 1), {"type": "conv2d", "filters": 1, "kernel": 3, "padding": "same"}, 2),     # dwengo's first layer
 ]
-FORMS = ["kp", "pk", "shifted_sum"]  # shifted_sum: offered for one input and one output channel only
+FORMS = ["kp", "pk", "kp_phased", "pk_phased", "kp_wide", "shifted_sum"]  # shifted_sum: one input and output channel only
 
 
 def reference(bundle, x):
@@ -58,7 +58,7 @@ def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv,
                                                               weights_factory, monkeypatch):
     chosen = []
 
-    def prefer(fn, repeats=3, name=""):
+    def prefer(fn, repeats=5, name=""):
         chosen.append(name)
         return 0.0 if name == form else 1.0
     monkeypatch.setattr(runtime, "_best_time", prefer)
