@@ -27,29 +27,35 @@ class Layer:
 
 
 # OpenBLAS runs a product on every core once m*n*k > 65536*4. Threaded, with another process
-# busy on the other core (the usual state of a shared laptop, and of this project's CI), small
-# products took 100-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms); so products are
-# cut into blocks under that size, each run on one thread, and the cost when the machine is idle
-# is at most the second core.
+# busy on the other core (the usual state of a shared laptop, and of this project's CI), products
+# took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms; 64x2048x128: 150 ms instead
+# of 5 ms); so products are cut into blocks under that size, each run on one thread, and the cost
+# when the machine is idle is at most the second core.
 _ONE_THREAD = 65536 * 4 - 1
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for 2-D arrays, as products OpenBLAS keeps on one thread: blocks of rows of a, of
-    columns of b, or of the inner axis (summed), whichever needs fewest. A product that would
-    need more than 64 blocks (a conv's weight gradient, summed over every pixel) is big enough
-    to be worth the threads and runs as one."""
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b for 2-D arrays (into ``out`` if given), as products OpenBLAS keeps on one thread:
+    equal blocks of rows of a as one stacked np.matmul (its loop over blocks runs in C), or
+    blocks of rows of a, of columns of b, or of the inner axis (summed), whichever needs fewest.
+    Even a conv's weight gradient (400x16384x32, 820 blocks of its inner axis) took less CPU
+    time so than threaded, and a third of the wall time with the other core busy."""
     m, k = a.shape
     n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
     if m * k * n <= _ONE_THREAD:
-        return a @ b
+        return np.matmul(a, b, out=out)
     step = {"rows": _ONE_THREAD // (k * n), "columns": _ONE_THREAD // (m * k), "inner": _ONE_THREAD // (m * n)}
+    if step["rows"] and a.flags.c_contiguous and out.flags.c_contiguous:
+        least = -(-m // step["rows"])
+        for blocks in range(least, min(m, 4 * least) + 1):
+            if m % blocks == 0:
+                np.matmul(a.reshape(blocks, m // blocks, k), b, out=out.reshape(blocks, m // blocks, n))
+                return out
     blocks = {name: -(-size // step[name]) * (2 if name == "inner" else 1) if step[name] else 1 << 30
               for name, size in (("rows", m), ("columns", n), ("inner", k))}
     how = min(blocks, key=blocks.get)
-    if blocks[how] > 64:
-        return a @ b
-    out = np.empty((m, n), np.result_type(a, b))
     size = step[how]
     if how == "rows":
         for r in range(0, m, size):
@@ -105,12 +111,14 @@ class Conv2D(Layer):
         self.grads["bias"] = d2.sum(axis=0)
         if not need_dx:
             return None
-        dcols = matmul(d2, k.reshape(-1, cout).T).reshape(dout.shape[:3] + (ksize, ksize, cin))
         dxp = np.zeros(xp_shape, dtype=dout.dtype)
-        ho, wo = dout.shape[1], dout.shape[2]
-        for i in range(ksize):  # scatter-add each kernel offset: k*k array ops, not per pixel
-            for j in range(ksize):
-                dxp[:, i:i + ho, j:j + wo, :] += dcols[:, :, :, i, j, :]
+        n, ho, wo = dout.shape[:3]
+        part = np.empty((n * ho * wo, cin), dout.dtype)
+        part4 = part.reshape(n, ho, wo, cin)
+        for i in range(ksize):  # each kernel offset's share, added where it came from (col2im
+            for j in range(ksize):  # without the k*k-times-larger patch-gradient matrix)
+                matmul(d2, k[i, j].T, out=part)
+                dxp[:, i:i + ho, j:j + wo, :] += part4
         if self.padding == "same":
             lo = (ksize - 1) // 2
             return dxp[:, lo:lo + x_shape[1], lo:lo + x_shape[2], :]
@@ -177,11 +185,10 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         c = x.shape[-1]
         flat = x.reshape(-1, c)
-        ones = _ones(len(flat), x.dtype)  # sums over pixels as products: BLAS, fast for any C
         if training:
-            mu = (ones @ flat) / len(flat)
+            mu = _column_sums(flat) / len(flat)
             centred = flat - mu
-            var = (ones @ np.square(centred)) / len(flat)
+            var = _column_sums(centred, centred) / len(flat)
             m = self.momentum
             self.state["mean"] = (m * self.state["mean"] + (1 - m) * mu).astype(self.state["mean"].dtype)
             self.state["var"] = (m * self.state["var"] + (1 - m) * var).astype(self.state["var"].dtype)
@@ -199,9 +206,8 @@ class BatchNorm(Layer):
         xhat, inv = self.cache
         d = dout.reshape(-1, dout.shape[-1])
         m = len(d)
-        ones = _ones(m, d.dtype)
-        dgamma = ones @ (d * xhat)
-        dbeta = ones @ d
+        dgamma = _column_sums(d, xhat)
+        dbeta = _column_sums(d)
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
         # Batch statistics depend on x: the standard three-term BatchNorm gradient,
         # (gamma * inv / m) * (m * dout - sum(dout) - xhat * sum(dout * xhat)).
@@ -210,6 +216,15 @@ class BatchNorm(Layer):
         dx -= dbeta / m
         dx *= self.params["gamma"] * inv
         return dx.reshape(dout.shape).astype(dout.dtype, copy=False)
+
+
+def _column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Sums over rows of a (or of a * b) for (pixels, C) arrays. NumPy's axis-0 sum is slow for
+    few columns, a product with a ones vector is fast only for few (OpenBLAS threads the rest):
+    einsum's own loops, except for 1-4 columns, where the product is ~15x faster."""
+    if a.shape[1] > 4:
+        return np.einsum("ij,ij->j", a, b) if b is not None else np.einsum("ij->j", a)
+    return _ones(len(a), a.dtype) @ (a * b if b is not None else a)
 
 
 _ONES: dict = {}
