@@ -47,11 +47,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if m * k * n <= _ONE_THREAD:
         return np.matmul(a, b, out=out)
     step = {"rows": _ONE_THREAD // (k * n), "columns": _ONE_THREAD // (m * k), "inner": _ONE_THREAD // (m * n)}
-    if step["rows"] and a.flags.c_contiguous and out.flags.c_contiguous:
+    if step["rows"] and out.flags.c_contiguous:
         least = -(-m // step["rows"])
         for blocks in range(least, min(m, 4 * least) + 1):
-            if m % blocks == 0:
-                np.matmul(a.reshape(blocks, m // blocks, k), b, out=out.reshape(blocks, m // blocks, n))
+            if m % blocks == 0:  # a's rows as a stack of blocks: a view, whatever a's strides
+                rows, (s0, s1) = m // blocks, a.strides
+                stack = np.lib.stride_tricks.as_strided(a, (blocks, rows, k), (s0 * rows, s0, s1), writeable=False)
+                np.matmul(stack, b, out=out.reshape(blocks, rows, n))
                 return out
     blocks = {name: -(-size // step[name]) * (2 if name == "inner" else 1) if step[name] else 1 << 30
               for name, size in (("rows", m), ("columns", n), ("inner", k))}
