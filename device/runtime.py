@@ -23,6 +23,7 @@ from device.bundle import Bundle
 
 RUNTIMES = ("auto", "numpy", "tflite")
 _BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
+_CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -142,12 +143,15 @@ def _dest(ops: list, i: int, shape: tuple) -> _Dest:
     if op is not None and op[0] == "affine" and op[1] == "conv2d":
         c, n, h, w = shape
         k = op[2].shape[0]
-        if op[4] == "same":
-            lo = (k - 1) // 2
-            full = np.zeros((c, n, h + k - 1, w + k - 1), np.float32)  # the border stays zero
-            return _Dest(full[:, :, lo:lo + h, lo:lo + w], full)
-        full = np.zeros(shape, np.float32)
-        return _Dest(full, full)
+        lo = (k - 1) // 2 if op[4] == "same" else 0
+        hp, wp = (h + k - 1, w + k - 1) if op[4] == "same" else (h, w)
+        if c >= _CHANNELS_LAST:
+            # Many channels: stored channel-last, so that a patch's row is k*C contiguous
+            # numbers and the (pixels, k*k*C) im2col copy moves runs that long.
+            full = np.zeros((n, hp, wp, c), np.float32).transpose(3, 0, 1, 2)
+        else:
+            full = np.zeros((c, n, hp, wp), np.float32)  # the border stays zero
+        return _Dest(full[:, :, lo:lo + h, lo:lo + w], full)
     if op is not None and op[0] == "affine":  # dense: a column of ones carries the bias
         full = np.ones((shape[0], shape[1] + 1), np.float32)
         return _Dest(full[:, :-1], full)
@@ -308,19 +312,20 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
     # "kp_wide": outputs computed at every column of the padded width (the extra ones are
     # dropped by the pooling's views). Then each (kernel offset, channel) row of the matrix is
     # one contiguous run of the input, so the copy streams, for 1.1-1.4x the multiply-adds.
-    per_channel = n * hp * wp
-    length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # the last valid output is the last read
-    itemsize = full.itemsize
-    runs = np.lib.stride_tricks.as_strided(full, (k, k, c, length), (wp * itemsize, itemsize,
-                                                                      per_channel * itemsize, itemsize), writeable=False)
-    cols = np.empty((depth + 1, length), np.float32)
-    cols[depth] = 1.0
-    out = np.empty((f, per_channel), np.float32)
-    matrix = np.ascontiguousarray(with_bias.T)
-    wide = [partial(np.copyto, _view(cols[:depth], (k, k, c, length)), runs)]
-    wide += [partial(np.matmul, matrix, cols[:, r:r + block], out=out[:, r:min(r + block, length)])
-             for r in range(0, length, block)]
-    candidates["kp_wide"] = (wide, _view(out, (f, n, hp, wp))[:, None, :, :ho, :wo], 1)
+    if full.flags.c_contiguous:  # channel-major only: each (offset, channel) row is one run
+        per_channel = n * hp * wp
+        length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # the last valid output is the last read
+        itemsize = full.itemsize
+        runs = np.lib.stride_tricks.as_strided(full, (k, k, c, length), (wp * itemsize, itemsize,
+                                                                          per_channel * itemsize, itemsize), writeable=False)
+        cols = np.empty((depth + 1, length), np.float32)
+        cols[depth] = 1.0
+        out = np.empty((f, per_channel), np.float32)
+        matrix = np.ascontiguousarray(with_bias.T)
+        wide = [partial(np.copyto, _view(cols[:depth], (k, k, c, length)), runs)]
+        wide += [partial(np.matmul, matrix, cols[:, r:r + block], out=out[:, r:min(r + block, length)])
+                 for r in range(0, length, block)]
+        candidates["kp_wide"] = (wide, _view(out, (f, n, hp, wp))[:, None, :, :ho, :wo], 1)
 
     if c == 1 and f == 1:  # the bias is added after pooling
         out = np.empty((1, n, ho, wo), np.float32)
