@@ -24,6 +24,7 @@ from device.bundle import Bundle
 RUNTIMES = ("auto", "numpy", "tflite")
 _BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
 _CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
+_ALL_FORMS_MAX = 1 << 22  # floats in a patch matrix (16 MiB) up to which every conv form is kept
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -263,7 +264,7 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
     windows = np.lib.stride_tricks.sliding_window_view(full, (k, k), axis=(2, 3)).transpose(4, 5, 0, 1, 2, 3)
     with_bias = np.concatenate([kernel.reshape(depth, f), bias[None]]).astype(np.float32)
     block = max(1, (_BLAS_THREAD_MIN - 1) // ((depth + 1) * f))
-    candidates = {}
+    builders = {}  # form name -> function building its buffers: (steps, conv_out, used)
     orders = [("", (1, 1, n, ho, wo), windows[:, :, :, None, None], 1)]
     if len(pool_sizes) == 1:
         # "_phased": pixels ordered by their place in the pooling window, (s, s, N, Ho', Wo'):
@@ -274,68 +275,78 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
         grid = (s, s, n, ho // s, wo // s)
         src = _view(windows[..., :grid[3] * s, :grid[4] * s], (k, k, c, n, grid[3], s, grid[4], s))
         orders.append(("_phased", grid, src.transpose(0, 1, 2, 5, 7, 3, 4, 6), s * s))
-    for suffix, grid, src, used in orders:
-        slabs = used + int(relu and used > 1)
-        pixels = int(np.prod(grid))
-        q = pixels // used
 
+    def kp(grid, src, used):
+        slabs, pixels = used + int(relu and used > 1), int(np.prod(grid))
         cols = np.empty((depth + 1, pixels), np.float32)
         cols[depth] = 1.0
-        out = np.zeros((f, slabs, q), np.float32)
+        out = np.zeros((f, slabs, pixels // used), np.float32)
         product_out = _view(out[:, :used], (f, pixels))
         matrix = np.ascontiguousarray(with_bias.T)
-        kp = [partial(np.copyto, _view(cols[:depth], (k, k, c, *grid)), src)]
+        steps = [partial(np.copyto, _view(cols[:depth], (k, k, c, *grid)), src)]
         if block >= pixels and product_out.flags.c_contiguous:
-            kp.append(partial(np.dot, matrix, cols, out=product_out))
+            steps.append(partial(np.dot, matrix, cols, out=product_out))
         else:  # column blocks are strided views: np.matmul hands them to BLAS with their row stride
-            kp += [partial(np.matmul, matrix, cols[:, r:r + block], out=product_out[:, r:r + block])
-                   for r in range(0, pixels, block)]
-        candidates["kp" + suffix] = (kp, _view(out, (f, slabs, *grid[2:])), used)
+            steps += [partial(np.matmul, matrix, cols[:, r:r + block], out=product_out[:, r:r + block])
+                      for r in range(0, pixels, block)]
+        return steps, _view(out, (f, slabs, *grid[2:])), used
 
+    def pk(grid, src, used):
         # Row blocks as one stacked product: np.matmul runs one (single-threaded) BLAS call per
         # block in C. The last block's spare rows read and write spare memory past the pixels.
-        blocks = -(-pixels // block)
+        slabs, pixels = used + int(relu and used > 1), int(np.prod(grid))
+        q, blocks = pixels // used, -(-pixels // block)
         rows = blocks * block if blocks > 1 else pixels
         cols = np.zeros((rows, depth + 1), np.float32)  # spare rows stay zero
         cols[:, depth] = 1.0
         spare = slabs - used  # the zero slab (ReLU) comes first, so the spare rows come last
         buffer = np.zeros((spare * q + rows, f), np.float32)
         out = _view(buffer[:slabs * q], (slabs, q, f))
-        pk = [partial(np.copyto, _view(cols[:pixels].T[:depth], (k, k, c, *grid)), src)]
+        steps = [partial(np.copyto, _view(cols[:pixels].T[:depth], (k, k, c, *grid)), src)]
         if blocks > 1:
-            pk.append(partial(np.matmul, _view(cols, (blocks, block, depth + 1)), with_bias,
-                              out=_view(buffer[spare * q:], (blocks, block, f))))
+            steps.append(partial(np.matmul, _view(cols, (blocks, block, depth + 1)), with_bias,
+                                 out=_view(buffer[spare * q:], (blocks, block, f))))
         else:
-            pk.append(partial(np.dot, cols, with_bias, out=buffer[spare * q:]))
-        candidates["pk" + suffix] = (pk, _view(out, (slabs, *grid[2:], f)).transpose(4, 0, 1, 2, 3), used)
+            steps.append(partial(np.dot, cols, with_bias, out=buffer[spare * q:]))
+        return steps, _view(out, (slabs, *grid[2:], f)).transpose(4, 0, 1, 2, 3), used
 
-    # "kp_wide": outputs computed at every column of the padded width (the extra ones are
-    # dropped by the pooling's views). Then each (kernel offset, channel) row of the matrix is
-    # one contiguous run of the input, so the copy streams, for 1.1-1.4x the multiply-adds.
-    if full.flags.c_contiguous:  # channel-major only: each (offset, channel) row is one run
+    for suffix, grid, src, used in orders:
+        builders["kp" + suffix] = partial(kp, grid, src, used)
+        builders["pk" + suffix] = partial(pk, grid, src, used)
+
+    def kp_wide():
+        # Outputs computed at every column of the padded width (the extra ones are dropped by
+        # the pooling's views). Then each (kernel offset, channel) row of the matrix is one
+        # contiguous run of the input, so the copy streams, for 1.1-1.4x the multiply-adds.
         per_channel = n * hp * wp
         length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # the last valid output is the last read
-        itemsize = full.itemsize
-        runs = np.lib.stride_tricks.as_strided(full, (k, k, c, length), (wp * itemsize, itemsize,
-                                                                          per_channel * itemsize, itemsize), writeable=False)
+        size = full.itemsize
+        runs = np.lib.stride_tricks.as_strided(full, (k, k, c, length), (wp * size, size, per_channel * size, size),
+                                               writeable=False)
         cols = np.empty((depth + 1, length), np.float32)
         cols[depth] = 1.0
         out = np.empty((f, per_channel), np.float32)
         matrix = np.ascontiguousarray(with_bias.T)
-        wide = [partial(np.copyto, _view(cols[:depth], (k, k, c, length)), runs)]
-        wide += [partial(np.matmul, matrix, cols[:, r:r + block], out=out[:, r:min(r + block, length)])
-                 for r in range(0, length, block)]
-        candidates["kp_wide"] = (wide, _view(out, (f, n, hp, wp))[:, None, :, :ho, :wo], 1)
+        steps = [partial(np.copyto, _view(cols[:depth], (k, k, c, length)), runs)]
+        steps += [partial(np.matmul, matrix, cols[:, r:r + block], out=out[:, r:min(r + block, length)])
+                  for r in range(0, length, block)]
+        return steps, _view(out, (f, n, hp, wp))[:, None, :, :ho, :wo], 1
 
-    if c == 1 and f == 1:  # the bias is added after pooling
+    if full.flags.c_contiguous:  # channel-major only: each (offset, channel) row is one run
+        builders["kp_wide"] = kp_wide
+
+    def shifted_sum():  # the bias is added after pooling
         out = np.empty((1, n, ho, wo), np.float32)
         tmp = np.empty_like(out)
         taps = [(full[:, :, i:i + ho, j:j + wo], np.float32(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
         (view, v), *rest = taps
-        shifted = [partial(np.multiply, view, v, out=out)]
+        steps = [partial(np.multiply, view, v, out=out)]
         for view, v in rest:
-            shifted += [partial(np.multiply, view, v, out=tmp), partial(np.add, out, tmp, out=out)]
-        candidates["shifted_sum"] = (shifted, out[:, None], 0)  # 0: bias still to add
+            steps += [partial(np.multiply, view, v, out=tmp), partial(np.add, out, tmp, out=out)]
+        return steps, out[:, None], 0  # 0: bias still to add
+
+    if c == 1 and f == 1:
+        builders["shifted_sum"] = shifted_sum
 
     def finish(conv_out, used):
         """Steps after the product, from conv_out (F, slabs, N, H, W) into dest."""
@@ -356,8 +367,22 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
             steps.append(partial(np.maximum, dest, np.float32(0), out=dest))
         return steps
 
-    forms = {name: conv + finish(conv_out, used) for name, (conv, conv_out, used) in candidates.items()}
-    return forms[_fastest({name: _run(steps) for name, steps in forms.items()})]
+    def build(name):
+        conv, conv_out, used = builders[name]()
+        return conv + finish(conv_out, used)
+
+    if n * ho * wo * (depth + 1) <= _ALL_FORMS_MAX:  # small (a frame): all built, timed round-robin
+        forms = {name: build(name) for name in builders}
+        return forms[_fastest({name: _run(steps) for name, steps in forms.items()})]
+    # Large batches: one form at a time against the best so far, so at most two sets of buffers.
+    best, best_time = None, float("inf")
+    for name in builders:
+        steps = build(name)
+        t = _best_time(_run(steps), 2, name=name)
+        if t < best_time:
+            best, best_time = steps, t
+        del steps  # the loser's buffers go before the next form's are made
+    return best
 
 
 def _fastest(candidates: dict, rounds: int = 9) -> str:

@@ -53,11 +53,14 @@ def bundle_for(input_shape, conv, pool, weights_factory):
     return Bundle(meta, weights)
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["frame", "large-batch"])
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("input_shape,conv,pool", SHAPES)
-def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, form,
+def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, form, large,
                                                               weights_factory, monkeypatch):
     chosen = []
+    if large:  # forms built and timed one at a time, as for big batches
+        monkeypatch.setattr(runtime, "_ALL_FORMS_MAX", 0)
 
     def prefer(fn, repeats=5, name=""):
         chosen.append(name)
