@@ -3,7 +3,10 @@
     python bench/inference.py [--json] [--threads N]
 
 Columns: NumPy forward ms (device.runtime.NumpyRuntime), litert float32 and int8 ms, tflite-runtime
-int8 ms (where importable), and the ratio NumPy / litert float. Every TFLite time goes through
+int8 ms (where importable), and the ratio NumPy / litert float. The runtimes are timed in turn,
+round after round (best kept), so load from other processes falls on all of them alike.
+TFLite threads: 1 by default, as the daemon's default config ([model] threads = 1); here litert's
+own default (no num_threads) timed the same as 1 thread, and 2 threads slower at batch 1. Every TFLite time goes through
 device.runtime.TfliteRuntime.predict, so it includes quantising the input and dequantising the
 output, as on the Pi. Float TFLite models are converted here (needs the keras extra); the int8
 one is the bundle's own entry, or for random-weight bundles converted with random inputs.
@@ -52,30 +55,37 @@ def tflite_models(bundle) -> tuple[bytes | None, bytes | None]:
     return float_model, int8_model
 
 
-def time_ms(runtime, x) -> float:
-    runtime.predict(x)
-    return best_of(lambda: runtime.predict(x), repeats=7, number=50) * 1000
+def times_ms(runtimes: dict, x, rounds: int = 9, number: int = 50) -> dict:
+    """Best ms per call of each runtime, timed in turn round after round, so that a burst of
+    load from another process falls on all of them alike, not on whichever ran then."""
+    for rt in runtimes.values():
+        rt.predict(x)
+    best = dict.fromkeys(runtimes, float("inf"))
+    for _ in range(rounds):
+        for key, rt in runtimes.items():
+            best[key] = min(best[key], best_of(lambda: rt.predict(x), repeats=1, number=number) * 1000)
+    return best
 
 
 def measure(bundle, threads: int) -> dict:
     x = np.random.default_rng(0).random((1, *bundle.input_shape), dtype=np.float32)
-    numpy_ms = time_ms(NumpyRuntime(bundle), x)
     float_model, int8_model = tflite_models(bundle)
     litert = interpreter("ai_edge_litert.interpreter", "ai_edge_litert")
     tflite_rt = interpreter("tflite_runtime.interpreter", "tflite_runtime")
 
-    def run(found, model):
+    def tflite(found, model):
         if found is None or model is None:
             return None
         b = Bundle(bundle.meta, bundle.weights, model, bundle.path)
         with contextlib.redirect_stderr(open(os.devnull, "w")):
-            rt = TfliteRuntime(b, threads, interpreter=found)
-        return round(time_ms(rt, x), 4)
+            return TfliteRuntime(b, threads, interpreter=found)
 
-    f32, i8 = run(litert, float_model), run(litert, int8_model)
-    return {"model": bundle.name, "numpy_ms": round(numpy_ms, 4), "litert_f32_ms": f32, "litert_int8_ms": i8,
-            "tflite_runtime_ms": run(tflite_rt, int8_model),
-            "numpy_over_litert": round(numpy_ms / f32, 2) if f32 else None, "threads": threads}
+    runtimes = {"numpy_ms": NumpyRuntime(bundle), "litert_f32_ms": tflite(litert, float_model),
+                "litert_int8_ms": tflite(litert, int8_model), "tflite_runtime_ms": tflite(tflite_rt, int8_model)}
+    ms = times_ms({k: rt for k, rt in runtimes.items() if rt is not None}, x)
+    r = {"model": bundle.name, **{k: (round(ms[k], 4) if k in ms else None) for k in runtimes}}
+    f32 = r["litert_f32_ms"]
+    return {**r, "numpy_over_litert": round(r["numpy_ms"] / f32, 2) if f32 else None, "threads": threads}
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """Runtimes: turn a bundle into ``predict(batch) -> probabilities``.
 
 ``NumpyRuntime`` needs nothing but NumPy. BatchNorm is folded into the conv/dense before it and
-dropout is dropped; each conv/dense then runs with its ReLU and max-pool fused (pooling commutes
-with a per-channel bias and with ReLU, so both are applied to the 4x smaller pooled map), into
-buffers allocated once per batch size, each conv in the formulation fastest for its shape.
+dropout is dropped; each conv/dense then runs with its ReLU and max-pool fused, each conv in the
+formulation fastest for its shape (timed once per batch size). At a frame, the cost is the number
+of NumPy calls, not arithmetic: every buffer and view is made once per batch size, each layer
+writes straight into the next one's input (zero border, bias column of ones, dense rows) and a
+forward pass is a list of argument-free calls, about 3 per conv and 2 per dense layer.
 
 ``TfliteRuntime`` runs the bundle's int8 TFLite entry through the first interpreter that imports:
 ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tensorflow.lite.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import time
+from functools import partial
 
 import numpy as np
 
@@ -22,7 +25,8 @@ from device.bundle import Bundle
 
 RUNTIMES = ("auto", "numpy", "tflite")
 _BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
-_BAND_MAX = 1 << 17  # floats (512 KiB): larger row-band matrices are never the fast form
+_CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
+_ALL_FORMS_MAX = 1 << 22  # floats in a patch matrix (16 MiB) up to which every conv form is kept
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -52,7 +56,7 @@ class NumpyRuntime:
         self.labels = list(bundle.labels)
         self.input_shape = bundle.input_shape
         self._ops = _plan(bundle)
-        self._compiled: dict = {}  # batch size -> list of steps writing into preallocated buffers
+        self._compiled: dict = {}  # batch size -> (input buffer, steps, output buffer)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, classes) probabilities."""
@@ -60,14 +64,16 @@ class NumpyRuntime:
         n = len(x)
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        steps = self._compiled.get(n)
-        if steps is None:
+        compiled = self._compiled.get(n)
+        if compiled is None:
             if len(self._compiled) > 4:  # a few batch sizes in use at most; don't hoard memory
                 self._compiled.clear()
-            steps = self._compiled[n] = _compile(self._ops, n, self.input_shape)
+            compiled = self._compiled[n] = _compile(self._ops, n, self.input_shape)
+        first, steps, out = compiled
+        np.copyto(first, x.transpose(3, 0, 1, 2))
         for step in steps:
-            x = step(x)
-        return x.copy()  # the last buffer is reused by the next call
+            step()
+        return out.copy()  # the buffers are reused by the next call
 
 
 def _plan(bundle: Bundle) -> list:
@@ -109,193 +115,297 @@ def _plan(bundle: Bundle) -> list:
     return ops
 
 
-def _pooler(shape, size: int):
-    """Non-overlapping max-pool for inputs of `shape` into a preallocated output: the maximum
-    over rows, then over columns, of strided views (no temporaries). Returns (pool, output)."""
-    n, h, w, c = shape
+class _Dest:
+    """Where a layer writes its output: ``write`` in the layer's own logical shape (images
+    (C, N, H, W), vectors (N, U)), inside ``full``, the buffer its reader wants (a conv's zero
+    border, a dense layer's column of ones); ``flat``/``perm``: the vector a flatten makes of it,
+    and which input feature each of its columns is."""
+
+    def __init__(self, write, full=None, flat=None, perm=None):
+        self.write, self.full, self.flat, self.perm = write, full, flat, perm
+
+
+def _view(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` seen with another shape, never a copy (writes through it must land in ``a``)."""
+    v = a.view()
+    v.shape = shape  # raises if only a copy could have this shape
+    return v
+
+
+def _next(ops: list, i: int) -> int:
+    """Index of the first op from i on that is not done in place (scale, relu)."""
+    while i < len(ops) and ops[i][0] in ("scale", "relu"):
+        i += 1
+    return i
+
+
+def _dest(ops: list, i: int, shape: tuple) -> _Dest:
+    """A buffer for a tensor of logical `shape` laid out as op i (after in-place ops) reads it."""
+    i = _next(ops, i)
+    op = ops[i] if i < len(ops) else None
+    if op is not None and op[0] == "affine" and op[1] == "conv2d":
+        c, n, h, w = shape
+        k = op[2].shape[0]
+        lo = (k - 1) // 2 if op[4] == "same" else 0
+        hp, wp = (h + k - 1, w + k - 1) if op[4] == "same" else (h, w)
+        if c >= _CHANNELS_LAST:
+            # Many channels: stored channel-last, so that a patch's row is k*C contiguous
+            # numbers and the (pixels, k*k*C) im2col copy moves runs that long.
+            full = np.zeros((n, hp, wp, c), np.float32).transpose(3, 0, 1, 2)
+        else:
+            full = np.zeros((c, n, hp, wp), np.float32)  # the border stays zero
+        return _Dest(full[:, :, lo:lo + h, lo:lo + w], full)
+    if op is not None and op[0] == "affine":  # dense: a column of ones carries the bias
+        full = np.ones((shape[0], shape[1] + 1), np.float32)
+        return _Dest(full[:, :-1], full)
+    if op is not None and op[0] == "flatten":
+        c, n, h, w = shape
+        vec = _dest(ops, i + 1, (n, c * h * w))
+        j = _next(ops, i + 1)
+        if j < len(ops) and ops[j][0] == "affine":
+            # Channel-major rows (c, y, x): the dense kernel's rows are permuted to match at load.
+            write = _view(vec.write, (n, c, h, w)).transpose(1, 0, 2, 3)
+            perm = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
+        else:
+            write, perm = _view(vec.write, (n, h, w, c)).transpose(3, 0, 1, 2), None
+        return _Dest(write, vec.full, vec.write, perm)
+    return _Dest(np.empty(shape, np.float32))
+
+
+def _pool_into(src: np.ndarray, size: int, out: np.ndarray) -> list:
+    """Steps of a non-overlapping max-pool of src (C, N, H, W) into out: maxima over rows, then
+    over columns, of strided views (two calls for 2x2)."""
+    c, n, h, w = src.shape
     ho, wo = h // size, w // size
-    rows = np.empty((n, ho, w, c), np.float32)
-    out = np.empty((n, ho, wo, c), np.float32)
-
-    def pool(x):
-        np.maximum(x[:, 0:ho * size:size], x[:, 1:ho * size:size], out=rows)
-        for i in range(2, size):
-            np.maximum(rows, x[:, i:ho * size:size], out=rows)
-        np.maximum(rows[:, :, 0:wo * size:size], rows[:, :, 1:wo * size:size], out=out)
-        for j in range(2, size):
-            np.maximum(out, rows[:, :, j:wo * size:size], out=out)
-        return out
-    return pool, out
-
-
-def _compile(ops: list, n: int, input_shape) -> list:
-    """Steps for batch size n; every intermediate array is allocated here, once."""
-    steps = []
-    shape = (n, *input_shape)
-    for op in ops:
-        kind = op[0]
-        if kind == "affine" and op[1] == "conv2d":
-            step, shape = _conv_step(op, shape)
-        elif kind == "affine":
-            kernel, bias, relu = op[2], op[3], op[6]
-            out = np.empty((n, kernel.shape[1]), np.float32)
-
-            def step(x, k=kernel, b=bias, out=out, relu=relu):
-                np.matmul(x, k, out=out)
-                out += b
-                if relu:
-                    np.maximum(out, 0.0, out=out)
-                return out
-            shape = out.shape
-        elif kind == "scale":
-            out = np.empty(shape, np.float32)
-
-            def step(x, s=op[1], t=op[2], out=out):
-                np.multiply(x, s, out=out)
-                out += t
-                return out
-        elif kind == "relu":
-            out = np.empty(shape, np.float32)
-
-            def step(x, out=out):
-                return np.maximum(x, 0.0, out=out)
-        elif kind == "pool":
-            step, out = _pooler(shape, op[1])
-            shape = out.shape
-        elif kind == "flatten":
-            shape = (n, int(np.prod(shape[1:])))
-
-            def step(x, shape=shape):
-                return np.ascontiguousarray(x).reshape(shape)
-        else:  # softmax
-            out = np.empty(shape, np.float32)
-
-            def step(x, out=out):
-                np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-                np.exp(out, out=out)
-                out /= out.sum(axis=-1, keepdims=True)
-                return out
-        steps.append(step)
+    rows = np.empty((c, n, ho, w), np.float32)
+    steps = [partial(np.maximum, src[:, :, 0:ho * size:size], src[:, :, 1:ho * size:size], out=rows)]
+    steps += [partial(np.maximum, rows, src[:, :, i:ho * size:size], out=rows) for i in range(2, size)]
+    steps.append(partial(np.maximum, rows[..., 0:wo * size:size], rows[..., 1:wo * size:size], out=out))
+    steps += [partial(np.maximum, out, rows[..., j:wo * size:size], out=out) for j in range(2, size)]
     return steps
 
 
-def _conv_step(op, shape):
-    """One conv (+ fused max-pools, bias, ReLU) for input `shape`: (step, output shape).
+def _compile(ops: list, n: int, input_shape) -> tuple:
+    """(input view (C, N, H, W), steps, output) for batch size n. Every array is allocated and
+    every view made here, once; each step is one NumPy call on them (no arguments, no Python
+    arithmetic per frame). Images are channel-major (C, N, H, W) so that each im2col copy moves
+    whole rows; the last image is written straight into the dense layer's input rows."""
+    h, w, c = input_shape
+    first = _dest(ops, 0, (c, n, h, w))
+    cur, perm, steps = first, None, []
+    for i, op in enumerate(ops):
+        kind = op[0]
+        if kind == "affine" and op[1] == "conv2d":
+            k, f = op[2].shape[0], op[2].shape[-1]
+            _, _, hp, wp = cur.full.shape
+            out_shape = (f, n, hp - k + 1, wp - k + 1)
+            for size in op[5]:
+                out_shape = (f, n, out_shape[2] // size, out_shape[3] // size)
+            dest = _dest(ops, i + 1, out_shape)
+            steps += _conv_steps(op, cur.full, dest.write)
+            cur, perm = dest, None
+        elif kind == "affine":
+            kernel = op[2] if perm is None else op[2][perm]
+            matrix = np.ascontiguousarray(np.concatenate([kernel, op[3][None]]), np.float32)
+            dest = _dest(ops, i + 1, (n, matrix.shape[1]))
+            out = dest.write
+            product = np.dot if out.flags.c_contiguous else np.matmul  # np.dot needs a contiguous out
+            steps.append(partial(product, cur.full, matrix, out=out))
+            if op[6]:
+                steps.append(partial(np.maximum, out, np.float32(0), out=out))
+            cur, perm = dest, None
+        elif kind == "scale":
+            s, t = op[1], op[2]
+            if cur.write.ndim == 4:
+                s, t = s.reshape(-1, 1, 1, 1), t.reshape(-1, 1, 1, 1)
+            elif perm is not None:
+                s, t = s[perm], t[perm]
+            steps += [partial(np.multiply, cur.write, s, out=cur.write), partial(np.add, cur.write, t, out=cur.write)]
+        elif kind == "relu":
+            steps.append(partial(np.maximum, cur.write, np.float32(0), out=cur.write))
+        elif kind == "pool":
+            size = op[1]
+            cc, _, hh, ww = cur.write.shape
+            dest = _dest(ops, i + 1, (cc, n, hh // size, ww // size))
+            steps += _pool_into(cur.write, size, dest.write)
+            cur = dest
+        elif kind == "flatten":
+            cur, perm = _Dest(cur.flat, cur.full), cur.perm
+        else:  # softmax, the last op
+            x, out = cur.write, np.empty(cur.write.shape, np.float32)
+            m = np.empty((n, 1), np.float32)
+            steps += [partial(np.maximum.reduce, x, axis=1, keepdims=True, out=m),
+                      partial(np.subtract, x, m, out=out), partial(np.exp, out, out=out),
+                      partial(np.add.reduce, out, axis=1, keepdims=True, out=m),
+                      partial(np.divide, out, m, out=out)]
+            cur = _Dest(out)
+    return first.write, steps, cur.write
 
-    Formulations, chosen by shape (bench/inference.py measures them):
-    - im2col: every k x k window copied into a preallocated (pixels, k*k*C) matrix, then one
-      matrix product (BLAS does the work). The copy is either one strided copy of all windows or
-      k*k slice copies, whichever is faster for this layer here (timed once, when compiled).
-    - row band: k input rows stacked, times one banded matrix per layer (see below); timed
-      against im2col when the matrix is small.
-    - shifted sum: k*k multiply-adds of shifted views, for a single input and output channel
-      (a 1x1 matrix product is all overhead, and the window copy has a stride-1 inner axis).
+
+def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
+    """One conv (+ its max-pools, bias and ReLU) reading `full` (C, N, Hp, Wp, zero border
+    included) and writing `dest` (F, N, Ho', Wo'), as a list of steps.
+
+    Forms, timed here once per layer on its own buffers (they differ only in the order of float
+    additions, ~1e-7) and the fastest kept:
+    - "kp": im2col as a (k*k*C + 1, pixels) matrix (a row of ones carries the bias), filled by
+      one strided copy whose inner runs are whole image rows, then kernel^T times it, giving the
+      channel-major output directly;
+    - "pk": the same matrix transposed in memory (pixels, k*k*C + 1) times the kernel;
+    - "shifted_sum": for one input and one output channel, k*k multiply-adds of shifted views.
+    Products are cut into blocks small enough that OpenBLAS runs each on one thread (it threads
+    m*n*k >= 65536*4): threaded, a 256x400x32 product took 8 ms instead of 0.1 ms here while
+    another process kept the cores busy, as preprocessing or a camera does on the Pi.
+    Max-pooling commutes with a per-channel bias and with ReLU, so both follow the pooling.
     """
-    _, kernel, bias, padding, pool_sizes, relu = op[1:]
-    n, h, w, c = shape
+    _, _, kernel, bias, _, pool_sizes, relu = op
+    c, n, hp, wp = full.shape
     k, f = kernel.shape[0], kernel.shape[-1]
-    # The input is copied into a buffer of our own (for 'same', inside its zero border), so every
-    # view of it below is made once, here, and not per frame.
-    if padding == "same":
-        lo = (k - 1) // 2
-        padded = np.zeros((n, h + k - 1, w + k - 1, c), np.float32)  # the border stays zero
-        interior = padded[:, lo:lo + h, lo:lo + w, :]
-    else:
-        padded = np.zeros(shape, np.float32)  # zeros, not garbage, for the timing runs below
-        interior = padded
-    hp, wp = padded.shape[1], padded.shape[2]
     ho, wo = hp - k + 1, wp - k + 1
-    conv_out = np.empty((n, ho, wo, f), np.float32)
-    pools = []
-    pooled_shape = conv_out.shape
-    for size in pool_sizes:
-        pool, out = _pooler(pooled_shape, size)
-        pools.append(pool)
-        pooled_shape = out.shape
+    depth = k * k * c
+    windows = np.lib.stride_tricks.sliding_window_view(full, (k, k), axis=(2, 3)).transpose(4, 5, 0, 1, 2, 3)
+    with_bias = np.concatenate([kernel.reshape(depth, f), bias[None]]).astype(np.float32)
+    block = max(1, (_BLAS_THREAD_MIN - 1) // ((depth + 1) * f))
+    builders = {}  # form name -> function building its buffers: (steps, conv_out, used)
+    orders = [("", (1, 1, n, ho, wo), windows[:, :, :, None, None], 1)]
+    if len(pool_sizes) == 1:
+        # "_phased": pixels ordered by their place in the pooling window, (s, s, N, Ho', Wo'):
+        # the pool is then one maximum over s*s slabs, and a slab of zeros among them is the
+        # ReLU; rows and columns the pool drops are never computed. The copy's inner runs are
+        # strided, though, so it is timed against the natural order.
+        s = pool_sizes[0]
+        grid = (s, s, n, ho // s, wo // s)
+        src = _view(windows[..., :grid[3] * s, :grid[4] * s], (k, k, c, n, grid[3], s, grid[4], s))
+        orders.append(("_phased", grid, src.transpose(0, 1, 2, 5, 7, 3, 4, 6), s * s))
+
+    def kp(grid, src, used):
+        slabs, pixels = used + int(relu and used > 1), int(np.prod(grid))
+        cols = np.empty((depth + 1, pixels), np.float32)
+        cols[depth] = 1.0
+        out = np.zeros((f, slabs, pixels // used), np.float32)
+        product_out = _view(out[:, :used], (f, pixels))
+        matrix = np.ascontiguousarray(with_bias.T)
+        steps = [partial(np.copyto, _view(cols[:depth], (k, k, c, *grid)), src)]
+        if block >= pixels and product_out.flags.c_contiguous:
+            steps.append(partial(np.dot, matrix, cols, out=product_out))
+        else:  # column blocks are strided views: np.matmul hands them to BLAS with their row stride
+            steps += [partial(np.matmul, matrix, cols[:, r:r + block], out=product_out[:, r:r + block])
+                      for r in range(0, pixels, block)]
+        return steps, _view(out, (f, slabs, *grid[2:])), used
+
+    def pk(grid, src, used):
+        # Row blocks as one stacked product: np.matmul runs one (single-threaded) BLAS call per
+        # block in C. The last block's spare rows read and write spare memory past the pixels.
+        slabs, pixels = used + int(relu and used > 1), int(np.prod(grid))
+        q, blocks = pixels // used, -(-pixels // block)
+        rows = blocks * block if blocks > 1 else pixels
+        cols = np.zeros((rows, depth + 1), np.float32)  # spare rows stay zero
+        cols[:, depth] = 1.0
+        spare = slabs - used  # the zero slab (ReLU) comes first, so the spare rows come last
+        buffer = np.zeros((spare * q + rows, f), np.float32)
+        out = _view(buffer[:slabs * q], (slabs, q, f))
+        steps = [partial(np.copyto, _view(cols[:pixels].T[:depth], (k, k, c, *grid)), src)]
+        if blocks > 1:
+            steps.append(partial(np.matmul, _view(cols, (blocks, block, depth + 1)), with_bias,
+                                 out=_view(buffer[spare * q:], (blocks, block, f))))
+        else:
+            steps.append(partial(np.dot, cols, with_bias, out=buffer[spare * q:]))
+        return steps, _view(out, (slabs, *grid[2:], f)).transpose(4, 0, 1, 2, 3), used
+
+    for suffix, grid, src, used in orders:
+        builders["kp" + suffix] = partial(kp, grid, src, used)
+        builders["pk" + suffix] = partial(pk, grid, src, used)
+
+    def kp_wide():
+        # Outputs computed at every column of the padded width (the extra ones are dropped by
+        # the pooling's views). Then each (kernel offset, channel) row of the matrix is one
+        # contiguous run of the input, so the copy streams, for 1.1-1.4x the multiply-adds.
+        per_channel = n * hp * wp
+        length = (n - 1) * hp * wp + (ho - 1) * wp + wo  # the last valid output is the last read
+        size = full.itemsize
+        runs = np.lib.stride_tricks.as_strided(full, (k, k, c, length), (wp * size, size, per_channel * size, size),
+                                               writeable=False)
+        cols = np.empty((depth + 1, length), np.float32)
+        cols[depth] = 1.0
+        out = np.empty((f, per_channel), np.float32)
+        matrix = np.ascontiguousarray(with_bias.T)
+        steps = [partial(np.copyto, _view(cols[:depth], (k, k, c, length)), runs)]
+        steps += [partial(np.matmul, matrix, cols[:, r:r + block], out=out[:, r:min(r + block, length)])
+                  for r in range(0, length, block)]
+        return steps, _view(out, (f, n, hp, wp))[:, None, :, :ho, :wo], 1
+
+    if full.flags.c_contiguous:  # channel-major only: each (offset, channel) row is one run
+        builders["kp_wide"] = kp_wide
+
+    def shifted_sum():  # the bias is added after pooling
+        out = np.empty((1, n, ho, wo), np.float32)
+        tmp = np.empty_like(out)
+        taps = [(full[:, :, i:i + ho, j:j + wo], np.float32(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
+        (view, v), *rest = taps
+        steps = [partial(np.multiply, view, v, out=out)]
+        for view, v in rest:
+            steps += [partial(np.multiply, view, v, out=tmp), partial(np.add, out, tmp, out=out)]
+        return steps, out[:, None], 0  # 0: bias still to add
+
     if c == 1 and f == 1:
-        taps = [(padded[:, i:i + ho, j:j + wo, :], float(kernel[i, j, 0, 0])) for i in range(k) for j in range(k)]
-        tmp = np.empty_like(conv_out)
+        builders["shifted_sum"] = shifted_sum
 
-        def convolve():
-            (view, v), *rest = taps
-            np.multiply(view, v, out=conv_out)
-            for view, v in rest:
-                np.multiply(view, v, out=tmp)
-                np.add(conv_out, tmp, out=conv_out)
-    else:
-        cols = np.empty((n, ho, wo, k, k, c), np.float32)
-        cols2 = cols.reshape(-1, k * k * c)
-        out2 = conv_out.reshape(-1, f)
-        matrix = np.ascontiguousarray(kernel.reshape(-1, f))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
-        pairs = [(cols[:, :, :, i, j, :], padded[:, i:i + ho, j:j + wo, :]) for i in range(k) for j in range(k)]
+    def finish(conv_out, used):
+        """Steps after the product, from conv_out (F, slabs, N, H, W) into dest."""
+        if used > 1:
+            return [partial(np.maximum.reduce, conv_out, axis=1, out=dest)]
+        add_bias = used == 0
+        steps, y = [], conv_out[:, 0]
+        for m, size in enumerate(pool_sizes):
+            pooled = dest if m == len(pool_sizes) - 1 else np.empty(
+                (f, n, y.shape[2] // size, y.shape[3] // size), np.float32)
+            steps += _pool_into(y, size, pooled)
+            y = pooled
+        if add_bias:
+            steps.append(partial(np.add, y, bias.reshape(-1, 1, 1, 1).astype(np.float32), out=y))
+        if not pool_sizes:
+            steps.append(partial(np.maximum, y, np.float32(0), out=dest) if relu else partial(np.copyto, dest, y))
+        elif relu:
+            steps.append(partial(np.maximum, dest, np.float32(0), out=dest))
+        return steps
 
-        def one_copy():
-            np.copyto(cols, windows)
+    def build(name):
+        conv, conv_out, used = builders[name]()
+        return conv + finish(conv_out, used)
 
-        def slice_copies():
-            for dst, src in pairs:
-                np.copyto(dst, src)
-
-        # Both fill the same matrix (identical results); which is faster depends on the shape and
-        # the machine, so time both once, here, on this layer's own buffers.
-        fill = min((one_copy, slice_copies), key=_best_time)
-        # Row blocks small enough that OpenBLAS runs each on one thread (it threads a product of
-        # m*n*k >= 65536*4). Threaded, a 256x400x32 product took 8 ms instead of 0.1 ms here while
-        # another process kept the cores busy, as preprocessing or a camera does on the Pi.
-        rows = max(1, (_BLAS_THREAD_MIN - 1) // (cols2.shape[1] * f))
-        blocks = [(cols2[r:r + rows], out2[r:r + rows]) for r in range(0, len(cols2), rows)]
-
-        def im2col():
-            fill()
-            for a, o in blocks:
-                np.matmul(a, matrix, out=o)
-
-        candidates = [im2col]
-        band = _band_matrix(kernel, wp, wo)
-        if band.size <= _BAND_MAX:
-            # Row-band form: each output row (wo*f values) is k input rows (k*wp*c values) times
-            # one banded matrix. More arithmetic (wp/k times), but its patches are whole rows,
-            # copied k at a time; it wins for a single input channel on a narrow input (LeNet's
-            # first layer) where the im2col copy, with its 1-wide inner axis, is the cost.
-            stacked = np.empty((n, ho, k, wp * c), np.float32)
-            stacked2, out_rows = stacked.reshape(n * ho, -1), conv_out.reshape(n * ho, wo * f)
-            row_pairs = [(stacked[:, :, i, :], padded[:, i:i + ho].reshape(n, ho, wp * c)) for i in range(k)]
-            rows = max(1, (_BLAS_THREAD_MIN - 1) // band.size)
-            band_blocks = [(stacked2[r:r + rows], out_rows[r:r + rows]) for r in range(0, n * ho, rows)]
-
-            def row_band():
-                for dst, src in row_pairs:
-                    np.copyto(dst, src)
-                for a, o in band_blocks:
-                    np.matmul(a, band, out=o)
-            candidates.append(row_band)
-        # The forms differ only in the order of float additions (~1e-7); time them here, once.
-        convolve = min(candidates, key=_best_time)
-
-    def step(x):
-        np.copyto(interior, x)
-        convolve()
-        y = conv_out
-        for pool in pools:
-            y = pool(y)
-        y += bias
-        if relu:
-            np.maximum(y, 0.0, out=y)
-        return y
-    return step, pooled_shape
+    if n * ho * wo * (depth + 1) <= _ALL_FORMS_MAX:  # small (a frame): all built, timed round-robin
+        forms = {name: build(name) for name in builders}
+        return forms[_fastest({name: _run(steps) for name, steps in forms.items()})]
+    # Large batches: one form at a time against the best so far, so at most two sets of buffers.
+    best, best_time = None, float("inf")
+    for name in builders:
+        steps = build(name)
+        t = _best_time(_run(steps), 2, name=name)
+        if t < best_time:
+            best, best_time = steps, t
+        del steps  # the loser's buffers go before the next form's are made
+    return best
 
 
-def _band_matrix(kernel: np.ndarray, wp: int, wo: int) -> np.ndarray:
-    """(k*wp*c, wo*f) matrix taking k stacked input rows to one output row of a 'valid' conv."""
-    k, _, c, f = kernel.shape
-    band = np.zeros((k, wp, c, wo, f), np.float32)
-    for o in range(wo):
-        band[:, o:o + k, :, o, :] = kernel
-    return band.reshape(k * wp * c, wo * f)
+def _fastest(candidates: dict, rounds: int = 9) -> str:
+    """Name of the fastest function: each timed once per round, round-robin, best round kept,
+    so a burst of load from another process does not decide against one of them."""
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            best[name] = min(best[name], _best_time(fn, 1, name=name))
+    return min(best, key=best.get)
 
 
-def _best_time(fn, repeats: int = 3) -> float:
+def _run(steps):
+    def run():
+        for step in steps:
+            step()
+    return run
+
+
+def _best_time(fn, repeats: int = 5, name: str = "") -> float:
+    """Best of `repeats` timings of fn(); `name` says which form it is (tests force one)."""
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()

@@ -16,8 +16,9 @@ SHAPES = [  # (input shape, conv spec, pool size)
     ((14, 14, 6), {"type": "conv2d", "filters": 16, "kernel": 5, "padding": "valid"}, 2),
     ((13, 11, 3), {"type": "conv2d", "filters": 4, "kernel": 4, "padding": "same"}, 3),     # even kernel, odd sizes
     ((20, 20, 1), {"type": "conv2d", "filters": 1, "kernel": 3, "padding": "same"}, 2),     # dwengo's first layer
+    ((10, 9, 8), {"type": "conv2d", "filters": 5, "kernel": 3, "padding": "same"}, 2),      # input stored channel-last
 ]
-FORMS = [("one_copy", "im2col"), ("slice_copies", "im2col"), ("one_copy", "row_band")]
+FORMS = ["kp", "pk", "kp_phased", "pk_phased", "kp_wide", "shifted_sum"]  # shifted_sum: one input and output channel only
 
 
 def reference(bundle, x):
@@ -52,15 +53,18 @@ def bundle_for(input_shape, conv, pool, weights_factory):
     return Bundle(meta, weights)
 
 
-@pytest.mark.parametrize("fill,form", FORMS)
+@pytest.mark.parametrize("large", [False, True], ids=["frame", "large-batch"])
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("input_shape,conv,pool", SHAPES)
-def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, fill, form,
+def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, form, large,
                                                               weights_factory, monkeypatch):
     chosen = []
+    if large:  # forms built and timed one at a time, as for big batches
+        monkeypatch.setattr(runtime, "_ALL_FORMS_MAX", 0)
 
-    def prefer(fn, repeats=3):
-        chosen.append(fn.__name__)
-        return 0.0 if fn.__name__ in (fill, form) else 1.0
+    def prefer(fn, repeats=5, name=""):
+        chosen.append(name)
+        return 0.0 if name == form else 1.0
     monkeypatch.setattr(runtime, "_best_time", prefer)
     bundle = bundle_for(input_shape, conv, pool, weights_factory)
     rt = runtime.NumpyRuntime(bundle)
@@ -70,8 +74,9 @@ def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv,
     np.testing.assert_allclose(got, expected, atol=2e-6)
     np.testing.assert_allclose(rt.predict(x[1:2]), expected[1:2], atol=2e-6)  # another batch size
     assert np.ptp(expected, axis=0).max() > 1e-3
-    if conv["filters"] > 1 or input_shape[2] > 1:
-        assert fill in chosen and form in chosen  # the forced formulation really was on offer
+    offered = {"shifted_sum": conv["filters"] == 1 and input_shape[2] == 1,
+               "kp_wide": input_shape[2] < runtime._CHANNELS_LAST}.get(form, True)
+    assert (form in chosen) == offered  # the forced form really was on offer (or rightly not)
 
 
 def test_returned_arrays_are_not_the_reused_buffers(weights_factory):
@@ -88,3 +93,26 @@ def test_returned_arrays_are_not_the_reused_buffers(weights_factory):
         assert rt.predict(np.repeat(a, n, axis=0)).shape == (n, 3)
     assert len(rt._compiled) <= 5
     np.testing.assert_array_equal(rt.predict(a), kept)
+
+
+def test_unfused_layer_orders_match_the_plain_forward_pass(weights_factory):
+    """BatchNorm after ReLU or after flatten, a conv with no pool, a pool on its own, and stacked
+    dense layers: the in-place and standalone steps, for batch 1 and a larger batch."""
+    arch = [{"type": "conv2d", "filters": 3, "kernel": 3, "padding": "same"}, {"type": "relu"},
+            {"type": "batchnorm"}, {"type": "maxpool2d", "size": 2},
+            {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "valid"}, {"type": "relu"},
+            {"type": "batchnorm"}, {"type": "maxpool2d", "size": 2},
+            {"type": "flatten"}, {"type": "batchnorm"}, {"type": "relu"},
+            {"type": "dense", "units": 7}, {"type": "relu"}, {"type": "dense", "units": 5}, {"type": "batchnorm"},
+            {"type": "dense", "units": 3}, {"type": "softmax"}]
+    input_shape = (14, 12, 2)
+    weights = weights_factory(arch, input_shape, seed=5)
+    meta = make_meta(name="t", task="test", labels=["a", "b", "c"], input_shape=input_shape,
+                     preprocess=PreprocessSettings(), architecture=arch, provenance={}, weights=weights)
+    bundle = Bundle(meta, weights)
+    rt = runtime.NumpyRuntime(bundle)
+    x = np.random.default_rng(4).random((5, *input_shape), dtype=np.float32)
+    expected = reference(bundle, x.astype(np.float64))
+    np.testing.assert_allclose(rt.predict(x), expected, atol=2e-6)
+    np.testing.assert_allclose(rt.predict(x[2]), expected[2:3], atol=2e-6)
+    assert np.ptp(expected, axis=0).max() > 1e-3

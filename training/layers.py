@@ -26,6 +26,54 @@ class Layer:
         raise NotImplementedError
 
 
+# OpenBLAS runs a product on every core once m*n*k > 65536*4. Threaded, with another process
+# busy on the other core (the usual state of a shared laptop, and of this project's CI), products
+# took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms; 64x2048x128: 150 ms instead
+# of 5 ms); so products are cut into blocks under that size, each run on one thread, and the cost
+# when the machine is idle is at most the second core.
+_ONE_THREAD = 65536 * 4 - 1
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b for 2-D arrays (into ``out`` if given), as products OpenBLAS keeps on one thread:
+    equal blocks of rows of a as one stacked np.matmul (its loop over blocks runs in C), or
+    blocks of rows of a, of columns of b, or of the inner axis (summed), whichever needs fewest.
+    Even a conv's weight gradient (400x16384x32, 820 blocks of its inner axis) took less CPU
+    time so than threaded, and a third of the wall time with the other core busy."""
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
+    if m * k * n <= _ONE_THREAD:
+        return np.matmul(a, b, out=out)
+    step = {"rows": _ONE_THREAD // (k * n), "columns": _ONE_THREAD // (m * k), "inner": _ONE_THREAD // (m * n)}
+    if step["rows"] and out.flags.c_contiguous:
+        least = -(-m // step["rows"])
+        for blocks in range(least, min(m, 4 * least) + 1):
+            if m % blocks == 0:  # a's rows as a stack of blocks: a view, whatever a's strides
+                rows, (s0, s1) = m // blocks, a.strides
+                stack = np.lib.stride_tricks.as_strided(a, (blocks, rows, k), (s0 * rows, s0, s1), writeable=False)
+                np.matmul(stack, b, out=out.reshape(blocks, rows, n))
+                return out
+    blocks = {name: -(-size // step[name]) * (2 if name == "inner" else 1) if step[name] else 1 << 30
+              for name, size in (("rows", m), ("columns", n), ("inner", k))}
+    how = min(blocks, key=blocks.get)
+    size = step[how]
+    if how == "rows":
+        for r in range(0, m, size):
+            np.matmul(a[r:r + size], b, out=out[r:r + size])
+    elif how == "columns":
+        for c in range(0, n, size):
+            np.matmul(a, b[:, c:c + size], out=out[:, c:c + size])
+    else:
+        np.matmul(a[:, :size], b[:size], out=out)
+        part = np.empty_like(out)
+        for i in range(size, k, size):
+            np.matmul(a[:, i:i + size], b[i:i + size], out=part)
+            out += part
+    return out
+
+
 class Conv2D(Layer):
     """Stride 1, 'same' or 'valid' padding, as im2col + one matrix product."""
 
@@ -38,23 +86,41 @@ class Conv2D(Layer):
         k = self.params["kernel"]
         ksize, cout = k.shape[0], k.shape[-1]
         xp = nn.pad_same(x, ksize) if self.padding == "same" else x
-        cols = nn.im2col(xp, ksize)
-        self.cache = (x.shape, xp.shape, cols)
-        return cols @ k.reshape(-1, cout) + self.params["bias"]
+        n, hp, wp, cin = xp.shape
+        ho, wo = hp - ksize + 1, wp - ksize + 1
+        if cin == 1:
+            # One channel (a first layer): the patch matrix stored transposed, one row per kernel
+            # offset, each a slice copy of whole image rows; 20x faster than the strided copy.
+            rows = np.empty((ksize * ksize, n, ho, wo), x.dtype)
+            for i in range(ksize):
+                for j in range(ksize):
+                    rows[i * ksize + j] = xp[:, i:i + ho, j:j + wo, 0]
+            cols2 = rows.reshape(ksize * ksize, -1).T
+        else:
+            cols2 = nn.im2col(xp, ksize).reshape(n * ho * wo, -1)  # one copy
+        out = matmul(cols2, k.reshape(-1, cout))
+        out += self.params["bias"]
+        self.cache = (x.shape, xp.shape, cols2)
+        return out.reshape(n, ho, wo, cout)
 
-    def backward(self, dout):
-        x_shape, xp_shape, cols = self.cache
+    def backward(self, dout, need_dx=True):
+        """``need_dx=False``: the first layer's input gradient is not needed by training."""
+        x_shape, xp_shape, cols2 = self.cache
         k = self.params["kernel"]
         ksize, cin, cout = k.shape[0], k.shape[2], k.shape[3]
         d2 = dout.reshape(-1, cout)
-        self.grads["kernel"] = (cols.reshape(-1, cols.shape[-1]).T @ d2).reshape(k.shape)
+        self.grads["kernel"] = matmul(cols2.T, d2).reshape(k.shape)
         self.grads["bias"] = d2.sum(axis=0)
-        dcols = (dout @ k.reshape(-1, cout).T).reshape(dout.shape[:3] + (ksize, ksize, cin))
+        if not need_dx:
+            return None
         dxp = np.zeros(xp_shape, dtype=dout.dtype)
-        ho, wo = dout.shape[1], dout.shape[2]
-        for i in range(ksize):  # scatter-add each kernel offset: k*k array ops, not per pixel
-            for j in range(ksize):
-                dxp[:, i:i + ho, j:j + wo, :] += dcols[:, :, :, i, j, :]
+        n, ho, wo = dout.shape[:3]
+        part = np.empty((n * ho * wo, cin), dout.dtype)
+        part4 = part.reshape(n, ho, wo, cin)
+        for i in range(ksize):  # each kernel offset's share, added where it came from (col2im
+            for j in range(ksize):  # without the k*k-times-larger patch-gradient matrix)
+                matmul(d2, k[i, j].T, out=part)
+                dxp[:, i:i + ho, j:j + wo, :] += part4
         if self.padding == "same":
             lo = (ksize - 1) // 2
             return dxp[:, lo:lo + x_shape[1], lo:lo + x_shape[2], :]
@@ -63,15 +129,18 @@ class Conv2D(Layer):
 
 class ReLU(Layer):
     def forward(self, x, training=False):
-        self.mask = x > 0
-        return np.where(self.mask, x, 0).astype(x.dtype, copy=False)
+        out = np.maximum(x, 0)
+        self.mask = out > 0
+        return out
 
     def backward(self, dout):
-        return np.where(self.mask, dout, 0).astype(dout.dtype, copy=False)
+        return np.multiply(dout, self.mask, dtype=dout.dtype)
 
 
 class MaxPool2D(Layer):
-    """Non-overlapping size x size windows; the gradient goes to one maximum per window."""
+    """Non-overlapping size x size windows; the gradient goes to one maximum per window (the
+    first in row-major order, as TensorFlow's). Forward: the maximum of the size*size strided
+    views; backward: each view's share of dout through a boolean mask, no index arithmetic."""
 
     def __init__(self, size=2):
         super().__init__()
@@ -81,20 +150,27 @@ class MaxPool2D(Layer):
         s = self.size
         n, h, w, c = x.shape
         ho, wo = h // s, w // s
-        win = x[:, :ho * s, :wo * s, :].reshape(n, ho, s, wo, s, c).transpose(0, 1, 3, 5, 2, 4)
-        win = win.reshape(n, ho, wo, c, s * s)
-        self.cache = (x.shape, win.argmax(axis=-1))
-        return win.max(axis=-1)
+        views = [x[:, i:ho * s:s, j:wo * s:s, :] for i in range(s) for j in range(s)]
+        out = np.maximum(views[0], views[1])
+        for v in views[2:]:
+            np.maximum(out, v, out=out)
+        masks = np.empty((len(views), n, ho, wo, c), bool)
+        free = np.ones(out.shape, bool)  # windows whose maximum is not yet claimed
+        for v, hit in zip(views, masks):
+            np.equal(v, out, out=hit)
+            hit &= free
+            free ^= hit
+        self.cache = (x.shape, masks)
+        return out
 
     def backward(self, dout):
-        (n, h, w, c), arg = self.cache
+        (n, h, w, c), masks = self.cache
         s = self.size
         ho, wo = dout.shape[1], dout.shape[2]
-        dwin = np.zeros((n, ho, wo, c, s * s), dtype=dout.dtype)
-        np.put_along_axis(dwin, arg[..., None], dout[..., None], axis=-1)
-        dwin = dwin.reshape(n, ho, wo, c, s, s).transpose(0, 1, 4, 2, 5, 3).reshape(n, ho * s, wo * s, c)
-        dx = np.zeros((n, h, w, c), dtype=dout.dtype)
-        dx[:, :ho * s, :wo * s, :] = dwin
+        alloc = np.empty if (h, w) == (ho * s, wo * s) else np.zeros  # every pixel written, or not
+        dx = alloc((n, h, w, c), dtype=dout.dtype)
+        for (i, j), hit in zip(((i, j) for i in range(s) for j in range(s)), masks):
+            np.multiply(dout, hit, out=dx[:, i:ho * s:s, j:wo * s:s, :])
         return dx
 
 
@@ -109,29 +185,61 @@ class BatchNorm(Layer):
         self.epsilon, self.momentum = epsilon, momentum
 
     def forward(self, x, training=False):
-        axes = tuple(range(x.ndim - 1))
+        c = x.shape[-1]
+        flat = x.reshape(-1, c)
         if training:
-            mu = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mu = _column_sums(flat) / len(flat)
+            centred = flat - mu
+            var = _column_sums(centred, centred) / len(flat)
             m = self.momentum
             self.state["mean"] = (m * self.state["mean"] + (1 - m) * mu).astype(self.state["mean"].dtype)
             self.state["var"] = (m * self.state["var"] + (1 - m) * var).astype(self.state["var"].dtype)
         else:
             mu, var = self.state["mean"], self.state["var"]
-        inv = 1.0 / np.sqrt(var + self.epsilon)
-        xhat = (x - mu) * inv
-        self.cache = (xhat, inv, axes)
-        return (self.params["gamma"] * xhat + self.params["beta"]).astype(x.dtype, copy=False)
+            centred = flat - mu
+        inv = (1.0 / np.sqrt(var + self.epsilon)).astype(x.dtype)
+        xhat = np.multiply(centred, inv, out=centred)
+        self.cache = (xhat, inv)
+        out = xhat * self.params["gamma"]
+        out += self.params["beta"]
+        return out.reshape(x.shape).astype(x.dtype, copy=False)
 
     def backward(self, dout):
-        xhat, inv, axes = self.cache
-        m = dout.size // dout.shape[-1]
-        gamma = self.params["gamma"]
-        self.grads["gamma"] = (dout * xhat).sum(axis=axes)
-        self.grads["beta"] = dout.sum(axis=axes)
-        dxhat = dout * gamma
-        # Batch statistics depend on x: the standard three-term BatchNorm gradient.
-        return (inv / m) * (m * dxhat - dxhat.sum(axis=axes) - xhat * (dxhat * xhat).sum(axis=axes))
+        xhat, inv = self.cache
+        d = dout.reshape(-1, dout.shape[-1])
+        m = len(d)
+        dgamma = _column_sums(d, xhat)
+        dbeta = _column_sums(d)
+        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        # Batch statistics depend on x: the standard three-term BatchNorm gradient,
+        # (gamma * inv / m) * (m * dout - sum(dout) - xhat * sum(dout * xhat)).
+        dx = xhat * (-dgamma / m)
+        dx += d
+        dx -= dbeta / m
+        dx *= self.params["gamma"] * inv
+        return dx.reshape(dout.shape).astype(dout.dtype, copy=False)
+
+
+def _column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Sums over rows of a (or of a * b) for (pixels, C) arrays. NumPy's axis-0 sum is slow for
+    few columns, a product with a ones vector is fast only for few (OpenBLAS threads the rest):
+    einsum's own loops, except for 1-4 columns, where the product is ~15x faster."""
+    if a.shape[1] > 4:
+        return np.einsum("ij,ij->j", a, b) if b is not None else np.einsum("ij->j", a)
+    return _ones(len(a), a.dtype) @ (a * b if b is not None else a)
+
+
+_ONES: dict = {}
+
+
+def _ones(n: int, dtype) -> np.ndarray:
+    """A vector of n ones (kept: the same few sizes come back every batch)."""
+    key = (n, np.dtype(dtype))
+    if key not in _ONES:
+        if len(_ONES) > 16:
+            _ONES.clear()
+        _ONES[key] = np.ones(n, dtype)
+    return _ONES[key]
 
 
 class Dropout(Layer):
@@ -146,7 +254,7 @@ class Dropout(Layer):
             self.mask = None
             return x
         keep = 1.0 - self.rate
-        self.mask = (self.rng.random(x.shape) < keep).astype(x.dtype) / np.asarray(keep, x.dtype)
+        self.mask = (self.rng.random(x.shape, dtype=np.float32) < keep) * np.asarray(1 / keep, x.dtype)
         return x * self.mask
 
     def backward(self, dout):
@@ -169,12 +277,14 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         self.x = x
-        return x @ self.params["kernel"] + self.params["bias"]
+        out = matmul(x, self.params["kernel"])
+        out += self.params["bias"]
+        return out
 
-    def backward(self, dout):
-        self.grads["kernel"] = self.x.T @ dout
+    def backward(self, dout, need_dx=True):
+        self.grads["kernel"] = matmul(self.x.T, dout)
         self.grads["bias"] = dout.sum(axis=0)
-        return dout @ self.params["kernel"].T
+        return matmul(dout, self.params["kernel"].T) if need_dx else None
 
 
 class Identity(Layer):

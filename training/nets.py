@@ -144,14 +144,21 @@ class Network:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dlogits):
-        for layer in reversed(self.layers):
+    def backward(self, dlogits, input_grad=True):
+        """Fill every layer's grads; returns d loss / d input, or None with ``input_grad=False``
+        (training: then the first trained layer skips its input gradient, a conv's costliest part)."""
+        first = next((i for i, l in enumerate(self.layers) if l.params), 0)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == first and not input_grad and isinstance(layer, (L.Conv2D, L.Dense)):
+                layer.backward(dlogits, need_dx=False)
+                return None
             dlogits = layer.backward(dlogits)
         return dlogits
 
     def loss_and_grads(self, x, y):
         loss, d = L.softmax_cross_entropy(self.logits(x, training=True), y)
-        self.backward(d)
+        self.backward(d, input_grad=False)
         return loss
 
     def predict(self, x, batch=512):

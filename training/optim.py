@@ -32,11 +32,20 @@ class Adam:
         for key, layer, n in self.net.trainables():
             g = layer.grads[n]
             m, v = self.m[key], self.v[key]
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            layer.params[n] -= (lr * m / (np.sqrt(v) + self.eps)).astype(m.dtype)
+            dtype = m.dtype.type
+            # In place, one scratch array: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+            # p -= lr m / (sqrt(v) + eps).
+            m *= dtype(b1)
+            m += dtype(1 - b1) * g
+            scratch = np.square(g)
+            scratch *= dtype(1 - b2)
+            v *= dtype(b2)
+            v += scratch
+            np.sqrt(v, out=scratch)
+            scratch += dtype(self.eps)
+            np.divide(m, scratch, out=scratch)
+            scratch *= dtype(lr)
+            layer.params[n] -= scratch
 
 
 OPTIMISERS = {"sgd": SGD, "adam": Adam}

@@ -111,7 +111,7 @@ class NumpyLearner:
             xb, yb = as_float(x_uint8[b]), y[b]
             logits = self.net.logits(xb, training=True)
             loss, d = softmax_cross_entropy(logits, yb)
-            self.net.backward(d)
+            self.net.backward(d, input_grad=False)
             self.opt.step()
             losses.append(loss)
             correct += int((logits.argmax(axis=1) == yb).sum())
