@@ -22,6 +22,7 @@ The settings travel inside the model bundle.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -465,16 +466,132 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     return int(starts[best]), int(ends[best])
 
 
-def _resize(picture, size: tuple, box=None) -> np.ndarray:
+def _resize(picture, size: tuple, box=None, frame=None) -> np.ndarray:
     """Resize a picture (Pillow image, or float array) to (width, height) as floats in [0, 1];
-    area averaging down, bilinear up."""
+    area averaging down, bilinear up. ``frame``: the picture's pixels, when they are at hand as
+    a 2-D uint8 array (a camera frame)."""
     im = picture if isinstance(picture, Image.Image) else \
         Image.fromarray(np.ascontiguousarray(picture, dtype=np.float32), mode="F")
     if box is not None:  # float rounding can step a hair outside the picture
         box = (max(0.0, box[0]), max(0.0, box[1]), min(float(im.width), box[2]), min(float(im.height), box[3]))
     src_w = (box[2] - box[0]) if box else im.width
-    method = Image.Resampling.BOX if size[0] < src_w else Image.Resampling.BILINEAR
-    return _pixels(im.resize(size, method, box=box))
+    if src_w <= size[0]:
+        return _pixels(im.resize(size, Image.Resampling.BILINEAR, box=box))
+    if box is None and im.mode == "L":  # the same BOX resize, faster (see _shrink_frame)
+        small = _shrink_frame(np.asarray(im) if frame is None else frame, size)
+        if small is not None:
+            return small.astype(np.float32) / np.float32(255.0)
+    return _pixels(im.resize(size, Image.Resampling.BOX, box=box))
+
+
+# --- shrinking camera frames: Pillow's BOX resize along rows, in NumPy --------------------------
+# Shrinking a 640x480 frame to the working size is the one full-size pass of every frame, and
+# Pillow spends most of its ~0.3 ms on the pass along rows (480 rows x 96 outputs x 7 taps, one
+# multiply-add each). For 8-bit pictures that pass is integer arithmetic NumPy can reproduce
+# exactly: each output is the plain sum of a run of pixels times a 22-bit fixed-point 1/n,
+# rounded to 8 bits. Frames shrink by a rational factor, so the runs repeat every few outputs
+# (640 -> 96: 7, 6, 7 pixels in every 20), and the sums are whole-array additions. Pillow then
+# does the (6x cheaper) pass along columns on that result, exactly as it would have.
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+_LANES = np.uint32(0x00FF00FF)  # bytes 0 and 2 of a 32-bit word, as two 16-bit lanes
+
+
+@lru_cache(maxsize=16)
+def _box_taps(in_size: int, out_size: int):
+    """Pillow's BOX taps for in_size -> out_size samples: per output, (first, stop, coefficient),
+    or None when an output's taps are not one run.
+
+    Follows precompute_coeffs() and normalize_coeffs_8bpc() in Pillow's Resample.c step by step
+    (same double arithmetic), so the runs and coefficients are Pillow's own."""
+    scale = in_size / out_size
+    support = 0.5 * scale  # the box filter's support times the filter scale (>= 1: shrinking)
+    inverse = 1.0 / scale
+    taps = []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        first = max(0, int(center - support + 0.5))
+        count = min(in_size, int(center + support + 0.5)) - first
+        run = [first + x for x in range(count) if -0.5 < (first + x - center + 0.5) * inverse <= 0.5]
+        if not run or run[-1] - run[0] + 1 != len(run):
+            return None
+        taps.append((run[0], run[-1] + 1, int(0.5 + (1.0 / len(run)) * (1 << _PRECISION_BITS))))
+    return taps
+
+
+@lru_cache(maxsize=16)
+def _row_plan(w: int, out_w: int):
+    """How _shrink_rows shrinks rows of w pixels to out_w: (words per group, per output the
+    words' byte masks and the coefficient), or None (Pillow does it)."""
+    if not 1 <= out_w < w:
+        return None
+    taps = _box_taps(w, out_w)
+    if taps is None:
+        return None
+    for period in range(1, out_w + 1):  # the shortest repeating pattern of runs
+        span, rest = divmod(w * period, out_w)
+        if out_w % period or rest or taps[period - 1][1] > span:
+            continue
+        if all((a - span, b - span, c) == taps[i - period] for i, (a, b, c) in enumerate(taps[period:], period)):
+            break
+    else:
+        return None
+    group = span * (4 // math.gcd(span, 4))  # whole periods, whole 4-pixel words
+    if group > 256 or w % group:
+        return None
+    outputs = []
+    for a, b, coefficient in taps[:group * out_w // w]:
+        parts = []
+        for j in range(a // 4, (b + 3) // 4):
+            keep = [byte for byte in range(4) if a <= 4 * j + byte < b]
+            parts.append((j, np.uint32(sum(0xFF << (8 * byte) for byte in keep if byte % 2 == 0)),
+                          np.uint32(sum(0xFF << (8 * (byte - 1)) for byte in keep if byte % 2 == 1))))
+        outputs.append((parts, np.uint32(coefficient)))
+    return group // 4, outputs
+
+
+def _shrink_rows(frame: np.ndarray, out_w: int) -> np.ndarray | None:
+    """``Image.fromarray(frame).resize((out_w, h), BOX)`` for a 2-D uint8 frame (uint8 array),
+    or None where the runs do not repeat in a short period."""
+    h, w = frame.shape
+    plan = _row_plan(w, out_w)
+    if plan is None:
+        return None
+    group, outputs = plan
+    # The frame as 32-bit words of 4 pixels, transposed so that row j holds word j of every
+    # group of periods: the sums are additions of whole contiguous rows. A word's bytes are
+    # summed in two 16-bit lanes (bytes 0 + 2 and 1 + 3) until the end.
+    words = np.ascontiguousarray(frame).view("<u4").reshape(-1, group).T.copy()
+    out = np.empty((words.shape[1], len(outputs)), np.uint8)
+    eight = np.uint32(8)
+    for i, (parts, coefficient) in enumerate(outputs):
+        lanes = None
+        for j, even, odd in parts:
+            part = words[j] & even
+            shifted = words[j] >> eight
+            shifted &= odd
+            part += shifted
+            if lanes is None:
+                lanes = part
+            else:
+                lanes += part
+        sums = lanes & np.uint32(0xFFFF)
+        sums += lanes >> np.uint32(16)
+        # Pillow's fixed-point normalisation: (sum * coefficient + 2**21) >> 22, at most 255
+        # (the coefficient is 2**22 / n rounded, the sum at most 255 n).
+        sums *= coefficient
+        sums += np.uint32(1 << (_PRECISION_BITS - 1))
+        sums >>= np.uint32(_PRECISION_BITS)
+        out[:, i] = sums
+    return out.reshape(h, out_w)
+
+
+def _shrink_frame(frame: np.ndarray, size: tuple) -> np.ndarray | None:
+    """``Image.fromarray(frame).resize(size, BOX)`` for a 2-D uint8 frame, as a uint8 array, or
+    None (then Pillow does it all)."""
+    along_rows = _shrink_rows(frame, size[0])
+    if along_rows is None or size[1] >= frame.shape[0]:
+        return None
+    return np.asarray(Image.fromarray(along_rows).resize(size, Image.Resampling.BOX))
 
 
 # np.histogram's bin edges for 64 bins over [0, 1] (float32, as it returns them for float32 values).
@@ -525,7 +642,9 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     window = max(3, round(settings.paper_window * settings.work_size))
     # Stage 1, coarse: where is the card?
     scale = settings.work_size / max(h, w)
-    work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))))
+    frame = image if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8 \
+        and settings.ink == "dark" else None
+    work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))), frame=frame)
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     card = card_region(work, settings.card_contrast, window, settings.ink_threshold, settings.min_card)
