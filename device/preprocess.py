@@ -278,21 +278,27 @@ class _Grid:
         region = seed & allowed
         if not region:
             return 0
-        stride = self.stride
+        # The doubling fills' masks depend on ``allowed`` only: the pixels from which a jump of
+        # d, 2d, 4d ... stays on allowed pixels all the way.
+        fills = []
+        for step, steps, towards_higher in ((1, self.row_steps, False), (self.stride, self.column_steps, True),
+                                            (self.stride, self.column_steps, False)):
+            through, jumps = allowed, []
+            for i in range(steps):
+                jumps.append((step << i, through))
+                if i + 1 < steps:
+                    through &= (through << (step << i)) if towards_higher else (through >> (step << i))
+            fills.append((towards_higher, jumps))
         while True:
             before = region
             region = (((allowed + region) ^ allowed) | region) & allowed
-            for step, steps, up in ((1, self.row_steps, False), (stride, self.column_steps, True),
-                                    (stride, self.column_steps, False)):
-                through = allowed
-                for _ in range(steps):
-                    if up:
-                        region |= through & (region << step)
-                        through &= through << step
-                    else:
-                        region |= through & (region >> step)
-                        through &= through >> step
-                    step *= 2
+            for towards_higher, jumps in fills:
+                if towards_higher:
+                    for jump, through in jumps:
+                        region |= through & (region << jump)
+                else:
+                    for jump, through in jumps:
+                        region |= through & (region >> jump)
             if region == before:
                 return region
 
@@ -378,7 +384,8 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
     grid = _grid(h, w, max(shave, 5) - 1)
     near_centre = grid.near_centre
     paper_score = paper * near_centre
-    ink = grid.pack(_ink_strength(gray, paper) > ink_threshold)
+    relative = (paper - gray) / np.maximum(paper, 1e-3)  # _ink_strength unclipped: the same above a threshold in [0, 1)
+    ink = grid.pack((relative if 0.0 <= ink_threshold < 1.0 else np.clip(relative, 0.0, 1.0)) > ink_threshold)
     # Steps are taken where only noise is closed, so a dark sliver between the card and the
     # picture's border (which the wide closing fills) still parts the two.
     fine = paper_brightness(gray, 3)
@@ -451,19 +458,20 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     """The [start, end) run of non-zero profile (gaps up to ``gap`` bridged) that holds the most
     ink, discounted by its distance from the centre so clutter at the edge loses to the card."""
     idx = np.flatnonzero(profile > 0)
-    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
-    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    breaks = np.flatnonzero(idx[1:] - idx[:-1] > gap + 1).tolist()
+    idx = idx.tolist()
+    starts = [idx[0]] + [idx[i + 1] for i in breaks]
+    ends = [idx[i] + 1 for i in breaks] + [idx[-1] + 1]
     centre = len(profile) / 2.0
     best, best_score = 0, -1.0
-    csum = np.concatenate(([0.0], np.cumsum(profile)))
+    csum = [0.0] + np.cumsum(profile).tolist()  # float32 sums, as float64 like the mass below
     for j, (s, e) in enumerate(zip(starts, ends)):
         mass = csum[e] - csum[s]
         distance = abs((s + e) / 2.0 - centre) / centre
         score = mass * (1.0 - 0.5 * distance)
         if score > best_score:
             best, best_score = j, score
-    return int(starts[best]), int(ends[best])
+    return starts[best], ends[best]
 
 
 def _resize(picture, size: tuple, box=None, frame=None) -> np.ndarray:
@@ -648,7 +656,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     card = card_region(work, settings.card_contrast, window, settings.ink_threshold, settings.min_card)
-    if card.mean() < settings.min_card:
+    if np.count_nonzero(card) / card.size < settings.min_card:  # card.mean(), without its overhead
         return Prepared(None, "no card")
     # Stage 2, at a resolution tied to the card: where is the ink on it?
     cl, ct, cr, cb = _box_of(card)
@@ -667,8 +675,9 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     strength = _ink_strength(crop, paper)
     mask = (strength > settings.ink_threshold) & on_card
     ink = np.where(mask, strength, 0.0)
-    if mask.sum() < settings.min_ink * on_card.sum():
-        return Prepared(None, "no ink", ink_fraction=float(mask.mean()))
+    on_card_count = np.count_nonzero(on_card)
+    if np.count_nonzero(mask) < settings.min_ink * on_card_count:
+        return Prepared(None, "no ink", ink_fraction=np.count_nonzero(mask) / mask.size)
     # The main cluster: alternate row and column projections so stray marks drop out.
     gap = max(2, window // 2)
     top, bottom, left, right = 0, ch, 0, cw
@@ -677,7 +686,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         top, bottom = top + top_, top + bottom_
         left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
         left, right = left + left_, left + right_
-    fraction = float(mask[top:bottom, left:right].sum()) / max(1, on_card.sum())
+    fraction = np.count_nonzero(mask[top:bottom, left:right]) / max(1, on_card_count)
     if fraction < settings.min_ink:
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
@@ -702,7 +711,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     total = glyph.sum()
     cy = float((glyph.sum(axis=1) * np.arange(gh)).sum() / total)
     cx = float((glyph.sum(axis=0) * np.arange(gw)).sum() / total)
-    y0 = int(np.clip(round((height - 1) / 2.0 - cy), 0, height - gh))
-    x0 = int(np.clip(round((width - 1) / 2.0 - cx), 0, width - gw))
+    y0 = min(max(round((height - 1) / 2.0 - cy), 0), height - gh)  # np.clip, on Python ints
+    x0 = min(max(round((width - 1) / 2.0 - cx), 0), width - gw)
     canvas[y0:y0 + gh, x0:x0 + gw] = glyph
     return Prepared(canvas[:, :, None], box=tuple(round(v, 1) for v in box), ink_fraction=fraction)
