@@ -351,9 +351,9 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     extremes = set(zip(xs[chosen].tolist(), ys[chosen].tolist()))
     polygon = _hull(sorted(extremes))
     if len(polygon) >= 3:
-        ax, ay = np.array(polygon).T[:, :, None]
-        bx, by = np.roll(ax, -1, axis=0), np.roll(ay, -1, axis=0)
-        outside = ((bx - ax) * (ys - ay) - (by - ay) * (xs - ax) < 0).any(axis=0)
+        a = np.array(polygon)[:, :, None]  # edges a -> b of the polygon
+        d = np.array(polygon[1:] + polygon[:1])[:, :, None] - a
+        outside = (d[:, 0] * (ys - a[:, 1]) < d[:, 1] * (xs - a[:, 0])).any(axis=0)
         xs, ys = xs[outside], ys[outside]
     hull = _hull(sorted(set(zip(xs.tolist(), ys.tolist())) | extremes))
     if len(hull) < 3:  # a line or a dot: nothing to fill
