@@ -1,6 +1,6 @@
 """How fast is the appliance's frame loop? Per-stage milliseconds, end-to-end fps, memory, start-up.
 
-    .venv/bin/python bench/pipeline.py [--model M] [--frames N] [--memory-every K] [--json]
+    .venv/bin/python bench/pipeline.py [--model M] [--runtime auto|numpy] [--frames N] [--memory-every K] [--json]
 
 Two measurements, on 640x480 replay frames (the shipped samples: cards and no-card frames):
 
@@ -84,9 +84,9 @@ def bench_model(path: str | None, workdir: Path) -> Path:
     return out
 
 
-def in_process(model: Path, frames: int, memory_every: int = 0) -> dict:
+def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: str = "auto") -> dict:
     bundle = load_bundle(model)
-    runtime = make_runtime(bundle, "auto")
+    runtime = make_runtime(bundle, runtime_kind)
     config = defaults()
     pipeline = Pipeline(bundle, runtime, config.decision)
     source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1)
@@ -148,11 +148,11 @@ def in_process(model: Path, frames: int, memory_every: int = 0) -> dict:
     }
 
 
-def daemon_run(model: Path, workdir: Path, seconds: float) -> dict:
+def daemon_run(model: Path, workdir: Path, seconds: float, runtime_kind: str = "auto") -> dict:
     """Start `cardcam run --simulate` for real; time READY=1 and read its memory."""
     config = workdir / "bench.toml"
     state = workdir / "state.json"
-    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\n'
+    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\nruntime = "{runtime_kind}"\n'
                       f'[daemon]\nstate_file = "{state}"\nstatus_interval = 0.5\n')
     sock_path = workdir / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -194,6 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Per-stage timing of the appliance's frame loop.")
     parser.add_argument("--model", help="model bundle (default: models/digits01.npz, else lenet5 random weights)")
     parser.add_argument("--frames", type=int, default=1000, help="frames to time in-process (default: 1000)")
+    parser.add_argument("--runtime", choices=("auto", "numpy"), default="auto",
+                        help="auto (TFLite when the bundle has it and a TFLite runtime imports) or numpy")
     parser.add_argument("--memory-every", type=int, default=0, metavar="K",
                         help="read this process's RSS every K frames and report its growth (default: off)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs after READY")
@@ -202,8 +204,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = bench_model(args.model, workdir)
-        r = in_process(model, args.frames, max(0, args.memory_every))
-        d = daemon_run(model, workdir, args.seconds)
+        r = in_process(model, args.frames, max(0, args.memory_every), args.runtime)
+        d = daemon_run(model, workdir, args.seconds, args.runtime)
     print(f"model {r['model']} ({r['runtime']} runtime), {r['frames']} frames of 640x480 from {SAMPLES_DIR.name}/ "
           f"({r['frames_with_card']} with a card found)")
     for stage, ms in r["stages_ms"].items():
