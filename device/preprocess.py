@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +225,32 @@ class _Grid:
         self.stride = -(-(w + max(guard, 1)) // 8) * 8
         self.nbytes = h * self.stride // 8
         self.valid = self.pack(np.ones((h, w), bool))
-        border = np.zeros((h, w), bool)
-        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-        self.border = self.pack(border)
         # Doubling steps that carry a fill across a whole row / column: 2**n - 1 >= length - 1.
         self.row_steps = max(1, (w - 1).bit_length())
         self.column_steps = max(1, (h - 1).bit_length())
-        self.rows = np.arange(h)
-        self.columns = np.arange(w)
+
+    # Only the working image's grid needs these (a card's crop gets a grid of its own size).
+    @cached_property
+    def border(self) -> int:
+        border = np.zeros((self.h, self.w), bool)
+        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+        return self.pack(border)
+
+    @cached_property
+    def near_centre(self) -> np.ndarray:
+        h, w = self.h, self.w
         yy, xx = np.ogrid[:h, :w]
-        self.near_centre = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
-        self.near_centre.flags.writeable = False
+        weight = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
+        weight.flags.writeable = False
+        return weight
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.h)
+
+    @cached_property
+    def columns(self) -> np.ndarray:
+        return np.arange(self.w)
 
     def pack(self, mask: np.ndarray) -> int:
         padded = np.zeros((self.h, self.stride), bool)
