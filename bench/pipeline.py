@@ -1,6 +1,6 @@
 """How fast is the appliance's frame loop? Per-stage milliseconds, end-to-end fps, memory, start-up.
 
-    .venv/bin/python bench/pipeline.py [--model M] [--frames N] [--json]
+    .venv/bin/python bench/pipeline.py [--model M] [--runtime auto|numpy] [--frames N] [--memory-every K] [--json]
 
 Two measurements, on 640x480 replay frames (the shipped samples: cards and no-card frames):
 
@@ -11,6 +11,10 @@ Two measurements, on 640x480 replay frames (the shipped samples: cards and no-ca
    least any preprocessing of a 640x480 frame has to do).
 2. `cardcam run --simulate` as a real subprocess with a notify socket: seconds from start to
    READY=1 (first frame classified), and its resident memory (VmRSS, peak VmHWM) while running.
+
+With --memory-every K, the in-process run also reads its resident memory every K frames and
+reports the growth from the first reading (after the warm-up) to the last, and the highest: the
+"no memory growth over 10^6 frames" check is `--frames 1000000 --memory-every 10000`.
 
 With --json the last line is one JSON object with at least fps, rss_mb and ready_s.
 Goals (issue 5, one x86 core): >= 1000 fps end-to-end with the 0/1 model, RSS <= 50 MB,
@@ -80,9 +84,9 @@ def bench_model(path: str | None, workdir: Path) -> Path:
     return out
 
 
-def in_process(model: Path, frames: int) -> dict:
+def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: str = "auto") -> dict:
     bundle = load_bundle(model)
-    runtime = make_runtime(bundle, "auto")
+    runtime = make_runtime(bundle, runtime_kind)
     config = defaults()
     pipeline = Pipeline(bundle, runtime, config.decision)
     source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1)
@@ -94,6 +98,7 @@ def in_process(model: Path, frames: int) -> dict:
         pipeline.times = dict.fromkeys(STAGES, 0.0)
         pipeline.frames = 0
         rss_start = rss_mb()[0]
+        memory = [(0, rss_start)]  # (frames done, VmRSS MB), every memory_every frames
         found = 0
         prep = {True: 0.0, False: 0.0}  # preprocess seconds for frames with and without a card
         t_start = time.perf_counter()
@@ -111,12 +116,15 @@ def in_process(model: Path, frames: int) -> dict:
             pipeline.times["grab"] += t1 - t0
             pipeline.times["output"] += t3 - t2
             found += result.reason == ""
+            if memory_every and (len(memory) * memory_every) == pipeline.frames:
+                memory.append((pipeline.frames, rss_mb()[0]))
+                print(f"  {pipeline.frames} frames: RSS {memory[-1][1]:.2f} MB", flush=True)
         total = time.perf_counter() - t_start
         rss_end = rss_mb()[0]
         # Peers, same frames, same run.
         sample = [source.read() for _ in range(len(source))]
         inputs = np.zeros((1,) + tuple(bundle.input_shape), np.float32)
-        n_peer = max(200, frames // 4)
+        n_peer = min(max(200, frames // 4), 5000)
         t0 = time.perf_counter()
         for _ in range(n_peer):
             runtime.predict(inputs)
@@ -135,14 +143,16 @@ def in_process(model: Path, frames: int) -> dict:
         "rss_growth_mb": rss_end - rss_start,
         "preprocess_card_ms": 1000 * prep[True] / max(1, found),
         "preprocess_no_card_ms": 1000 * prep[False] / max(1, frames - found),
+        "memory": {"every": memory_every, "samples": len(memory), "first_mb": memory[0][1], "last_mb": memory[-1][1],
+                   "max_mb": max(m for _, m in memory), "growth_mb": memory[-1][1] - memory[0][1]},
     }
 
 
-def daemon_run(model: Path, workdir: Path, seconds: float) -> dict:
+def daemon_run(model: Path, workdir: Path, seconds: float, runtime_kind: str = "auto") -> dict:
     """Start `cardcam run --simulate` for real; time READY=1 and read its memory."""
     config = workdir / "bench.toml"
     state = workdir / "state.json"
-    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\n'
+    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\nruntime = "{runtime_kind}"\n'
                       f'[daemon]\nstate_file = "{state}"\nstatus_interval = 0.5\n')
     sock_path = workdir / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -184,14 +194,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Per-stage timing of the appliance's frame loop.")
     parser.add_argument("--model", help="model bundle (default: models/digits01.npz, else lenet5 random weights)")
     parser.add_argument("--frames", type=int, default=1000, help="frames to time in-process (default: 1000)")
+    parser.add_argument("--runtime", choices=("auto", "numpy"), default="auto",
+                        help="auto (TFLite when the bundle has it and a TFLite runtime imports) or numpy")
+    parser.add_argument("--memory-every", type=int, default=0, metavar="K",
+                        help="read this process's RSS every K frames and report its growth (default: off)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs after READY")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = bench_model(args.model, workdir)
-        r = in_process(model, args.frames)
-        d = daemon_run(model, workdir, args.seconds)
+        r = in_process(model, args.frames, max(0, args.memory_every), args.runtime)
+        d = daemon_run(model, workdir, args.seconds, args.runtime)
     print(f"model {r['model']} ({r['runtime']} runtime), {r['frames']} frames of 640x480 from {SAMPLES_DIR.name}/ "
           f"({r['frames_with_card']} with a card found)")
     for stage, ms in r["stages_ms"].items():
@@ -204,6 +218,10 @@ def main() -> None:
           f"{r['peer_resize_ms']:.3f} ms (preprocess = {r['stages_ms']['preprocess'] / r['peer_resize_ms']:.0f}x "
           "that resize)")
     print(f"memory in this process grew {r['rss_growth_mb']:+.1f} MB over {r['frames']} frames")
+    m = r["memory"]
+    if m["every"]:
+        print(f"RSS read every {m['every']} frames ({m['samples']} readings): {m['first_mb']:.2f} MB after the warm-up, "
+              f"{m['last_mb']:.2f} MB at the end ({m['growth_mb']:+.2f} MB), highest {m['max_mb']:.2f} MB")
     print(f"daemon: READY=1 {d['ready_s']:.2f} s after start, RSS {d['rss_mb']:.1f} MB (peak {d['hwm_mb']:.1f}), "
           f"{d['daemon_fps']} fps, stopped {d['stop_s']:.2f} s after SIGTERM (exit {d['exit_code']})")
     if args.json:
@@ -216,6 +234,7 @@ def main() -> None:
             "peer_resize_ms": round(r["peer_resize_ms"], 4), "rss_growth_mb": round(r["rss_growth_mb"], 2),
             "preprocess_card_ms": round(r["preprocess_card_ms"], 4),
             "preprocess_no_card_ms": round(r["preprocess_no_card_ms"], 4),
+            "memory": {k: round(v, 2) for k, v in r["memory"].items()},
         }))
 
 

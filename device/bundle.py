@@ -8,7 +8,6 @@ so a reader (the daemon) never sees half a file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,14 @@ import numpy as np
 
 from device import nn
 from device.preprocess import PreprocessSettings
+
+try:  # CPython's built-in SHA-256: hashlib's loads OpenSSL's libcrypto, ~4 MB resident on the Pi
+    from _sha256 import sha256  # Python <= 3.11
+except ImportError:
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        from hashlib import sha256
 
 FORMAT = "cardcam-bundle"
 FORMAT_VERSION = 1
@@ -75,7 +82,7 @@ class Bundle:
 
 def weights_sha256(weights: dict) -> str:
     """Hash of names, shapes and little-endian float32 bytes, independent of file layout."""
-    h = hashlib.sha256()
+    h = sha256()
     for name in sorted(weights):
         a = np.ascontiguousarray(weights[name], dtype="<f4")
         h.update(f"{name}:{list(a.shape)};".encode())
@@ -237,5 +244,5 @@ def check_tflite_entry(meta: dict, tflite: bytes | None, where: str) -> None:
         return
     if tflite is None:
         raise BundleError(f"{where}: meta describes a TFLite model but there is no '{TFLITE_ENTRY}' entry")
-    if hashlib.sha256(tflite).hexdigest() != record["sha256"]:
+    if sha256(tflite).hexdigest() != record["sha256"]:
         raise BundleError(f"{where}: the '{TFLITE_ENTRY}' entry does not match its hash in meta (altered or damaged)")

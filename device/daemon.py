@@ -175,9 +175,10 @@ def load_model(path, runtime_kind="auto", task="", like=None, threads=1):
                            f"the running model is {like.meta.get('task')!r} with labels {' '.join(like.labels)}; "
                            "to switch task, point [model] path at it and send SIGHUP")
     runtime = make_runtime(bundle, runtime_kind, threads)
-    # One forward pass on a blank and a random input: weights that overflow to NaN show here.
+    # One forward pass on a blank and a busy input: weights that overflow to NaN show here. The
+    # busy one is a fixed pseudo-random pattern: np.random would pull in OpenSSL (~4 MB resident).
     probe = np.zeros((2,) + tuple(bundle.input_shape), np.float32)
-    probe[1] = np.random.default_rng(0).random(bundle.input_shape, dtype=np.float32)
+    probe[1] = (np.arange(probe[1].size, dtype=np.float32) * np.float32(0.618034) % 1.0).reshape(bundle.input_shape)
     with np.errstate(all="ignore"):  # overflow is the finding here, not a warning
         out = runtime.predict(probe)
     if out.shape != (2, len(bundle.labels)) or not np.isfinite(out).all():

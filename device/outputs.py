@@ -27,10 +27,21 @@ class OutputError(RuntimeError):
 def mock_pin_factory():
     """gpiozero's MockFactory: pins that exist only in memory, for simulation and tests."""
     try:
-        from gpiozero.pins.mock import MockFactory
+        from gpiozero.pins.mock import MockFactory, MockPin
     except ImportError:
         raise OutputError("gpiozero is not installed: pip install 'cardcam[pi]' (also needed to simulate)") from None
-    return MockFactory()
+
+    class SimulatedPin(MockPin):
+        """A MockPin that forgets old states: MockPin records every change (for tests'
+        assert_states), a list that grows without end in a simulation left running."""
+
+        def _change_state(self, value):
+            changed = super()._change_state(value)
+            if len(self.states) > 64:
+                del self.states[:-32]
+            return changed
+
+    return MockFactory(pin_class=SimulatedPin)
 
 
 class Outputs:

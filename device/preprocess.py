@@ -22,8 +22,10 @@ The settings travel inside the model bundle.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -174,84 +176,177 @@ def _pixels(im: Image.Image) -> np.ndarray:
 
 # --- finding the ink -------------------------------------------------------------------------
 
-def _window_extreme(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
-    """max/min over every window of k samples along axis, centred, edges replicated.
+@lru_cache(maxsize=64)
+def _edge_index(n: int, before: int, after: int) -> np.ndarray:
+    """Row numbers -before .. n-1+after, clipped into 0 .. n-1: indexing with it replicates edges."""
+    index = np.clip(np.arange(-before, n + after), 0, n - 1)
+    index.flags.writeable = False
+    return index
 
-    Doubling trick: log2(k) array operations instead of k, whatever the window.
-    """
+
+def _extreme_rows(a: np.ndarray, k: int, op) -> np.ndarray:
+    """max/min (``op``) over every window of k rows, centred, edges replicated.
+
+    Doubling trick: log2(k) array operations instead of k, whatever the window. Indexing the
+    rows also copies, so a transposed view in gives a contiguous array out: the columns of a
+    picture are filtered as the rows of its transpose, with no slow strided passes."""
     lo = (k - 1) // 2
-    a = np.moveaxis(a, axis, 0)
-    out = np.concatenate([np.repeat(a[:1], lo, axis=0), a, np.repeat(a[-1:], k - 1 - lo, axis=0)])
+    out = a[_edge_index(a.shape[0], lo, k - 1 - lo)]
     span = 1
     while span * 2 <= k:
         out = op(out[:-span], out[span:])
         span *= 2
     if span < k:
         out = op(out[: len(out) - (k - span)], out[k - span:])
-    return np.moveaxis(out, 0, axis)
-
-
-def _square(a: np.ndarray, k: int, op) -> np.ndarray:
-    """max/min over every k x k square window (separable: rows, then columns)."""
-    return _window_extreme(_window_extreme(a, k, 0, op), k, 1, op)
+    return out
 
 
 def paper_brightness(gray: np.ndarray, window: int) -> np.ndarray:
     """Grey closing (dilate then erode) with a square window: the picture without its strokes."""
-    return _square(_square(gray, window, np.maximum), window, np.minimum)
+    # max over rows, then over columns (as rows of the transpose); min over both, back again.
+    dilated = _extreme_rows(_extreme_rows(gray, window, np.maximum).T, window, np.maximum)
+    return _extreme_rows(_extreme_rows(dilated, window, np.minimum).T, window, np.minimum)
 
 
-def _dilate3(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    grown = out.copy()
-    grown[:, 1:] |= out[:, :-1]
-    grown[:, :-1] |= out[:, 1:]
-    return grown
+class _Grid:
+    """Boolean masks of one h x w grid as Python integers, one bit a pixel.
+
+    Row r starts at bit r * stride; the ``stride - w`` bits after each row are guard bits that
+    stay 0, so shifting by a few bits never carries a pixel into the next row. The card search
+    does hundreds of mask operations on a ~96 x 72 working image per frame: as big-integer
+    shifts, ands and ors they cost ~0.1 us each, against ~2 us for a NumPy call.
+
+    Windows are clipped at the picture's border, which for max/min is the same as replicating
+    the edge (the replicated pixel is inside the window anyway).
+    """
+
+    def __init__(self, h: int, w: int, guard: int):
+        self.h, self.w, self.size = h, w, h * w
+        self.stride = -(-(w + max(guard, 1)) // 8) * 8
+        self.nbytes = h * self.stride // 8
+        self.valid = self.pack(np.ones((h, w), bool))
+        # Doubling steps that carry a fill across a whole row / column: 2**n - 1 >= length - 1.
+        self.row_steps = max(1, (w - 1).bit_length())
+        self.column_steps = max(1, (h - 1).bit_length())
+
+    # Only the working image's grid needs these (a card's crop gets a grid of its own size).
+    @cached_property
+    def border(self) -> int:
+        border = np.zeros((self.h, self.w), bool)
+        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+        return self.pack(border)
+
+    @cached_property
+    def near_centre(self) -> np.ndarray:
+        h, w = self.h, self.w
+        yy, xx = np.ogrid[:h, :w]
+        weight = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
+        weight.flags.writeable = False
+        return weight
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.h)
+
+    @cached_property
+    def columns(self) -> np.ndarray:
+        return np.arange(self.w)
+
+    def pack(self, mask: np.ndarray) -> int:
+        padded = np.zeros((self.h, self.stride), bool)
+        padded[:, :self.w] = mask
+        return int.from_bytes(np.packbits(padded, bitorder="little").tobytes(), "little")
+
+    def unpack(self, bits: int) -> np.ndarray:
+        flat = np.unpackbits(np.frombuffer(bits.to_bytes(self.nbytes, "little"), np.uint8), bitorder="little")
+        return flat.view(bool).reshape(self.h, self.stride)[:, :self.w]
+
+    def bit(self, flat_index: int) -> int:
+        """The mask with one pixel set, from its index in the (h, w) array's flat order."""
+        r, c = divmod(flat_index, self.w)
+        return 1 << (r * self.stride + c)
+
+    def grow(self, bits: int, k: int) -> int:
+        """Dilation with a k x k square (k - 1 <= the guard)."""
+        lo, hi = (k - 1) // 2, k - 1 - (k - 1) // 2
+        for step in (1, self.stride):  # along rows, then along columns
+            span = 1
+            while span * 2 <= k:
+                bits |= bits << (span * step)
+                span *= 2
+            if span < k:
+                bits |= bits << ((k - span) * step)
+            bits >>= hi * step
+        return bits & self.valid
+
+    def shrink(self, bits: int, k: int) -> int:
+        """Erosion with a k x k square: the pixels whose window holds no unset pixel."""
+        return self.valid ^ self.grow(self.valid ^ bits, k)
+
+    def fill(self, seed: int, allowed: int) -> int:
+        """Every pixel of ``allowed`` 4-connected to ``seed``.
+
+        Whole runs join at once: rightwards by an addition (the carry runs along a row's run of
+        allowed pixels and stops at the first unset one), the other three ways by doubling
+        ("Kogge-Stone") fills; repeated until nothing more joins, so as many passes as the path
+        has turns."""
+        region = seed & allowed
+        if not region:
+            return 0
+        # The doubling fills' masks depend on ``allowed`` only: the pixels from which a jump of
+        # d, 2d, 4d ... stays on allowed pixels all the way.
+        fills = []
+        for step, steps, towards_higher in ((1, self.row_steps, False), (self.stride, self.column_steps, True),
+                                            (self.stride, self.column_steps, False)):
+            through, jumps = allowed, []
+            for i in range(steps):
+                jumps.append((step << i, through))
+                if i + 1 < steps:
+                    through &= (through << (step << i)) if towards_higher else (through >> (step << i))
+            fills.append((towards_higher, jumps))
+        while True:
+            before = region
+            region = (((allowed + region) ^ allowed) | region) & allowed
+            for towards_higher, jumps in fills:
+                if towards_higher:
+                    for jump, through in jumps:
+                        region |= through & (region << jump)
+                else:
+                    for jump, through in jumps:
+                        region |= through & (region >> jump)
+            if region == before:
+                return region
+
+    def fill_holes(self, bits: int) -> int:
+        """The mask with every hole (unset area not connected to the border) set."""
+        return self.valid ^ self.fill(self.border, self.valid ^ bits)
 
 
-def _spread_along_rows(region: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Every run of allowed pixels in a row that holds a region pixel joins the region."""
-    flat = allowed.ravel()
-    starts = flat.copy()
-    starts[1:] &= ~flat[:-1]
-    starts[::allowed.shape[1]] = flat[::allowed.shape[1]]  # a run never continues into the next row
-    ids = np.cumsum(starts)
-    runs = ids * flat
-    reached = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, bool)
-    reached[runs[region.ravel() & flat]] = True
-    reached[0] = False
-    return reached[runs].reshape(allowed.shape)
+@lru_cache(maxsize=32)
+def _grid(h: int, w: int, guard: int) -> _Grid:
+    return _Grid(h, w, guard)
 
 
-def _reconstruct(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Every pixel of ``allowed`` connected (4-neighbours) to ``seed``. Whole runs of a row or a
-    column join at once, so it takes as many passes as the path has turns, not pixels."""
-    region = seed & allowed
-    allowed_t = np.ascontiguousarray(allowed.T)
-    count = int(region.sum())
-    while True:
-        region = _spread_along_rows(region, allowed)
-        region = _spread_along_rows(np.ascontiguousarray(region.T), allowed_t).T
-        grown = int(region.sum())
-        if grown == count:
-            return np.ascontiguousarray(region)
-        count = grown
+def _half_hull(points: list) -> list:
+    out = []
+    for p in points:
+        x, y = p
+        while len(out) >= 2:
+            (ax, ay), (bx, by) = out[-2], out[-1]
+            if (bx - ax) * (y - ay) - (by - ay) * (x - ax) > 0:
+                break
+            out.pop()
+        out.append(p)
+    return out
 
 
-def _fill_holes(region: np.ndarray) -> np.ndarray:
-    border = np.zeros_like(region)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    return ~_reconstruct(border, ~region)
+def _hull(points: list) -> list:
+    """Monotone chain on sorted distinct points: the strict vertices, from the smallest point."""
+    return _half_hull(points)[:-1] + _half_hull(points[::-1])[:-1]
 
 
-def _grow(mask: np.ndarray, k: int) -> np.ndarray:
-    return _square(mask.astype(np.uint8), k, np.maximum).astype(bool)
-
-
-def _shrink(mask: np.ndarray, k: int) -> np.ndarray:
-    return _square(mask.astype(np.uint8), k, np.minimum).astype(bool)
+# Directions whose extreme points outline a mask's hull well enough to rule out most others.
+_DIRECTIONS = np.array([[1, 0], [0, 1], [1, 1], [1, -1], [1, 2], [2, 1], [1, -2], [2, -1]])
 
 
 def _convex_hull(mask: np.ndarray) -> np.ndarray:
@@ -260,20 +355,22 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(mask.any(axis=1))
     if len(rows) == 0:
         return mask
-    first = mask[rows].argmax(axis=1)
-    last = mask.shape[1] - 1 - mask[rows][:, ::-1].argmax(axis=1)
-    points = sorted(set(zip(first.tolist(), rows.tolist())) | set(zip(last.tolist(), rows.tolist())))
-
-    def half(pts):
-        out = []
-        for p in pts:
-            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
-                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
-                out.pop()
-            out.append(p)
-        return out
-
-    hull = half(points)[:-1] + half(points[::-1])[:-1]
+    inside = mask[rows]
+    xs = np.concatenate((inside.argmax(axis=1), mask.shape[1] - 1 - inside[:, ::-1].argmax(axis=1)))
+    ys = np.concatenate((rows, rows))
+    # The points inside or on the polygon of the extreme points in 8 directions are not hull
+    # vertices (a vertex is on no segment between other points): the Python loop below then
+    # sees a dozen points instead of two per row, and gives the same hull.
+    projections = _DIRECTIONS @ np.stack((xs, ys))
+    chosen = np.concatenate((projections.argmin(axis=1), projections.argmax(axis=1)))
+    extremes = set(zip(xs[chosen].tolist(), ys[chosen].tolist()))
+    polygon = _hull(sorted(extremes))
+    if len(polygon) >= 3:
+        a = np.array(polygon)[:, :, None]  # edges a -> b of the polygon
+        d = np.array(polygon[1:] + polygon[:1])[:, :, None] - a
+        outside = (d[:, 0] * (ys - a[:, 1]) < d[:, 1] * (xs - a[:, 0])).any(axis=0)
+        xs, ys = xs[outside], ys[outside]
+    hull = _hull(sorted(set(zip(xs.tolist(), ys.tolist())) | extremes))
     if len(hull) < 3:  # a line or a dot: nothing to fill
         return mask
     canvas = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
@@ -298,71 +395,74 @@ def card_region(gray: np.ndarray, contrast: float, window: int, ink_threshold: f
     """
     paper = paper_brightness(gray, window)
     h, w = paper.shape
-    yy, xx = np.ogrid[:h, :w]
-    near_centre = np.exp(-(((yy - h / 2) / (0.35 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2))
-    ink = _ink_strength(gray, paper) > ink_threshold
+    shave = max(3, window // 4) | 1
+    grid = _grid(h, w, max(shave, 5) - 1)
+    near_centre = grid.near_centre
+    paper_score = paper * near_centre
+    relative = (paper - gray) / np.maximum(paper, 1e-3)  # _ink_strength unclipped: the same above a threshold in [0, 1)
+    ink = grid.pack((relative if 0.0 <= ink_threshold < 1.0 else np.clip(relative, 0.0, 1.0)) > ink_threshold)
     # Steps are taken where only noise is closed, so a dark sliver between the card and the
     # picture's border (which the wide closing fills) still parts the two.
     fine = paper_brightness(gray, 3)
     step = np.zeros(paper.shape, bool)
-    step[1:, :] |= np.abs(np.diff(fine, axis=0)) > edge_step * fine[1:, :]
-    step[:, 1:] |= np.abs(np.diff(fine, axis=1)) > edge_step * fine[:, 1:]
-    walls = _dilate3(step)
+    step[1:, :] = np.abs(fine[1:, :] - fine[:-1, :]) > edge_step * fine[1:, :]
+    step[:, 1:] |= np.abs(fine[:, 1:] - fine[:, :-1]) > edge_step * fine[:, 1:]
+    open_ground = grid.valid ^ grid.grow(grid.pack(step), 3)  # not a wall
+    darker = grid.pack(fine < 0.75 * paper)
     otsu, separation = _otsu(paper.ravel())
     # Ink that reaches the picture's border is mostly a dark sliver between a card and the
     # border (the wide closing fills it): it counts only if no candidate has ink of its own.
-    border = np.zeros(paper.shape, bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    inner_ink = ink & ~_reconstruct(border, ink)
-    if not inner_ink.any():
+    inner_ink = ink ^ grid.fill(grid.border, ink)
+    if not inner_ink:
         inner_ink = ink
-    free = np.ones(paper.shape, bool)
+    free = grid.valid
     tight_crop = None
-    best, best_score = np.zeros(paper.shape, bool), 0.0
-    shave = max(3, window // 4) | 1
+    best, best_score = 0, 0.0
     for _ in range(candidates):
-        score_map = paper * near_centre * free
-        top_at = np.unravel_index(np.argmax(score_map), paper.shape)
-        top = float(paper[top_at])
-        if score_map[top_at] <= 0:
+        score_map = paper_score * grid.unpack(free)
+        top_at = int(np.argmax(score_map))
+        if score_map.flat[top_at] <= 0:
             break
+        top = float(paper.flat[top_at])
         threshold = contrast * top
         if separation > 0.08:
             threshold = min(max(threshold, otsu), 0.85 * top)
-        allowed = (fine >= threshold) & ~walls & free
+        allowed = grid.pack(fine >= threshold) & open_ground & free
         # Seed in open paper, not in a pocket between strokes (the crossing of a "4").
-        open_paper = _shrink(allowed, 5)
-        seed = np.zeros(paper.shape, bool)
-        seed[np.unravel_index(np.argmax(paper * near_centre * (open_paper if open_paper.any() else allowed)),
-                              paper.shape)] = True
-        paper_found = _reconstruct(seed, allowed)
-        ring = _grow(paper_found, 5) & ~paper_found
-        ringed_by_ink = ring.any() and float((fine[ring] < 0.75 * paper[ring]).mean()) > 0.6
-        if paper_found.mean() < min_card or ringed_by_ink:  # a scrap, or the hole of a bold "0"
-            free &= ~_grow(paper_found | seed, 3)
+        open_paper = grid.shrink(allowed, 5)
+        seed = grid.bit(int(np.argmax(paper_score * grid.unpack(open_paper or allowed))))
+        paper_found = grid.fill(seed, allowed)
+        ring = grid.grow(paper_found, 5) ^ paper_found
+        ringed_by_ink = ring != 0 and (ring & darker).bit_count() / ring.bit_count() > 0.6
+        if paper_found.bit_count() / grid.size < min_card or ringed_by_ink:  # a scrap, or the hole of a bold "0"
+            free &= grid.valid ^ grid.grow(paper_found | seed, 3)
             continue
         # Convex: shadows, a thumb or ink near the card's edge notch the region, not the card.
-        region = _convex_hull(paper_found)
-        if region.mean() > 0.5:  # a tight crop of a card: strokes may run off its border
-            region = _fill_holes(region | _reconstruct(_grow(region, 5), ink))
+        region = grid.pack(_convex_hull(grid.unpack(paper_found)))
+        if region.bit_count() / grid.size > 0.5:  # a tight crop of a card: strokes may run off its border
+            region = grid.fill_holes(region | grid.fill(grid.grow(region, 5), ink))
             tight_crop = tight_crop if tight_crop is not None else region
         # Its ink is the ink next to its own paper: a wall around the card (whose hull holds
         # the card) does not get the card's ink.
-        ys, xs = np.nonzero(_grow(paper_found, shave) & inner_ink)
-        if len(ys):
-            centrality = float(near_centre[int(ys.mean()), int(xs.mean())])
-            score = len(ys) * (0.05 + centrality)
+        own_ink = grid.grow(paper_found, shave) & inner_ink
+        count = own_ink.bit_count()
+        if count:
+            pixels = grid.unpack(own_ink)
+            y = int(np.count_nonzero(pixels, axis=1) @ grid.rows) / count  # mean row, as ys.mean()
+            x = int(np.count_nonzero(pixels, axis=0) @ grid.columns) / count
+            centrality = float(near_centre[int(y), int(x)])
+            score = count * (0.05 + centrality)
             # A region around the best so far, with ink of its own: the best was a loop of a "0"
             # on this card. A wall around a card has (next to) no ink of its own.
-            surrounds = best.any() and (region & best).sum() >= 0.9 * best.sum()
+            surrounds = best != 0 and (region & best).bit_count() >= 0.9 * best.bit_count()
             if score > best_score or (surrounds and score >= 0.5 * best_score):
                 best, best_score = region, max(score, best_score)
-        free &= ~_grow(region | seed, 3)
-        if free.mean() < 0.03:
+        free &= grid.valid ^ grid.grow(region | seed, 3)
+        if free.bit_count() / grid.size < 0.03:
             break
-    if not best.any() and tight_crop is not None:
-        return tight_crop  # strokes bolder than the window: the paper filling the picture is the card
-    return best
+    if not best and tight_crop is not None:
+        best = tight_crop  # strokes bolder than the window: the paper filling the picture is the card
+    return np.ascontiguousarray(grid.unpack(best))
 
 
 def _ink_strength(gray: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -373,38 +473,168 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     """The [start, end) run of non-zero profile (gaps up to ``gap`` bridged) that holds the most
     ink, discounted by its distance from the centre so clutter at the edge loses to the card."""
     idx = np.flatnonzero(profile > 0)
-    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
-    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    breaks = np.flatnonzero(idx[1:] - idx[:-1] > gap + 1).tolist()
+    idx = idx.tolist()
+    starts = [idx[0]] + [idx[i + 1] for i in breaks]
+    ends = [idx[i] + 1 for i in breaks] + [idx[-1] + 1]
     centre = len(profile) / 2.0
     best, best_score = 0, -1.0
-    csum = np.concatenate(([0.0], np.cumsum(profile)))
+    csum = [0.0] + np.cumsum(profile).tolist()  # float32 sums, as float64 like the mass below
     for j, (s, e) in enumerate(zip(starts, ends)):
         mass = csum[e] - csum[s]
         distance = abs((s + e) / 2.0 - centre) / centre
         score = mass * (1.0 - 0.5 * distance)
         if score > best_score:
             best, best_score = j, score
-    return int(starts[best]), int(ends[best])
+    return starts[best], ends[best]
 
 
-def _resize(picture, size: tuple, box=None) -> np.ndarray:
+def _resize(picture, size: tuple, box=None, frame=None) -> np.ndarray:
     """Resize a picture (Pillow image, or float array) to (width, height) as floats in [0, 1];
-    area averaging down, bilinear up."""
+    area averaging down, bilinear up. ``frame``: the picture's pixels, when they are at hand as
+    a 2-D uint8 array (a camera frame)."""
     im = picture if isinstance(picture, Image.Image) else \
         Image.fromarray(np.ascontiguousarray(picture, dtype=np.float32), mode="F")
     if box is not None:  # float rounding can step a hair outside the picture
         box = (max(0.0, box[0]), max(0.0, box[1]), min(float(im.width), box[2]), min(float(im.height), box[3]))
     src_w = (box[2] - box[0]) if box else im.width
-    method = Image.Resampling.BOX if size[0] < src_w else Image.Resampling.BILINEAR
-    return _pixels(im.resize(size, method, box=box))
+    if src_w <= size[0]:
+        return _pixels(im.resize(size, Image.Resampling.BILINEAR, box=box))
+    if box is None and im.mode == "L":  # the same BOX resize, faster (see _shrink_frame)
+        small = _shrink_frame(np.asarray(im) if frame is None else frame, size)
+        if small is not None:
+            return small.astype(np.float32) / np.float32(255.0)
+    return _pixels(im.resize(size, Image.Resampling.BOX, box=box))
+
+
+# --- shrinking camera frames: Pillow's BOX resize along rows, in NumPy --------------------------
+# Shrinking a 640x480 frame to the working size is the one full-size pass of every frame, and
+# Pillow spends most of its ~0.3 ms on the pass along rows (480 rows x 96 outputs x 7 taps, one
+# multiply-add each). For 8-bit pictures that pass is integer arithmetic NumPy can reproduce
+# exactly: each output is the plain sum of a run of pixels times a 22-bit fixed-point 1/n,
+# rounded to 8 bits. Frames shrink by a rational factor, so the runs repeat every few outputs
+# (640 -> 96: 7, 6, 7 pixels in every 20), and the sums are whole-array additions. Pillow then
+# does the (6x cheaper) pass along columns on that result, exactly as it would have.
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
+_LANES = np.uint32(0x00FF00FF)  # bytes 0 and 2 of a 32-bit word, as two 16-bit lanes
+
+
+@lru_cache(maxsize=16)
+def _box_taps(in_size: int, out_size: int):
+    """Pillow's BOX taps for in_size -> out_size samples: per output, (first, stop, coefficient),
+    or None when an output's taps are not one run.
+
+    Follows precompute_coeffs() and normalize_coeffs_8bpc() in Pillow's Resample.c step by step
+    (same double arithmetic), so the runs and coefficients are Pillow's own."""
+    scale = in_size / out_size
+    support = 0.5 * scale  # the box filter's support times the filter scale (>= 1: shrinking)
+    inverse = 1.0 / scale
+    taps = []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        first = max(0, int(center - support + 0.5))
+        count = min(in_size, int(center + support + 0.5)) - first
+        run = [first + x for x in range(count) if -0.5 < (first + x - center + 0.5) * inverse <= 0.5]
+        if not run or run[-1] - run[0] + 1 != len(run):
+            return None
+        taps.append((run[0], run[-1] + 1, int(0.5 + (1.0 / len(run)) * (1 << _PRECISION_BITS))))
+    return taps
+
+
+@lru_cache(maxsize=16)
+def _row_plan(w: int, out_w: int):
+    """How _shrink_rows shrinks rows of w pixels to out_w: (words per group, per output the
+    words' byte masks and the coefficient), or None (Pillow does it)."""
+    if not 1 <= out_w < w:
+        return None
+    taps = _box_taps(w, out_w)
+    if taps is None:
+        return None
+    for period in range(1, out_w + 1):  # the shortest repeating pattern of runs
+        span, rest = divmod(w * period, out_w)
+        if out_w % period or rest or taps[period - 1][1] > span:
+            continue
+        if all((a - span, b - span, c) == taps[i - period] for i, (a, b, c) in enumerate(taps[period:], period)):
+            break
+    else:
+        return None
+    group = span * (4 // math.gcd(span, 4))  # whole periods, whole 4-pixel words
+    if group > 256 or w % group:
+        return None
+    outputs = []
+    for a, b, coefficient in taps[:group * out_w // w]:
+        parts = []
+        for j in range(a // 4, (b + 3) // 4):
+            keep = [byte for byte in range(4) if a <= 4 * j + byte < b]
+            parts.append((j, np.uint32(sum(0xFF << (8 * byte) for byte in keep if byte % 2 == 0)),
+                          np.uint32(sum(0xFF << (8 * (byte - 1)) for byte in keep if byte % 2 == 1))))
+        outputs.append((parts, np.uint32(coefficient)))
+    return group // 4, outputs
+
+
+def _shrink_rows(frame: np.ndarray, out_w: int) -> np.ndarray | None:
+    """``Image.fromarray(frame).resize((out_w, h), BOX)`` for a 2-D uint8 frame (uint8 array),
+    or None where the runs do not repeat in a short period."""
+    h, w = frame.shape
+    plan = _row_plan(w, out_w)
+    if plan is None:
+        return None
+    group, outputs = plan
+    # The frame as 32-bit words of 4 pixels, transposed so that row j holds word j of every
+    # group of periods: the sums are additions of whole contiguous rows. A word's bytes are
+    # summed in two 16-bit lanes (bytes 0 + 2 and 1 + 3) until the end.
+    words = np.ascontiguousarray(frame).view("<u4").reshape(-1, group).T.copy()
+    out = np.empty((words.shape[1], len(outputs)), np.uint8)
+    eight = np.uint32(8)
+    for i, (parts, coefficient) in enumerate(outputs):
+        lanes = None
+        for j, even, odd in parts:
+            part = words[j] & even
+            shifted = words[j] >> eight
+            shifted &= odd
+            part += shifted
+            if lanes is None:
+                lanes = part
+            else:
+                lanes += part
+        sums = lanes & np.uint32(0xFFFF)
+        sums += lanes >> np.uint32(16)
+        # Pillow's fixed-point normalisation: (sum * coefficient + 2**21) >> 22, at most 255
+        # (the coefficient is 2**22 / n rounded, the sum at most 255 n).
+        sums *= coefficient
+        sums += np.uint32(1 << (_PRECISION_BITS - 1))
+        sums >>= np.uint32(_PRECISION_BITS)
+        out[:, i] = sums
+    return out.reshape(h, out_w)
+
+
+def _shrink_frame(frame: np.ndarray, size: tuple) -> np.ndarray | None:
+    """``Image.fromarray(frame).resize(size, BOX)`` for a 2-D uint8 frame, as a uint8 array, or
+    None (then Pillow does it all)."""
+    along_rows = _shrink_rows(frame, size[0])
+    if along_rows is None or size[1] >= frame.shape[0]:
+        return None
+    return np.asarray(Image.fromarray(along_rows).resize(size, Image.Resampling.BOX))
+
+
+# np.histogram's bin edges for 64 bins over [0, 1] (float32, as it returns them for float32 values).
+_OTSU_EDGES = np.histogram(np.zeros(1, np.float32), bins=64, range=(0.0, 1.0))[1]
+_OTSU_CENTRES = (_OTSU_EDGES[:-1] + _OTSU_EDGES[1:]) / 2
 
 
 def _otsu(values: np.ndarray) -> tuple[float, float]:
     """Otsu's threshold on values in [0, 1], and the gap between the two class means."""
-    hist, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    if values.dtype == np.float32 and values.min() >= 0.0 and values.max() <= 1.0:
+        # np.histogram's bins, without its generality: v * 64 is exact in float32, so its
+        # integer part is the bin (1.0 goes in the last), as np.histogram decides after its
+        # edge corrections.
+        bins = (values * np.float32(64.0)).astype(np.intp)
+        hist = np.bincount(np.minimum(bins, 63, out=bins), minlength=64)
+        edges, centres = _OTSU_EDGES, _OTSU_CENTRES
+    else:
+        hist, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+        centres = (edges[:-1] + edges[1:]) / 2
     p = hist / max(1, hist.sum())
-    centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)
     m0 = np.cumsum(p * centres)
     w1 = 1.0 - w0
@@ -413,7 +643,8 @@ def _otsu(values: np.ndarray) -> tuple[float, float]:
         between = w0 * w1 * (mean0 - mean1) ** 2
     if not np.isfinite(between).any():  # one grey level only: nothing to separate
         return 1.0, 0.0
-    i = int(np.nanargmax(between))
+    between[np.isnan(between)] = -np.inf  # np.nanargmax, without its overhead
+    i = int(np.argmax(between))
     return float(edges[i + 1]), float(mean1[i] - mean0[i])
 
 
@@ -434,11 +665,13 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     window = max(3, round(settings.paper_window * settings.work_size))
     # Stage 1, coarse: where is the card?
     scale = settings.work_size / max(h, w)
-    work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))))
+    frame = image if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8 \
+        and settings.ink == "dark" else None
+    work = _resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))), frame=frame)
     if float(work.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     card = card_region(work, settings.card_contrast, window, settings.ink_threshold, settings.min_card)
-    if card.mean() < settings.min_card:
+    if np.count_nonzero(card) / card.size < settings.min_card:  # card.mean(), without its overhead
         return Prepared(None, "no card")
     # Stage 2, at a resolution tied to the card: where is the ink on it?
     cl, ct, cr, cb = _box_of(card)
@@ -451,13 +684,15 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     # Shave the card's edge: blur, JPEG and the room in the corners of its box make dark fringes
     # there. The picture's own border is not shaved (edge padding), so a tight crop keeps its ink.
     shave = max(3, round(settings.work_size * 0.05)) | 1
-    on_card = _shrink(on_card, shave)
+    grid = _grid(ch, cw, shave - 1)
+    on_card = grid.unpack(grid.shrink(grid.pack(on_card), shave))
     paper = paper_brightness(crop, window)
     strength = _ink_strength(crop, paper)
     mask = (strength > settings.ink_threshold) & on_card
     ink = np.where(mask, strength, 0.0)
-    if mask.sum() < settings.min_ink * on_card.sum():
-        return Prepared(None, "no ink", ink_fraction=float(mask.mean()))
+    on_card_count = np.count_nonzero(on_card)
+    if np.count_nonzero(mask) < settings.min_ink * on_card_count:
+        return Prepared(None, "no ink", ink_fraction=np.count_nonzero(mask) / mask.size)
     # The main cluster: alternate row and column projections so stray marks drop out.
     gap = max(2, window // 2)
     top, bottom, left, right = 0, ch, 0, cw
@@ -466,7 +701,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         top, bottom = top + top_, top + bottom_
         left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
         left, right = left + left_, left + right_
-    fraction = float(mask[top:bottom, left:right].sum()) / max(1, on_card.sum())
+    fraction = np.count_nonzero(mask[top:bottom, left:right]) / max(1, on_card_count)
     if fraction < settings.min_ink:
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
@@ -491,7 +726,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     total = glyph.sum()
     cy = float((glyph.sum(axis=1) * np.arange(gh)).sum() / total)
     cx = float((glyph.sum(axis=0) * np.arange(gw)).sum() / total)
-    y0 = int(np.clip(round((height - 1) / 2.0 - cy), 0, height - gh))
-    x0 = int(np.clip(round((width - 1) / 2.0 - cx), 0, width - gw))
+    y0 = min(max(round((height - 1) / 2.0 - cy), 0), height - gh)  # np.clip, on Python ints
+    x0 = min(max(round((width - 1) / 2.0 - cx), 0), width - gw)
     canvas[y0:y0 + gh, x0:x0 + gw] = glyph
     return Prepared(canvas[:, :, None], box=tuple(round(v, 1) for v in box), ink_fraction=fraction)
