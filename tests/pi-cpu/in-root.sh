@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs inside the emulated root, in /cardcam (see run.sh): install, use, test and uninstall cardcam.
+# Results go to $1 as files run.sh's summary.py reads; a failing step is recorded there, and the
+# steps after it still run when they can, so one run shows every problem.
+set -uo pipefail
+out=$1
+venv=/opt/cardcam/venv  # where install.sh puts the appliance's venv
+deps=/var/tmp/cardcam-test-deps  # the tests' own packages, kept out of the installed venv
+cd /cardcam || exit 1
+record() { echo "$1=$2" >>"$out/steps.env"; }
+now() { date +%s; }
+record machine "$(uname -m)"
+
+echo "== install.sh"
+t0=$(now)
+if [ -x ./install.sh ]; then
+    ./install.sh
+    record install_status $?
+    record install_how install.sh
+else
+    # Until install.sh exists: what it is meant to do, by hand (issue 7's venv layout).
+    (
+        set -e
+        apt-get update -qq
+        if [ "$(uname -m)" = armv7l ]; then
+            apt-get install -y -qq --no-install-recommends python3-venv python3-numpy python3-pil >/dev/null
+        else
+            apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        fi
+        python3 -m venv --system-site-packages $venv
+        if [ "$(uname -m)" = armv7l ]; then
+            $venv/bin/pip install -q 'numpy<2' 'tflite-runtime==2.14.0' gpiozero
+        else
+            $venv/bin/pip install -q ai-edge-litert gpiozero
+        fi
+        $venv/bin/pip install -q /cardcam
+    )
+    record install_status $?
+    record install_how hand-made-venv
+fi
+record install_seconds $(($(now) - t0))
+
+cardcam=$venv/bin/cardcam
+echo "== where the installed code is"
+# PYTHONSAFEPATH: no python started here puts the current directory (/cardcam, the source tree)
+# first on sys.path, so everything below, pytest's subprocesses too, runs the INSTALLED package.
+export PYTHONSAFEPATH=1
+where=$($venv/bin/python -c 'import device; print(device.__file__)' 2>&1)
+echo "device: $where"
+case $where in $venv/*) record installed_code ok ;; *) record installed_code "not-in-venv:$where" ;; esac
+record runtime_auto "$($venv/bin/python -c 'from device.runtime import describe; print(describe("auto"))' 2>&1)"
+record numpy_version "$($venv/bin/python -c 'import numpy; print(numpy.__version__)' 2>&1)"
+
+echo "== cardcam predict"
+models=/var/lib/cardcam/models  # the installed copies of models/*.npz, when install.sh made them
+for model in models/*.npz; do
+    name=$(basename "$model" .npz)
+    [ -f "$models/$name.npz" ] && model=$models/$name.npz
+    for runtime in numpy tflite; do
+        $cardcam predict --json --runtime $runtime --model "$model" device/samples/*.png \
+            >"$out/arm-$runtime-$name.jsonl" 2>"$out/arm-$runtime-$name.err"
+        echo "$runtime $model: exit $?"
+    done
+done
+
+echo "== cardcam doctor"
+$cardcam doctor >"$out/doctor.txt" 2>&1
+record doctor_status $?
+cat "$out/doctor.txt"
+
+echo "== device tests"
+t0=$(now)
+# gpiozero: the installed one if the install brought it (the tests then use that), else for the tests only.
+extra=()
+$venv/bin/python -c 'import gpiozero' 2>/dev/null || extra+=(gpiozero)
+$venv/bin/python -m pip install -q --no-cache-dir --target $deps pytest hypothesis tqdm "${extra[@]}"
+# .ci/run's compat selection: everything but the training-only tests (TensorFlow/Keras, long trainings).
+PYTHONPATH=$deps CARDCAM_REQUIRE_TFLITE=1 timeout 5400 $venv/bin/python -m pytest -p no:cacheprovider -q \
+    --junitxml="$out/junit.xml" \
+    --ignore=tests/test_training.py --ignore=tests/test_smileys.py --ignore=tests/test_keras.py
+record tests_status $?
+record tests_seconds $(($(now) - t0))
+rm -rf $deps
+
+echo "== install.sh --uninstall"
+if [ -x ./install.sh ]; then
+    ./install.sh --uninstall
+    record uninstall_status $?
+else
+    rm -rf /opt/cardcam
+    record uninstall_status $?
+fi
+[ ! -e $venv ] || record uninstall_status "venv-left:$venv"
+exit 0
