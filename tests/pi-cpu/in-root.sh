@@ -34,6 +34,7 @@ else
             $venv/bin/pip install -q ai-edge-litert gpiozero
         fi
         $venv/bin/pip install -q /cardcam
+        mkdir -p /var/lib/cardcam/models && cp models/*.npz /var/lib/cardcam/models/
     )
     record install_status $?
     record install_how hand-made-venv
