@@ -19,6 +19,8 @@ from device.bundle import Bundle, make_meta
 from device.preprocess import PreprocessSettings
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout's copy, named here: with cardcam installed (tests/pi-cpu), training/ is in site-packages
+# and its own default path (next to the package) does not exist.
 MNIST_PATH = REPO / "data" / "mnist-8k.npz"
 
 # No example database in the work tree, no per-example deadline (2 shared cores are noisy).
@@ -110,7 +112,7 @@ def mnist01_cards():
     """A fixed subset of 600 MNIST 0/1 cards (dark on light), as a training.data.CardSet."""
     from training.data import load_mnist
 
-    cards = load_mnist(digits=(0, 1))
+    cards = load_mnist(MNIST_PATH, digits=(0, 1))
     idx = np.sort(np.random.default_rng(1).choice(len(cards), 600, replace=False))
     return cards.subset(idx)
 

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+MNIST_PATH = REPO / "data" / "mnist-8k.npz"  # the checkout's, also when cardcam is installed (tests/pi-cpu)
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in_picamera2"
 _CACHE: dict = {}
 
@@ -43,7 +44,7 @@ def build_tiny_model(directory: Path) -> Path:
     from training.data import load_mnist
     from training.trainer import TrainConfig, train
 
-    cards = load_mnist(digits=(0, 1))
+    cards = load_mnist(MNIST_PATH, digits=(0, 1))
     idx = np.sort(np.random.default_rng(0).choice(len(cards), 300, replace=False))
     out = directory / "tiny.npz"
     train(TrainConfig(task="digits01", arch="lenet5", epochs=2, jitter_variants=0, camera_variants=1, processes=1),
@@ -73,7 +74,7 @@ def card_frame(digit: int | None, seed: int = 0, size=(640, 480)) -> np.ndarray:
     from training.data import load_mnist
 
     if "mnist" not in _CACHE:
-        _CACHE["mnist"] = load_mnist(digits=(0, 1))
+        _CACHE["mnist"] = load_mnist(MNIST_PATH, digits=(0, 1))
     cards = _CACHE["mnist"]
     rng = np.random.default_rng(seed)
     w, h = size
