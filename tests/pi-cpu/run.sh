@@ -98,7 +98,7 @@ run_arch() {
     how=$(base_root "$arch")
     t1=$(now)
     echo "$arch: base root $how ($((t1 - t0)) s)"
-    echo "root_seconds=$((t1 - t0)) root_how=\"$how\"" >"$out/host.env"
+    printf "root_seconds=%s\nroot_how=%s\n" $((t1 - t0)) "$how" >"$out/host.env"
 
     # A throwaway copy per run: install.sh meets a clean system every time, the base stays clean.
     root=$cache/$arch-run
