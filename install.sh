@@ -212,15 +212,27 @@ preflight() {
     for f in pyproject.toml config.example.toml systemd/cardcam.service device/cli.py; do
         [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run install.sh from a complete cardcam checkout"
     done
-    [ -x "$SYSTEM_PYTHON" ] || die "$SYSTEM_PYTHON not found: this needs Raspberry Pi OS Bookworm or Debian 12"
-    if ! "$SYSTEM_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-        die "cardcam needs Python 3.11 or newer; $SYSTEM_PYTHON is $("$SYSTEM_PYTHON" -V 2>&1) (Bookworm has 3.11)"
-    fi
-    ARCH=$(uname -m)
-    PYVER=$("$SYSTEM_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    compgen -G "$SRC/models/*.npz" >/dev/null || die "$SRC/models/ has no .npz models: run install.sh from a complete checkout"
+    # The userland's architecture, not the kernel's: 32-bit Pi OS on a Pi 4 or 5 runs a 64-bit kernel.
+    ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
+    command -v apt-get >/dev/null || die "no apt-get: this needs Raspberry Pi OS Bookworm or Debian 12"
     OS=$(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')
     OS=${OS:-unknown OS}
     MODEL=$(tr -d '\0' 2>/dev/null </proc/device-tree/model || echo "not a Raspberry Pi")
+}
+
+# After the apt step (a minimal Debian may come without Python at all).
+check_python() {
+    if [ ! -x "$SYSTEM_PYTHON" ] && [ "$DRY_RUN" = 1 ]; then
+        PYVER=3.11
+        note "no $SYSTEM_PYTHON yet (apt would install it); assuming Python $PYVER for the rest of the dry run"
+        return 0
+    fi
+    [ -x "$SYSTEM_PYTHON" ] || die "$SYSTEM_PYTHON not found after the apt step: this needs Raspberry Pi OS Bookworm or Debian 12"
+    if ! "$SYSTEM_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        die "cardcam needs Python 3.11 or newer; $SYSTEM_PYTHON is $("$SYSTEM_PYTHON" -V 2>&1) (Bookworm has 3.11)"
+    fi
+    PYVER=$("$SYSTEM_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 }
 
 # --- apt -----------------------------------------------------------------------------------------
@@ -252,7 +264,8 @@ available() {
 
 apt_packages() {
     step "apt packages"
-    local required=(python3-venv python3-numpy python3-pil) missing=() pkg
+    # ca-certificates: pip's downloads from PyPI on a minimal Debian.
+    local required=(python3 python3-venv python3-numpy python3-pil ca-certificates) missing=() pkg
     # numpy and Pillow come from apt, not PyPI: python3-picamera2 is built against them (a PyPI
     # numpy 2 breaks it), and PyPI has no armv7l wheels for either.
     for pkg in "${required[@]}"; do installed "$pkg" || missing+=("$pkg"); done
@@ -398,11 +411,14 @@ EOF
 }
 
 tflite_runtime() {
-    local want=${CARDCAM_TFLITE:-auto} spec="" module=""
+    local want=${CARDCAM_TFLITE:-auto} spec="" module="" why="ai-edge-litert on 64-bit Pi OS, tflite-runtime on 32-bit"
     if [ "$want" = auto ]; then
         case "$ARCH/$PYVER" in
-            aarch64/*) want=ai-edge-litert ;;
-            armv7l/3.11) want=tflite-runtime ;;
+            arm64/*) want=ai-edge-litert ;;
+            armhf/3.11)
+                want=tflite-runtime
+                # Pi OS armhf also runs on ARMv6 (Pi 1, Zero): no tflite-runtime wheel for those.
+                if [ "$(uname -m)" = armv6l ]; then want=none; why="no TFLite wheels for ARMv6"; fi ;;
             *) want=none ;;
         esac
     fi
@@ -411,16 +427,24 @@ tflite_runtime() {
         # The last tflite-runtime, the one with 32-bit ARM wheels; it needs numpy < 2 (apt's is 1.24).
         tflite-runtime) spec=tflite-runtime==2.14.0; module=tflite_runtime.interpreter ;;
         none)
-            note "TFLite runtime: none on $ARCH with Python $PYVER: every model runs in NumPy" \
-                 "(ai-edge-litert on 64-bit Pi OS, tflite-runtime on 32-bit)"
+            note "TFLite runtime: none on $ARCH with Python $PYVER ($why): every model runs in NumPy"
             return 0 ;;
         *) die "CARDCAM_TFLITE must be auto, ai-edge-litert, tflite-runtime or none, got '$want'" ;;
     esac
     if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import $module" 2>/dev/null; then
         ok "TFLite runtime: $want $(venv_version "$want") ($ARCH, Python $PYVER)"
     else
-        act "install the TFLite runtime $spec ($ARCH, Python $PYVER)" pip_in_venv "$spec"
+        act "install the TFLite runtime $spec ($ARCH, Python $PYVER)" install_runtime "$spec"
         PROJECT_CHANGED=1
+    fi
+}
+
+# install_runtime SPEC: a TFLite runtime that will not install is a warning, not the end: NumPy runs the models.
+install_runtime() {
+    if ! "$VENV/bin/python" -m pip install --root-user-action=ignore -c "$WORK/constraints.txt" "$1" \
+        >"$WORK/output.log" 2>&1; then
+        tail -n 5 "$WORK/output.log" >&2
+        warn "could not install $1 (pip's last words above): every model runs in NumPy, which works, only slower"
     fi
 }
 
@@ -485,13 +509,40 @@ service() {
     if [ "$UNIT_CHANGED" = 1 ]; then act "reload systemd's units" systemctl daemon-reload; fi
     if systemctl is-enabled -q cardcam 2>/dev/null; then ok "cardcam.service enabled"
     else act "enable cardcam.service at boot" systemctl enable -q cardcam; fi
-    if ! systemctl is-active -q cardcam; then
-        act "start cardcam.service" systemctl start cardcam
-    elif [ "$UNIT_CHANGED" = 1 ] || [ "$PROJECT_CHANGED" = 1 ]; then
-        act "restart cardcam.service (new code or unit)" systemctl restart cardcam
-    else
-        ok "cardcam.service running"
-    fi
+    # --no-block: the service is "activating" until its first frame is classified, which without a
+    # camera never happens (it keeps retrying); installing should not wait for that.
+    local state
+    state=$(systemctl is-active cardcam 2>/dev/null || true)
+    case "$state" in
+        active|activating|reloading)
+            if [ "$UNIT_CHANGED" = 1 ] || [ "$PROJECT_CHANGED" = 1 ]; then
+                act "restart cardcam.service (new code or unit)" systemctl restart --no-block cardcam
+            else
+                ok "cardcam.service is $state"
+                return 0
+            fi ;;
+        *) act "start cardcam.service" systemctl start --no-block cardcam ;;
+    esac
+    [ "$DRY_RUN" = 1 ] || wait_for_service
+}
+
+SERVICE_FAILED=0
+wait_for_service() {
+    local i state=""
+    for i in $(seq 1 30); do
+        state=$(systemctl is-active cardcam 2>/dev/null || true)
+        case "$state" in active|failed) break ;; esac
+        sleep 1
+    done
+    local status
+    status=$(systemctl show -p StatusText --value cardcam 2>/dev/null || true)
+    case "$state" in
+        active) ok "cardcam.service is running: ${status:-no status yet}" ;;
+        failed) warn "cardcam.service failed to start: ${status:-see the log}; journalctl -u cardcam -n 30"
+                SERVICE_FAILED=1 ;;
+        *) note "cardcam.service is $state after ${i} s: ${status:-no status yet} (no camera? the status LED" \
+                "says which fault; journalctl -u cardcam -f)" ;;
+    esac
 }
 
 # --- uninstall ---------------------------------------------------------------------------------------
@@ -532,14 +583,14 @@ preflight "$@"
 START=$(date +%s)
 what=install
 if [ "$UNINSTALL" = 1 ]; then what=uninstall; fi
-printf 'cardcam %s%s: %s, %s, Python %s, %s\n' "$what" "$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')" \
-    "$OS" "$ARCH" "$PYVER" "$MODEL"
+printf 'cardcam %s%s: %s, %s, %s\n' "$what" "$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')" "$OS" "$ARCH" "$MODEL"
 if [ -n "$PREFIX" ]; then printf 'prefix: %s\n' "$PREFIX"; fi
 
 if [ "$UNINSTALL" = 1 ]; then
     uninstall
 else
     apt_packages
+    check_python
     user_and_groups
     venv_and_packages
     models_and_config
@@ -558,3 +609,4 @@ else
         echo "Check it: $BIN_LINK doctor --config $CONFIG;  logs: journalctl -u cardcam -f"
     fi
 fi
+[ "$SERVICE_FAILED" = 0 ] || exit 1

@@ -158,7 +158,8 @@ SCHEMA = {
         "button": Pin("", "press to capture (cardcam capture); Enter on the keyboard off a Pi"),
     },
     "daemon": {
-        "state_file": Text("", "JSON file with the LED states, rewritten on every change"),
+        "state_file": Text("", "JSON file with the LED states, rewritten on every change; \"\": none, "
+                                "or under systemd $RUNTIME_DIRECTORY/state.json (device/status.py)"),
         "status_interval": Number(1.0, 0.1, 60),
         "max_backoff": Number(1.0, 0.05, 10, doc="longest wait between camera retries"),
     },

@@ -35,6 +35,7 @@ from device.outputs import OutputError, Outputs, TerminalRenderer, mock_pin_fact
 from device.preprocess import ImageError, preprocess
 from device.runtime import RuntimeUnavailable, make_runtime
 from device.runtime import describe as describe_runtime
+from device.status import state_file
 
 CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits01.npz"
 
@@ -256,6 +257,7 @@ class Daemon:
         self.result = Result(None, 0.0, False, "starting")
         self.reloads = 0
         self.refusals = 0
+        self._state_broken = None  # a state file that could not be written: not tried again
         self._watcher = None
 
     # -- small helpers --
@@ -298,8 +300,8 @@ class Daemon:
         return f"{shown}, {self.fps:.1f} fps, model {model}"
 
     def write_state(self, state: str) -> None:
-        path = self.config.daemon.state_file
-        if not path or self.outputs is None:
+        path = state_file(self.config.daemon.state_file, self.environ)
+        if not path or self.outputs is None or path == self._state_broken:
             return
         record = {
             "pid": os.getpid(), "state": state, "label": self.result.label,
@@ -307,6 +309,9 @@ class Daemon:
             "frames": self.pipeline.frames if self.pipeline else 0,
             "model": self.pipeline.bundle.name if self.pipeline else None,
             "model_sha256": self.pipeline.bundle.meta["weights_sha256"] if self.pipeline else None,
+            "model_path": str(self.pipeline.bundle.path) if self.pipeline else None,
+            "task": self.pipeline.bundle.meta.get("task") if self.pipeline else None,
+            "labels": list(self.pipeline.bundle.labels) if self.pipeline else None,
             "reloads": self.reloads, "refusals": self.refusals,
             "camera_error": self.camera_error if self.fault_since is not None else None,
             "model_error": self.model_error,
@@ -318,7 +323,7 @@ class Daemon:
             os.replace(tmp, path)
         except OSError as e:
             self.log(f"cannot write state file {path}: {e.strerror or e}")
-            self.config.daemon.state_file = ""
+            self._state_broken = path
 
     def set_status(self, status: str) -> None:
         if self.outputs is not None:

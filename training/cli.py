@@ -158,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("data", help="a task (digits01, digits, folder:DIR) or a folder DIR/<label>/*.png")
     p.set_defaults(func=cmd_evaluate)
-    from training import cards, sheets  # printing and sheet cutting live with their code
+    from training import cards, deploy, sheets  # printing, sheet cutting and deploying live with their code
 
     sheets.add_commands(sub)
     cards.add_command(sub)
+    deploy.add_command(sub)
     return parser
 
 
