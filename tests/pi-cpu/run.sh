@@ -7,9 +7,9 @@
 #
 # Per arch: a fresh copy of a cached base root gets this checkout's tracked files in /cardcam;
 # there `./install.sh` runs for real (no systemd in the root: it must skip the service), then the
-# INSTALLED `cardcam predict --json` on device/samples/*.png with every models/*.npz, with
-# --runtime numpy and --runtime tflite, `cardcam doctor`, the device tests with the installed
-# interpreter (their pytest/hypothesis/tqdm in a --target dir outside the installed venv), and
+# INSTALLED `cardcam predict --json` on device/samples/*.png and 100 camera-like MNIST frames
+# (frames.py) with every models/*.npz, with --runtime numpy and --runtime tflite, `cardcam doctor`,
+# the device tests with the installed interpreter (their pytest/hypothesis/tqdm in a --target dir outside the installed venv), and
 # `./install.sh --uninstall`. One summary line per arch; exit status 1 if any check failed.
 #
 # Checks: NumPy predictions have the same labels (and reasons) as on x86, probabilities within
@@ -111,6 +111,9 @@ run_arch() {
     mkdir -p "$root/cardcam"
     git -C "$repo" ls-files -z | tar cf - -C "$repo" --null -T - | tar xf - -C "$root/cardcam"
     cp "$here/in-root.sh" "$root/var/tmp/pi-cpu-in-root.sh"
+    # 100 camera-like MNIST frames besides the 8 samples, so the agreement figures mean something.
+    PYTHONPATH=$repo "$host_python" "$here/frames.py" "$out/frames"
+    cp -r "$out/frames" "$root/var/tmp/pi-cpu-frames"
     mkdir -p "$root/var/tmp/pi-cpu-out"
 
     echo "$arch: installing and testing in $root (log: $out/run.log)"
@@ -129,9 +132,10 @@ run_arch() {
         name=$(basename "$model" .npz)
         for runtime in numpy tflite; do
             (cd "$repo" && PYTHONPATH=$repo "$host_python" -m device predict --json --runtime "$runtime" \
-                --model "models/$name.npz" device/samples/*.png >"$out/x86-$runtime-$name.jsonl" 2>"$out/x86-$runtime-$name.err") || true
+                --model "models/$name.npz" device/samples/*.png "$out"/frames/*.png >"$out/x86-$runtime-$name.jsonl" 2>"$out/x86-$runtime-$name.err") || true
         done
     done
+    echo "total_seconds=$(($(now) - t0))" >>"$out/host.env"
     "$host_python" "$here/summary.py" "$arch" "$out"
 }
 

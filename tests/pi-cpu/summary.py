@@ -33,7 +33,7 @@ def read_predictions(path: Path) -> dict | None:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError):
         return None
-    return {r["file"]: r for r in records} or None
+    return {Path(r["file"]).name: r for r in records} or None  # the same frames, in other folders
 
 
 def compare(out: Path, runtime: str):
@@ -105,11 +105,15 @@ def main(arch: str, out: Path) -> int:
     check(steps.get("doctor_status") == "0", f"doctor exit {steps.get('doctor_status', '?')}")
     check(steps.get("uninstall_status") == "0", f"uninstall {steps.get('uninstall_status', '?')}")
 
-    minutes = lambda key: f"{int(steps.get(key, 0)) // 60}m{int(steps.get(key, 0)) % 60:02d}s"  # noqa: E731
+    def minutes(key):
+        seconds = int(steps[key]) if steps.get(key, "").isdigit() else 0
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+
     line = (f"{arch} ({steps.get('machine', '?')}, numpy {steps.get('numpy_version', '?')}): "
             f"runtime {steps.get('runtime_auto', '?')} | {tests} | {numpy_part} | {tflite_part} | "
-            f"install {minutes('install_seconds')} ({steps.get('install_how', '?')}), tests {minutes('tests_seconds')}, "
-            f"root {steps.get('root_how', '?')} {minutes('root_seconds')} | "
+            f"install {minutes('install_seconds')} (cpu {minutes('install_cpu')}, {steps.get('install_how', '?')}), "
+            f"tests {minutes('tests_seconds')} (cpu {minutes('tests_cpu')}), root {steps.get('root_how', '?')} "
+            f"{minutes('root_seconds')}, all {minutes('total_seconds')} | "
             + ("OK" if not failures else "FAILED: " + "; ".join(failures)))
     print(line)
     for p in (problems + tproblems)[:20]:
