@@ -160,6 +160,15 @@ class NotifySocket:
     def has(self, line: str) -> bool:
         return line in list(self.messages)
 
+    def wait(self, line: str, timeout: float = 10.0) -> bool:
+        """Whether ``line`` has arrived or arrives within ``timeout`` s: the listener thread can lag
+        the daemon on a slow CPU (seen under emulation, tests/pi-cpu), so a message the daemon sent
+        before a state we saw may not be in ``messages`` yet."""
+        end = time.monotonic() + timeout
+        while not self.has(line) and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.has(line)
+
     def close(self):
         self._stop.set()
         self._thread.join(1)

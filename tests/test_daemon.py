@@ -92,7 +92,7 @@ def test_sigterm_turns_everything_off_and_exits_zero(tmp_path, model_copy, notif
     assert final["state"] == "stopped"
     assert final["leds"] == {"0": 0, "1": 0} and final["status_led"] == 0
     assert "stopped: LEDs off, camera closed" in daemon.output
-    assert notify.has("STOPPING=1")
+    assert notify.wait("STOPPING=1")
 
 
 def test_sigint_also_stops_cleanly(tmp_path, model_copy):
@@ -235,7 +235,7 @@ def test_camera_faults_are_ridden_out(tmp_path, tiny_model, notify):
         assert "Device or resource busy" in daemon.output and "another program holds the camera" in daemon.output
         (camera_dir / "busy").unlink()
         daemon.wait_state(label="0", state="running", what="frames once the camera is free")
-        assert notify.has("READY=1")
+        assert notify.wait("READY=1")
 
         (camera_dir / "unplugged").touch()
         daemon.wait_state(state="camera fault", what="timeouts reported")
