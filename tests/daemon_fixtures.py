@@ -24,7 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import device
+
 REPO = Path(__file__).resolve().parent.parent
+# Where the `device` under test comes from, for a subprocess's PYTHONPATH: the checkout, or
+# site-packages when the tests run against an installed cardcam (tests/pi-cpu).
+CODE_ROOT = Path(device.__file__).resolve().parent.parent
 MNIST_PATH = REPO / "data" / "mnist-8k.npz"  # the checkout's, also when cardcam is installed (tests/pi-cpu)
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in_picamera2"
 _CACHE: dict = {}

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from daemon_fixtures import (REPO, STAND_IN_DIR, Daemon, NotifySocket, readable_frames, tiny_model,  # noqa: F401
+from daemon_fixtures import (CODE_ROOT, REPO, STAND_IN_DIR, Daemon, NotifySocket, readable_frames, tiny_model,  # noqa: F401
                              write_config, write_frames)
 from device.bundle import load_bundle, save_bundle
 
@@ -228,7 +228,7 @@ def test_camera_faults_are_ridden_out(tmp_path, tiny_model, notify):
     write_frames(camera_dir / "frames", tiny_model, [(0, 2)])
     (camera_dir / "busy").touch()
     config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2"})
-    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{REPO}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
     daemon = start(tmp_path, config, notify, env=env)
     try:
         daemon.wait_state(state="camera fault", status="camera fault", what="busy camera reported")
@@ -315,7 +315,7 @@ def test_sigterm_during_a_camera_fault_still_exits_cleanly(tmp_path, tiny_model,
     camera_dir = tmp_path / "camera"
     write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
     config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2", "timeout": 5.0})
-    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{REPO}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
     daemon = start(tmp_path, config, notify, env=env)
     try:
         daemon.wait_state(label="1", what="running on the camera")
