@@ -18,8 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from daemon_fixtures import (CODE_ROOT, REPO, STAND_IN_DIR, Daemon, NotifySocket, readable_frames, tiny_model,  # noqa: F401
-                             write_config, write_frames)
+from daemon_fixtures import (CODE_ROOT, REPO, STAND_IN_DIR, Daemon, NotifySocket, tiny_model,  # noqa: F401
+                             readable_frames, write_config, write_frames)
 from device.bundle import load_bundle, save_bundle
 
 
