@@ -17,34 +17,19 @@ record machine "$(uname -m)"
 
 echo "== install.sh"
 t0=$(now)
-if [ -x ./install.sh ]; then
-    { time ./install.sh 2>&1; } 2>"$out/install.time"
-    record install_status $?
-    record install_how install.sh
-else
-    # Until install.sh exists: what it is meant to do, by hand (issue 7's venv layout).
-    { time (
-        set -e
-        apt-get update -qq
-        if [ "$(uname -m)" = armv7l ]; then
-            apt-get install -y -qq --no-install-recommends python3-venv python3-numpy python3-pil >/dev/null
-        else
-            apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-        fi
-        python3 -m venv --system-site-packages $venv
-        if [ "$(uname -m)" = armv7l ]; then
-            $venv/bin/pip install -q 'numpy<2' 'tflite-runtime==2.14.0' gpiozero
-        else
-            $venv/bin/pip install -q ai-edge-litert gpiozero
-        fi
-        $venv/bin/pip install -q /cardcam
-        mkdir -p /var/lib/cardcam/models && cp models/*.npz /var/lib/cardcam/models/
-    ) 2>&1; } 2>"$out/install.time"
-    record install_status $?
-    record install_how hand-made-venv
-fi
+{ time ./install.sh 2>&1; } 2>"$out/install.time"
+record install_status $?
 record install_seconds $(($(now) - t0))
 record install_cpu "$(cpu install)"
+echo "== install.sh again (must change nothing)"
+./install.sh >"$out/install-again.txt" 2>&1
+again=$?
+cat "$out/install-again.txt"
+if [ $again = 0 ] && grep -q "Nothing to change" "$out/install-again.txt"; then
+    record install_again ok
+else
+    record install_again "exit-$again-or-changes"
+fi
 
 cardcam=$venv/bin/cardcam
 echo "== where the installed code is"
@@ -94,12 +79,7 @@ record tests_cpu "$(cpu tests)"
 rm -rf $deps
 
 echo "== install.sh --uninstall"
-if [ -x ./install.sh ]; then
-    ./install.sh --uninstall
-    record uninstall_status $?
-else
-    rm -rf /opt/cardcam
-    record uninstall_status $?
-fi
+./install.sh --uninstall
+record uninstall_status $?
 [ ! -e $venv ] || record uninstall_status "venv-left:$venv"
 exit 0

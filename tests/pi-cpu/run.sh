@@ -6,15 +6,16 @@
 # usage: sudo tests/pi-cpu/run.sh [arm64|armhf|all]        (default: all, one arch after the other)
 #
 # Per arch: a fresh copy of a cached base root gets this checkout's tracked files in /cardcam;
-# there `./install.sh` runs for real (no systemd in the root: it must skip the service), then the
-# INSTALLED `cardcam predict --json` on device/samples/*.png and 100 camera-like MNIST frames
-# (frames.py) with every models/*.npz, with --runtime numpy and --runtime tflite, `cardcam doctor`,
-# the device tests with the installed interpreter (their pytest/hypothesis/tqdm in a --target dir outside the installed venv), and
-# `./install.sh --uninstall`. One summary line per arch; exit status 1 if any check failed.
+# there `./install.sh` runs for real (no systemd in the root: it must skip the service), and again
+# (it must change nothing); then the INSTALLED `cardcam predict --json` on device/samples/*.png and
+# 100 camera-like MNIST frames (frames.py) with every models/*.npz, --runtime numpy and tflite;
+# `cardcam doctor`; the device tests with the installed interpreter (pytest, hypothesis and tqdm in
+# a --target dir outside the installed venv); `./install.sh --uninstall`. The same predictions are
+# made here on x86. One summary line per arch; exit status 1 if any check failed.
 #
-# Checks: NumPy predictions have the same labels (and reasons) as on x86, probabilities within
-# 1e-4; TFLite int8 labels agree on >= 99 % of the classified frames; every test passes (skips are
-# counted and shown); doctor exits 0; install and uninstall exit 0.
+# Checks: install (twice), doctor, every test and uninstall pass (skips are counted); NumPy labels
+# (and "nothing to read" reasons) identical to x86's, probabilities within 1e-4; int8 TFLite labels
+# agree with x86's on >= 99 % of the frames.
 #
 # Environment:
 #   PI_CPU_CACHE       where the base roots live, one per arch (default /var/cache/cardcam-pi-cpu).

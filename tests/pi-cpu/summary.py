@@ -80,6 +80,7 @@ def main(arch: str, out: Path) -> int:
             failures.append(what)
 
     check(steps.get("install_status") == "0", f"install {steps.get('install_status', 'did not run')}")
+    check(steps.get("install_again") == "ok", f"second install.sh run: {steps.get('install_again', 'did not run')}")
     check(steps.get("installed_code") == "ok", f"installed code: {steps.get('installed_code', '?')}")
 
     n, same, diff, problems = compare(out, "numpy")
@@ -111,7 +112,7 @@ def main(arch: str, out: Path) -> int:
 
     line = (f"{arch} ({steps.get('machine', '?')}, numpy {steps.get('numpy_version', '?')}): "
             f"runtime {steps.get('runtime_auto', '?')} | {tests} | {numpy_part} | {tflite_part} | "
-            f"install {minutes('install_seconds')} (cpu {minutes('install_cpu')}, {steps.get('install_how', '?')}), "
+            f"install {minutes('install_seconds')} (cpu {minutes('install_cpu')}), "
             f"tests {minutes('tests_seconds')} (cpu {minutes('tests_cpu')}), root {steps.get('root_how', '?')} "
             f"{minutes('root_seconds')}, all {minutes('total_seconds')} | "
             + ("OK" if not failures else "FAILED: " + "; ".join(failures)))
