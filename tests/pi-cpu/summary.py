@@ -5,8 +5,8 @@ usage: python summary.py ARCH OUTDIR    (OUTDIR: run.sh's results for ARCH, x86 
 NumPy: every frame gets the same label (or the same "nothing to read" reason) as on x86, and no
 probability differs by more than NUMPY_TOLERANCE. Not 1e-6: on aarch64, Pillow's float resampling
 (the crop of the paper brightness around the glyph) puts a few pixels on the other side of a box
-edge (floating-point rounding of its C code there, most likely fused multiply-adds), so a few inputs differ by up to 0.005
-and their probabilities by up to 0.002 (seen: 8 of 416); armv7l matches x86 to 1e-6.
+edge (rounding in its C code there, most likely fused multiply-adds), so a few inputs differ by up
+to 0.005 and their probabilities by up to 0.002 (seen: 8 of 416); armv7l matches x86 to 1e-6.
 TFLite int8: labels agree on at least TFLITE_AGREEMENT of the frames classified on both sides.
 """
 
