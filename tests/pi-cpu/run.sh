@@ -98,6 +98,8 @@ run_arch() {
     t0=$(now)
     how=$(base_root "$arch")
     t1=$(now)
+    # (set -e does not stop a function called in an || list, as run_arch is: check by hand.)
+    [ -x "$cache/$arch/usr/bin/python3" ] || { echo "$arch: could not make the base root $cache/$arch" >&2; return 1; }
     echo "$arch: base root $how ($((t1 - t0)) s)"
     printf "root_seconds=%s\nroot_how=%s\n" $((t1 - t0)) "$how" >"$out/host.env"
 
