@@ -12,13 +12,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from hypothesis import settings
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from device import nn
 from device.bundle import Bundle, make_meta
 from device.preprocess import PreprocessSettings
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout's copy, named here: with cardcam installed (tests/pi-cpu), training/ is in site-packages
+# and its own default path (next to the package) does not exist.
 MNIST_PATH = REPO / "data" / "mnist-8k.npz"
 
 # No example database in the work tree, no per-example deadline (2 shared cores are noisy).
@@ -43,10 +45,29 @@ def draw_card(text: str = "7", size=(160, 120), paper=228, ink=24, font_size=90,
     """A dark glyph on light paper, drawn with Pillow's built-in font (the same on every machine).
     ``paper``/``ink`` are grey levels, or colour tuples for mode "RGB"/"RGBA"."""
     im = Image.new(mode, size, paper)
-    font = ImageFont.load_default(size=font_size)
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:
+        # Pillow < 10.1 (Debian 12's python3-pil 9.4, which install.sh gives the Pi) has only a small
+        # bitmap font: draw that as a mask, blow it up to about font_size and thicken it like the stroke.
+        im.paste(ink, mask=_bitmap_glyph(text, size, font_size))
+        return im
     ImageDraw.Draw(im).text((size[0] / 2, size[1] / 2), text, fill=ink, font=font, anchor="mm",
                             stroke_width=3, stroke_fill=ink)
     return im
+
+
+def _bitmap_glyph(text: str, size, font_size: int) -> Image.Image:
+    font = ImageFont.load_default()
+    left, top, right, bottom = font.getbbox(text)
+    glyph = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(glyph).text((-left, -top), text, fill=255, font=font)
+    scale = max(1, round(0.75 * font_size / glyph.height))  # the TrueType glyph's ink is ~3/4 of its size
+    glyph = glyph.resize((glyph.width * scale, glyph.height * scale), Image.Resampling.NEAREST)
+    glyph = glyph.point(lambda v: 255 if v > 96 else 0).filter(ImageFilter.MaxFilter(7))  # solid ink, stroked
+    mask = Image.new("L", size, 0)
+    mask.paste(glyph, ((size[0] - glyph.width) // 2, (size[1] - glyph.height) // 2))
+    return mask
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +131,7 @@ def mnist01_cards():
     """A fixed subset of 600 MNIST 0/1 cards (dark on light), as a training.data.CardSet."""
     from training.data import load_mnist
 
-    cards = load_mnist(digits=(0, 1))
+    cards = load_mnist(MNIST_PATH, digits=(0, 1))
     idx = np.sort(np.random.default_rng(1).choice(len(cards), 600, replace=False))
     return cards.subset(idx)
 

@@ -24,7 +24,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import device
+
 REPO = Path(__file__).resolve().parent.parent
+# Where the `device` under test comes from, for a subprocess's PYTHONPATH: the checkout, or
+# site-packages when the tests run against an installed cardcam (tests/pi-cpu).
+CODE_ROOT = Path(device.__file__).resolve().parent.parent
+MNIST_PATH = REPO / "data" / "mnist-8k.npz"  # the checkout's, also when cardcam is installed (tests/pi-cpu)
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in_picamera2"
 _CACHE: dict = {}
 
@@ -43,7 +49,7 @@ def build_tiny_model(directory: Path) -> Path:
     from training.data import load_mnist
     from training.trainer import TrainConfig, train
 
-    cards = load_mnist(digits=(0, 1))
+    cards = load_mnist(MNIST_PATH, digits=(0, 1))
     idx = np.sort(np.random.default_rng(0).choice(len(cards), 300, replace=False))
     out = directory / "tiny.npz"
     train(TrainConfig(task="digits01", arch="lenet5", epochs=2, jitter_variants=0, camera_variants=1, processes=1),
@@ -73,7 +79,7 @@ def card_frame(digit: int | None, seed: int = 0, size=(640, 480)) -> np.ndarray:
     from training.data import load_mnist
 
     if "mnist" not in _CACHE:
-        _CACHE["mnist"] = load_mnist(digits=(0, 1))
+        _CACHE["mnist"] = load_mnist(MNIST_PATH, digits=(0, 1))
     cards = _CACHE["mnist"]
     rng = np.random.default_rng(seed)
     w, h = size
@@ -158,6 +164,15 @@ class NotifySocket:
 
     def has(self, line: str) -> bool:
         return line in list(self.messages)
+
+    def wait(self, line: str, timeout: float = 10.0) -> bool:
+        """Whether ``line`` has arrived or arrives within ``timeout`` s: the listener thread can lag
+        the daemon on a slow CPU (seen under emulation, tests/pi-cpu), so a message the daemon sent
+        before a state we saw may not be in ``messages`` yet."""
+        end = time.monotonic() + timeout
+        while not self.has(line) and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.has(line)
 
     def close(self):
         self._stop.set()

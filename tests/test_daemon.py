@@ -18,8 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from daemon_fixtures import (REPO, STAND_IN_DIR, Daemon, NotifySocket, readable_frames, tiny_model,  # noqa: F401
-                             write_config, write_frames)
+from daemon_fixtures import (CODE_ROOT, REPO, STAND_IN_DIR, Daemon, NotifySocket, tiny_model,  # noqa: F401
+                             readable_frames, write_config, write_frames)
 from device.bundle import load_bundle, save_bundle
 
 
@@ -92,7 +92,7 @@ def test_sigterm_turns_everything_off_and_exits_zero(tmp_path, model_copy, notif
     assert final["state"] == "stopped"
     assert final["leds"] == {"0": 0, "1": 0} and final["status_led"] == 0
     assert "stopped: LEDs off, camera closed" in daemon.output
-    assert notify.has("STOPPING=1")
+    assert notify.wait("STOPPING=1")
 
 
 def test_sigint_also_stops_cleanly(tmp_path, model_copy):
@@ -228,14 +228,14 @@ def test_camera_faults_are_ridden_out(tmp_path, tiny_model, notify):
     write_frames(camera_dir / "frames", tiny_model, [(0, 2)])
     (camera_dir / "busy").touch()
     config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2"})
-    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{REPO}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
     daemon = start(tmp_path, config, notify, env=env)
     try:
         daemon.wait_state(state="camera fault", status="camera fault", what="busy camera reported")
         assert "Device or resource busy" in daemon.output and "another program holds the camera" in daemon.output
         (camera_dir / "busy").unlink()
         daemon.wait_state(label="0", state="running", what="frames once the camera is free")
-        assert notify.has("READY=1")
+        assert notify.wait("READY=1")
 
         (camera_dir / "unplugged").touch()
         daemon.wait_state(state="camera fault", what="timeouts reported")
@@ -315,7 +315,7 @@ def test_sigterm_during_a_camera_fault_still_exits_cleanly(tmp_path, tiny_model,
     camera_dir = tmp_path / "camera"
     write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
     config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2", "timeout": 5.0})
-    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{REPO}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
     daemon = start(tmp_path, config, notify, env=env)
     try:
         daemon.wait_state(label="1", what="running on the camera")
