@@ -83,6 +83,8 @@ class LiveState:
 
 def is_loopback(host: str) -> bool:
     """True when every address ``host`` stands for is this machine only."""
+    if host.lower().rstrip(".") == "localhost":  # RFC 6761: always loopback, even with no /etc/hosts
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
