@@ -209,9 +209,12 @@ def test_no_model_at_start_is_a_model_fault_until_one_arrives(tmp_path, tiny_mod
     daemon = start(tmp_path, config_for(tmp_path, model, frames), notify)
     try:
         daemon.wait_state(status="model fault", what="model fault on the status LED")
-        assert "model fault:" in daemon.output and "later.npz" in daemon.output
+        # The state file can be ahead of the log and notify readers: wait for those, don't sample them.
+        daemon.wait_for(lambda: "model fault:" in daemon.output and "later.npz" in daemon.output,
+                        what="the model fault logged with the file's name")
+        daemon.wait_for(lambda: any(m.startswith("STATUS=waiting for a model") for m in notify.messages),
+                        what="STATUS=waiting for a model")
         assert not notify.has("READY=1")
-        assert any(m.startswith("STATUS=waiting for a model") for m in notify.messages)
         model.parent.mkdir()
         shutil.copyfile(tiny_model, model)
         daemon.wait_state(label="1", status="running", what="running once the model arrived")
@@ -232,14 +235,15 @@ def test_camera_faults_are_ridden_out(tmp_path, tiny_model, notify):
     daemon = start(tmp_path, config, notify, env=env)
     try:
         daemon.wait_state(state="camera fault", status="camera fault", what="busy camera reported")
-        assert "Device or resource busy" in daemon.output and "another program holds the camera" in daemon.output
+        daemon.wait_for(lambda: "Device or resource busy" in daemon.output
+                        and "another program holds the camera" in daemon.output, what="the busy camera logged")
         (camera_dir / "busy").unlink()
         daemon.wait_state(label="0", state="running", what="frames once the camera is free")
         assert notify.wait("READY=1")
 
         (camera_dir / "unplugged").touch()
         daemon.wait_state(state="camera fault", what="timeouts reported")
-        assert "timed out" in daemon.output
+        daemon.wait_for(lambda: "timed out" in daemon.output, what="the timeout logged")
         daemon.wait_for(lambda: (camera_dir / "calls.log").read_text().count("open") >= 4, what="retries")
         t0 = time.monotonic()
         (camera_dir / "unplugged").unlink()
@@ -290,7 +294,7 @@ def test_corrupt_zip_member_is_refused_at_start_too(tmp_path, tiny_model):
     daemon = start(tmp_path, config_for(tmp_path, model, frames))
     try:
         daemon.wait_state(status="model fault", what="model fault")
-        assert "no 'meta' entry" in daemon.output
+        daemon.wait_for(lambda: "no 'meta' entry" in daemon.output, what="the missing meta logged")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     finally:
