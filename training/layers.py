@@ -8,7 +8,10 @@ Every backward pass is checked against finite differences in tests/test_layers.p
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from device import nn
 
@@ -28,50 +31,37 @@ class Layer:
 
 # OpenBLAS runs a product on every core once m*n*k > 65536*4. Threaded, with another process
 # busy on the other core (the usual state of a shared laptop, and of this project's CI), products
-# took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms; 64x2048x128: 150 ms instead
-# of 5 ms); so products are cut into blocks under that size, each run on one thread, and the cost
-# when the machine is idle is at most the second core.
-_ONE_THREAD = 65536 * 4 - 1
+# took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms); so the trainer keeps
+# OpenBLAS (and any other BLAS NumPy uses) on one thread, from the first product on.
+_ROWS_MAX = 65536 * 4 - 1  # multiply-adds per block of rows
+
+
+@cache
+def _one_blas_thread():
+    return threadpool_limits(1, user_api="blas")
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a @ b for 2-D arrays (into ``out`` if given), as products OpenBLAS keeps on one thread:
-    equal blocks of rows of a as one stacked np.matmul (its loop over blocks runs in C), or
-    blocks of rows of a, of columns of b, or of the inner axis (summed), whichever needs fewest.
-    Even a conv's weight gradient (400x16384x32, 820 blocks of its inner axis) took less CPU
-    time so than threaded, and a third of the wall time with the other core busy."""
+    """a @ b for 2-D arrays (into ``out`` if given), on one BLAS thread. A tall product with a
+    narrow b (a conv's patches times its kernel) runs as equal blocks of a's rows, one stacked
+    np.matmul (its loop over blocks in C): one-threaded OpenBLAS is 1.2-1.5x faster so on those
+    shapes (16384x400x32: 5.4 ms instead of 6.8) than as one call. Any other shape is one call
+    (a conv's weight gradient, 400x16384x32: 6.7 ms; in blocks of its inner axis it was 18 ms)."""
+    _one_blas_thread()
     m, k = a.shape
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))
-    if m * k * n <= _ONE_THREAD:
-        return np.matmul(a, b, out=out)
-    step = {"rows": _ONE_THREAD // (k * n), "columns": _ONE_THREAD // (m * k), "inner": _ONE_THREAD // (m * n)}
-    if step["rows"] and out.flags.c_contiguous:
-        least = -(-m // step["rows"])
+    rows = _ROWS_MAX // (k * n)
+    if rows and m > rows and out.flags.c_contiguous:
+        least = -(-m // rows)
         for blocks in range(least, min(m, 4 * least) + 1):
             if m % blocks == 0:  # a's rows as a stack of blocks: a view, whatever a's strides
                 rows, (s0, s1) = m // blocks, a.strides
                 stack = np.lib.stride_tricks.as_strided(a, (blocks, rows, k), (s0 * rows, s0, s1), writeable=False)
                 np.matmul(stack, b, out=out.reshape(blocks, rows, n))
                 return out
-    blocks = {name: -(-size // step[name]) * (2 if name == "inner" else 1) if step[name] else 1 << 30
-              for name, size in (("rows", m), ("columns", n), ("inner", k))}
-    how = min(blocks, key=blocks.get)
-    size = step[how]
-    if how == "rows":
-        for r in range(0, m, size):
-            np.matmul(a[r:r + size], b, out=out[r:r + size])
-    elif how == "columns":
-        for c in range(0, n, size):
-            np.matmul(a, b[:, c:c + size], out=out[:, c:c + size])
-    else:
-        np.matmul(a[:, :size], b[:size], out=out)
-        part = np.empty_like(out)
-        for i in range(size, k, size):
-            np.matmul(a[:, i:i + size], b[i:i + size], out=part)
-            out += part
-    return out
+    return np.matmul(a, b, out=out)
 
 
 class Conv2D(Layer):
