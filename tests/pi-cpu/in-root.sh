@@ -64,7 +64,7 @@ t0=$(now)
 # gpiozero: the installed one if the install brought it (the tests then use that), else for the tests only.
 extra=()
 $venv/bin/python -c 'import gpiozero' 2>/dev/null || extra+=(gpiozero)
-$venv/bin/python -m pip install -q --no-cache-dir --target $deps pytest hypothesis tqdm "${extra[@]}"
+$venv/bin/python -m pip install -q --no-cache-dir --target $deps pytest hypothesis tqdm threadpoolctl "${extra[@]}"
 # .ci/run's compat selection (everything but TensorFlow/Keras and long trainings), less the other
 # laptop-only tests: printed cards and sheets (the trainer's Pillow >= 10.1, opencv), deploy (OpenSSH),
 # install.sh's own checks (shellcheck, systemd-analyze; this script runs install.sh for real), and the
