@@ -17,7 +17,7 @@ from PIL import Image
 
 from device.bundle import BundleError, load_bundle
 from device.camera import CameraError, ReplayFinished
-from device.config import ConfigError, load_config
+from device.config import load_config
 from device.daemon import choose_source_kind, is_raspberry_pi, model_path, open_source
 from device.outputs import OutputError
 from device.preprocess import PreprocessSettings, preprocess
@@ -55,11 +55,7 @@ def _trigger(config, simulate):
 
 
 def capture(args) -> int:
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as e:
-        print(f"cardcam: {e}", file=sys.stderr)
-        return 2
+    config, _ = load_config(args.config)
     if not args.label or "/" in args.label or args.label.startswith("."):
         print(f"cardcam: --label {args.label!r} must be a plain name like 0, 1 or happy", file=sys.stderr)
         return 2

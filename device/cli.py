@@ -95,7 +95,13 @@ def _lazy(module: str, name: str):
     """The appliance commands import their modules only when run, so `predict` stays quick."""
     def call(args):
         import importlib
-        return getattr(importlib.import_module(module), name)(args)
+
+        from device.config import ConfigError
+        try:
+            return getattr(importlib.import_module(module), name)(args)
+        except ConfigError as e:  # the config file they read: one line, exit 2
+            print(f"cardcam: {e}", file=sys.stderr)
+            return 2
     return call
 
 

@@ -617,11 +617,7 @@ class Daemon:
 
 def run(args) -> int:
     """`cardcam run [--config PATH] [--simulate]`."""
-    try:
-        config, where = load_config(args.config)
-    except ConfigError as e:
-        print(f"cardcam: {e}", file=sys.stderr)
-        return 2
+    config, where = load_config(args.config)
     simulate = args.simulate
     kind = choose_source_kind(config, True)
     frames = {"samples": "the bundled sample frames", "replay": f"replay of {config.camera.replay}"}.get(kind, kind)

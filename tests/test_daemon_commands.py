@@ -32,6 +32,15 @@ def test_capture_saves_raw_frames_and_what_the_network_sees(tmp_path, tiny_model
     assert not list(out.rglob("*.tmp"))
 
 
+def test_capture_with_a_bad_config_is_one_clear_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[camera]\nfsp = 30\n")
+    proc = cardcam("capture", "--simulate", "--config", str(config), "--label", "1", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    assert proc.stderr.count("\n") == 1 and str(config) in proc.stderr, proc.stderr
+    assert "[camera] unknown key 'fsp' (did you mean 'fps'?)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_capture_stops_on_q_and_rejects_bad_labels(tmp_path, tiny_model):
     config = write_config(tmp_path / "c.toml", model={"path": str(tiny_model)})
     proc = cardcam("capture", "--simulate", "--config", str(config), "--label", "0", "--count", "5",
