@@ -114,6 +114,29 @@ def test_conv2d_forward_matches_loops(n, h, w, cin, cout, k, padding, seed):
         assert out.shape == (n, h, w, cout)
 
 
+@pytest.mark.parametrize("m, k, n, layout", [
+    (25, 5000, 6, "C"),       # a weight gradient: inner blocks of 1024, and a remainder of 904
+    (9, 8192, 4, "F"),        # the same from a transposed patch matrix (cols.T), no remainder
+    (20000, 25, 6, "C"),      # a conv's patches times its kernel: blocks of rows
+    (20000, 25, 6, "F"),      # ... from a first layer's transposed patch rows
+    (64, 300, 120, "C"),      # a dense layer: one product
+    (3, 9000, 1, "C"),        # a matrix-vector product: one product
+])
+def test_matmul_blocks_give_the_product(m, k, n, layout):
+    """training.layers.matmul cuts products into blocks (of the inner axis, of rows): each form
+    gives a @ b, in a new array or into ``out``."""
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    a = a if layout == "C" else np.asfortranarray(a)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    tolerance = 2e-5 * np.sqrt(k) * np.abs(expected).max()
+    np.testing.assert_allclose(L.matmul(a, b), expected, atol=tolerance)
+    out = np.full((m, n), np.nan, np.float32)
+    assert L.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, expected, atol=tolerance)
+
+
 # --- ReLU, pooling, flatten, dense -----------------------------------------------------------
 
 def test_relu_gradient():
@@ -167,7 +190,8 @@ def test_dense_gradient():
 
 # --- BatchNorm -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(3, 4, 5, 3), (6, 4)], ids=["conv-4d", "dense-2d"])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 3), (6, 4), (2, 4, 4, 1), (2, 8, 8, 2)],
+                         ids=["conv-4d", "dense-2d", "one-channel", "rows-of-256"])
 def test_batchnorm_training_gradient(shape):
     rng = np.random.default_rng(4)
     c = shape[-1]
