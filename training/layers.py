@@ -130,7 +130,7 @@ class Conv2D(Layer):
         ksize, cin, cout = k.shape[0], k.shape[2], k.shape[3]
         d2 = dout.reshape(-1, cout)
         self.grads["kernel"] = matmul(cols2.T, d2).reshape(k.shape)
-        self.grads["bias"] = d2.sum(axis=0)
+        self.grads["bias"] = _column_sums(d2)
         if not need_dx:
             return None
         dxp = np.zeros(xp_shape, dtype=dout.dtype)
