@@ -52,7 +52,7 @@ def _trainer_process() -> None:
     threadpool_limits(1, user_api="blas")
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no mallopt(), or (Windows) no C library by that name
         return
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     mallopt(_M_TRIM_THRESHOLD, 1 << 30)
@@ -82,7 +82,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         if cut < k:
             out += a[:, cut:] @ b[cut:]
         return out
-    rows = _ROWS_MAX // (k * n)
+    rows = _ROWS_MAX // (k * n) if k * n else 0
     if rows and m > rows and out.flags.c_contiguous:
         least = -(-m // rows)
         for blocks in range(least, min(m, 4 * least) + 1):
