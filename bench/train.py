@@ -5,9 +5,10 @@
 Keras (training.keras_model.KerasLearner, the `--trainer keras` path) trains the same net on the
 same inputs in the same run; without the keras extra its column prints as "-" (JSON null). Seconds
 are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads each library takes
-by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy: OpenBLAS,
-whose products training.layers.matmul keeps on one thread each). Both get one warm-up pass first
-(allocation, Keras' graph tracing), then ``--epochs`` timed epochs (default 2), the best kept.
+by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy: one
+thread, its BLAS kept on one by training.layers). Both get one warm-up pass first (allocation,
+Keras' graph tracing), then ``--epochs`` timed epochs each (default 2), NumPy and Keras in turns,
+the best of each kept.
 The CPU columns (process CPU seconds, all threads) tell how much of each wall time was work when
 other processes share the cores.
 """
@@ -27,17 +28,21 @@ from training.nets import ARCHS, Network
 from training.optim import Adam
 
 
-def timed(fn, epochs: int) -> tuple[float, float]:
-    """(best wall seconds, CPU seconds of that run) over `epochs` calls of fn."""
-    best = (float("inf"), float("inf"))
+def timed(fns: list, epochs: int) -> list:
+    """[(best wall seconds, CPU seconds of that run)] for each fn, over ``epochs`` calls of each,
+    taken in turns (fn1, fn2, fn1, fn2, ...) so that a burst of other work on the machine falls
+    on both trainers alike."""
+    best = [(float("inf"), float("inf"))] * len(fns)
     for _ in range(epochs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
+        for i, fn in enumerate(fns):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            best[i] = min(best[i], (time.perf_counter() - wall, time.process_time() - cpu))
     return best
 
 
-def numpy_epoch_seconds(arch_name: str, samples: int, batch: int = 64, epochs: int = 2) -> tuple[float, float]:
+def numpy_epoch(arch_name: str, samples: int, batch: int = 64):
+    """One NumPy trainer epoch over ``samples`` inputs, as a function (warmed up)."""
     arch = ARCHS[arch_name](10)
     rng = np.random.default_rng(0)
     net = Network(arch["layers"], arch["input_shape"], rng)
@@ -52,10 +57,12 @@ def numpy_epoch_seconds(arch_name: str, samples: int, batch: int = 64, epochs: i
             loss, d = softmax_cross_entropy(net.logits(x[i:i + batch], training=True), y[i:i + batch])
             net.backward(d, input_grad=False)
             opt.step()
-    return timed(epoch, epochs)
+    return epoch
 
 
-def keras_epoch_seconds(arch_name: str, samples: int, batch: int = 64, epochs: int = 2) -> tuple | None:
+def keras_epoch(arch_name: str, samples: int, batch: int = 64):
+    """One Keras epoch of the same net on the same inputs, as a function (traced), or None
+    without the keras extra."""
     from training.keras_model import KerasLearner, KerasMissing
 
     arch = ARCHS[arch_name](10)
@@ -68,7 +75,7 @@ def keras_epoch_seconds(arch_name: str, samples: int, batch: int = 64, epochs: i
     y = rng.integers(0, 10, samples)
     order = np.arange(samples)
     learner.fit_epoch(x[:batch * 2], y[:batch * 2], order[:batch * 2], 1e-3, batch)  # warm-up: tracing
-    return timed(lambda: learner.fit_epoch(x, y, order, 1e-3, batch), epochs)
+    return lambda: learner.fit_epoch(x, y, order, 1e-3, batch)
 
 
 def main() -> None:
@@ -81,8 +88,9 @@ def main() -> None:
         print(f"{'arch':<10}{'numpy s/epoch':>15}{'keras s/epoch':>15}{'numpy/keras':>13}{'numpy cpu s':>13}"
               f"{'keras cpu s':>13}   ({args.samples} inputs, best of {args.epochs} epochs)")
     for name in ("lenet5", "dwengo", "digitnet"):
-        s, s_cpu = numpy_epoch_seconds(name, args.samples, epochs=args.epochs)
-        k, k_cpu = keras_epoch_seconds(name, args.samples, epochs=args.epochs) or (None, None)
+        numpy_fn, keras_fn = numpy_epoch(name, args.samples), keras_epoch(name, args.samples)
+        times = timed([numpy_fn, keras_fn] if keras_fn else [numpy_fn], args.epochs)
+        (s, s_cpu), (k, k_cpu) = times[0], times[1] if keras_fn else (None, None)
         r = {"arch": name, "samples": args.samples, "numpy_s_per_epoch": round(s, 3),
              "keras_s_per_epoch": round(k, 3) if k is not None else None,
              "numpy_over_keras": round(s / k, 2) if k else None,
