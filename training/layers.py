@@ -83,7 +83,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             out += a[:, cut:] @ b[cut:]
         return out
     rows = _ROWS_MAX // (k * n) if k * n else 0
-    if rows and m > rows and out.flags.c_contiguous:
+    if rows and m > rows and m * k * n >= 1 << 20 and out.flags.c_contiguous:  # smaller: the blocks' overhead wins
         least = -(-m // rows)
         for blocks in range(least, min(m, 4 * least) + 1):
             if m % blocks == 0:  # a's rows as a stack of blocks: a view, whatever a's strides
@@ -119,7 +119,8 @@ class Conv2D(Layer):
         else:
             cols2 = nn.im2col(xp, ksize).reshape(n * ho * wo, -1)  # one copy
         out = matmul(cols2, k.reshape(-1, cout))
-        out += self.params["bias"]
+        wide, r = _wide(out)  # + bias along rows of ~256 numbers, not of cout
+        wide += np.tile(self.params["bias"], r)
         self.cache = (x.shape, xp.shape, cols2)
         return out.reshape(n, ho, wo, cout)
 
