@@ -256,11 +256,10 @@ def _wide(flat: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Sums over rows of a (or of a * b) for (pixels, C) arrays. NumPy's axis-0 sum is slow for
-    few columns, a product with a ones vector is fast only for few (OpenBLAS threads the rest):
-    einsum's own loops, except for 1-4 columns, where the product is ~15x faster."""
-    if a.shape[1] > 4:
-        return np.einsum("ij,ij->j", a, b) if b is not None else np.einsum("ij->j", a)
+    """Sums over rows of a (or of a * b) for (pixels, C) arrays, as a ones vector times them on
+    one BLAS thread: NumPy's axis-0 sum runs rows of C numbers, and einsum's loops were 2-8x
+    slower for 2 to 32 columns (193600x2: 0.08 ms against 0.66)."""
+    _trainer_process()
     return _ones(len(a), a.dtype) @ (a * b if b is not None else a)
 
 
