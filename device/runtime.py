@@ -486,7 +486,7 @@ class TfliteRuntime:
             # The default op resolver, with XNNPACK: without it (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
             # int8 lenet5 used 0.8 MB less RSS but an invoke took 2.5x longer (~20 -> ~50 us) and
             # gave other int8 scores. What litert costs in RSS is its library's pages (~11 MB
-            # touched at load, ~1.7 MB in use), which the daemon drops once running (device.memory).
+            # touched at load, ~1.7 MB of them in use once running).
             self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
             self._interpreter.allocate_tensors()
         except Exception as e:  # the interpreters raise ValueError/RuntimeError on a bad flatbuffer
