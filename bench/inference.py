@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def interpreter(module: str, label: str):
     try:
-        return label, _package_version(label), importlib.import_module(module).Interpreter
+        found = importlib.import_module(module)
     except ImportError:
         return None
+    return label, _package_version(label, found), found.Interpreter
 
 
 def tflite_models(bundle) -> tuple[bytes | None, bytes | None]:

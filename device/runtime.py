@@ -450,9 +450,9 @@ def tflite_interpreter():
     return _INTERPRETER or None
 
 
-def _package_version(label: str, module=None) -> str:
+def _package_version(label: str, module) -> str:
     # The package's own __version__ first: importlib.metadata costs ~0.9 MB of RSS for one string.
-    top = importlib.import_module(module.__name__.split(".")[0]) if module is not None else None
+    top = importlib.import_module(module.__name__.split(".")[0])
     if isinstance(getattr(top, "__version__", None), str):
         return top.__version__
     from importlib.metadata import PackageNotFoundError, version
