@@ -516,7 +516,6 @@ def _resize(picture, size: tuple, box=None, frame=None) -> np.ndarray:
 # (640 -> 96: 7, 6, 7 pixels in every 20), and the sums are whole-array additions. Pillow then
 # does the (6x cheaper) pass along columns on that result, exactly as it would have.
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
-_LANES = np.uint32(0x00FF00FF)  # bytes 0 and 2 of a 32-bit word, as two 16-bit lanes
 
 
 @lru_cache(maxsize=16)
