@@ -268,7 +268,7 @@ class _Grid:
 
     def grow(self, bits: int, k: int) -> int:
         """Dilation with a k x k square (k - 1 <= the guard)."""
-        lo, hi = (k - 1) // 2, k - 1 - (k - 1) // 2
+        hi = k - 1 - (k - 1) // 2  # the window reaches hi pixels after its centre, k - 1 - hi before
         for step in (1, self.stride):  # along rows, then along columns
             span = 1
             while span * 2 <= k:
