@@ -43,8 +43,8 @@ from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training.data import CardSet, load_task, split
 from training.nets import ARCHS
-from training.trainer import (TrainConfig, accuracy, as_float, epoch_score, learning_rate, make_learner,
-                              prepare_inputs)
+from training.trainer import (TrainConfig, as_float, epoch_score, learning_rate, make_learner, prepare_inputs,
+                              validation)
 
 RESULTS = "runs.jsonl"
 RESULT_VERSION = 1  # bump when what a run measures changes, so old lines are not reused
@@ -252,11 +252,7 @@ def train_run(settings: Settings, layers: list, input_shape, labels: list, seed:
         learner.fit_epoch(x_train, y_train, order, learning_rate(cfg, epoch), cfg.batch_size)
         seconds += time.perf_counter() - t
         p_val, p_cam = learner.predict(x_val), learner.predict(x_cam)
-        record = {  # a card whose ink was not found counts as wrong, as in training
-            "val_accuracy": accuracy(p_val, data["y_val"]) * len(x_val) / val_cards,
-            "val_camera_accuracy": accuracy(p_cam, data["y_cam"]) * len(x_cam) / val_cards,
-            "val_loss": float(-np.log(np.clip(p_val[np.arange(len(x_val)), data["y_val"]], 1e-12, None)).mean()),
-        }
+        record = validation(p_val, data["y_val"], p_cam, data["y_cam"], val_cards)
         if best is None or epoch_score(record) > best[0]:
             best = (epoch_score(record), epoch, record, learner.weights())
         if not np.isfinite(record["val_loss"]):

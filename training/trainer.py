@@ -91,6 +91,14 @@ def _loss(probs, labels) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
+def validation(p_val, y_val, p_cam, y_cam, val_cards: int) -> dict:
+    """One epoch's validation figures, unrounded. A card whose ink was not found counts as
+    wrong (the Pi would show nothing for it): accuracies are over all ``val_cards``."""
+    return {"val_loss": _loss(p_val, y_val),
+            "val_accuracy": accuracy(p_val, y_val) * len(y_val) / val_cards,
+            "val_camera_accuracy": accuracy(p_cam, y_cam) * len(y_cam) / val_cards}
+
+
 class NumpyLearner:
     """training.layers + training.optim, one epoch at a time (KerasLearner is its Keras twin)."""
 
@@ -164,11 +172,7 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         record = {
             "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
             "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
-            # A card whose ink was not found counts as wrong: the Pi would show nothing for it.
-            "val_loss": round(_loss(p_val, y_val), 5),
-            "val_accuracy": round(accuracy(p_val, y_val) * len(y_val) / len(val_idx), 5),
-            "val_camera_accuracy": round(accuracy(p_cam, y_cam) * len(y_cam) / len(val_idx), 5),
-        }
+        } | {k: round(v, 5) for k, v in validation(p_val, y_val, p_cam, y_cam, len(val_idx)).items()}
         log_lines.append(record)
         score = epoch_score(record)
         if best is None or score > best[0]:
