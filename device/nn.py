@@ -128,6 +128,11 @@ def weight_names(layers: list[LayerShape]) -> dict:
     return {f"L{l.index}.{n}": s for l in layers for n, s in l.weights.items()}
 
 
+def parameter_count(layers: list[LayerShape]) -> int:
+    """How many numbers the architecture's arrays hold."""
+    return sum(int(np.prod(s)) for l in layers for s in l.weights.values())
+
+
 # --- forward operations (NHWC, float32) ------------------------------------------------------
 
 def pad_same(x: np.ndarray, k: int) -> np.ndarray:

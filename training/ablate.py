@@ -264,7 +264,7 @@ def train_run(settings: Settings, layers: list, input_shape, labels: list, seed:
         "val_accuracy": round(record["val_accuracy"], 5),
         "val_camera_accuracy": round(record["val_camera_accuracy"], 5),
         "train_seconds": round(seconds, 3),
-        "parameters": sum(int(np.prod(s)) for s in nn.weight_names(nn.infer_shapes(layers, input_shape)).values()),
+        "parameters": nn.parameter_count(nn.infer_shapes(layers, input_shape)),
         "inference_ms": round(inference_ms(layers, input_shape, weights, labels, x_val[:1]), 4),
     }
 

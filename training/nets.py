@@ -184,4 +184,4 @@ class Network:
                     group[n] = np.array(weights[f"L{i}.{n}"], dtype=group[n].dtype)
 
     def parameter_count(self) -> int:
-        return sum(int(np.prod(s)) for l in self.shapes for s in l.weights.values())
+        return nn.parameter_count(self.shapes)

@@ -421,8 +421,8 @@ def render_html(model, data: str | None = None, out=None) -> Path:
 
     layers = nn.infer_shapes(bundle.architecture, bundle.input_shape)
     rows = [(l.index, l.spec["type"], ", ".join(f"{k}={v}" for k, v in l.spec.items() if k != "type"),
-             "x".join(map(str, l.output_shape)), f"{sum(int(np.prod(s)) for s in l.weights.values()):,}") for l in layers]
-    total = sum(int(np.prod(s)) for l in layers for s in l.weights.values())
+             "x".join(map(str, l.output_shape)), f"{nn.parameter_count([l]):,}") for l in layers]
+    total = nn.parameter_count(layers)
     parts.append(f"<h2>Network ({total:,} weights, input {'x'.join(map(str, bundle.input_shape))})</h2>"
                  + _table(["layer", "type", "settings", "output", "weights"], rows, left=3))
 
