@@ -17,7 +17,7 @@ from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
 from training.nets import ARCHS
 from training.optim import OPTIMISERS
-from training.trainer import TrainConfig, as_float, make_inputs, train
+from training.trainer import TrainConfig, as_float, confusion_matrix, make_inputs, predict_labels, train
 
 # The defaults that give the shipped models (models/README.md).
 DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet", "smiley": "smileynet"}
@@ -107,14 +107,10 @@ def cmd_evaluate(args) -> int:
     jobs = [(int(i), kind, 999 + k % frames) for k, i in enumerate(idx)]
     x, kept = make_inputs(cards.cards, jobs, bundle.preprocess, bundle.input_shape, 0)
     y = to_model[cards.labels[idx]]
-    pred = np.full(len(idx), -1)
-    probs = np.concatenate([runtime.predict(as_float(x[i:i + 256])) for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 1))
-    pred[kept] = probs.argmax(axis=1) if len(x) else []
+    pred, _ = predict_labels(runtime, as_float(x), kept, len(idx))
     labels = bundle.labels
     n = len(labels)
-    confusion = np.zeros((n, n + 1), np.int64)  # last column: no ink found
-    for t, p in zip(y, pred):
-        confusion[t, p if p >= 0 else n] += 1
+    confusion = confusion_matrix(y, pred, n)
     acc = float((pred == y).mean())
     per_class = {labels[c]: float(confusion[c, c] / max(1, confusion[c].sum())) for c in range(n)}
     result = {"model": str(args.model), "data": args.data, "split": args.split if not Path(args.data).is_dir() else "all",

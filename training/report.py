@@ -30,7 +30,7 @@ from device import nn
 from device.bundle import Bundle, load_bundle
 from device.runtime import make_runtime
 from training.data import CardSet, DataError, load_folder, load_task, split
-from training.trainer import as_float, make_inputs
+from training.trainer import as_float, confusion_matrix, make_inputs, predict_labels
 
 PICTURES = {
     "curves": ("curves.png", "Loss and accuracy per epoch"),
@@ -92,23 +92,14 @@ class Validation:
             x, kept = make_inputs(cards.cards, [(int(i), kind, variant) for i in val_idx], bundle.preprocess,
                                   bundle.input_shape, 0, processes=1 if len(val_idx) <= 200 else None)
             x = as_float(x)
-            probs = np.concatenate([runtime.predict(x[i:i + 256]) for i in range(0, len(x), 256)]) \
-                if len(x) else np.zeros((0, len(bundle.labels)), np.float32)
+            pred, conf = predict_labels(runtime, x, kept, len(val_idx))
             y = to_model[cards.labels[val_idx]]
-            pred = np.full(len(val_idx), -1)  # -1: no ink found, which counts as wrong
-            pred[kept] = probs.argmax(axis=1) if len(x) else []
-            conf = np.zeros(len(val_idx), np.float32)
-            conf[kept] = probs.max(axis=1) if len(x) else []
             inputs = np.zeros((len(val_idx), *bundle.input_shape), np.float32)
             inputs[kept] = x
             self.sets[kind] = {"x": inputs, "y": y, "pred": pred, "confidence": conf}
 
     def confusion(self, kind: str, classes: int) -> np.ndarray:
-        s = self.sets[kind]
-        out = np.zeros((classes, classes + 1), np.int64)  # last column: no ink found
-        for t, p in zip(s["y"], s["pred"]):
-            out[t, p if p >= 0 else classes] += 1
-        return out
+        return confusion_matrix(self.sets[kind]["y"], self.sets[kind]["pred"], classes)
 
     def accuracy(self, kind: str) -> float:
         s = self.sets[kind]

@@ -87,6 +87,25 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
 
 
+def predict_labels(runtime, x: np.ndarray, kept, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, confidences) for ``count`` pictures, of which those at ``kept`` had ink found and
+    are the float inputs ``x``, run in batches of 256. Where no ink was found: label -1 (which
+    counts as wrong) and confidence 0."""
+    pred, confidence = np.full(count, -1), np.zeros(count, np.float32)
+    if len(x):
+        probs = np.concatenate([runtime.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+        pred[kept], confidence[kept] = probs.argmax(axis=1), probs.max(axis=1)
+    return pred, confidence
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
+    """Counts, rows: true class, columns: predicted class, and a last column for no ink found (-1)."""
+    out = np.zeros((classes, classes + 1), np.int64)
+    for t, p in zip(y, pred):
+        out[t, p if p >= 0 else classes] += 1
+    return out
+
+
 def _loss(probs, labels) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
