@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import best_of, random_bundle
+from _common import best_of, in_turns, random_bundle
 
 from device.bundle import Bundle, load_bundle
 from device.runtime import NumpyRuntime, TfliteRuntime, _package_version
@@ -61,11 +61,7 @@ def times_ms(runtimes: dict, x, rounds: int = 9, number: int = 50) -> dict:
     load from another process falls on all of them alike, not on whichever ran then."""
     for rt in runtimes.values():
         rt.predict(x)
-    best = dict.fromkeys(runtimes, float("inf"))
-    for _ in range(rounds):
-        for key, rt in runtimes.items():
-            best[key] = min(best[key], best_of(lambda: rt.predict(x), repeats=1, number=number) * 1000)
-    return best
+    return in_turns(runtimes, rounds, lambda rt: best_of(lambda: rt.predict(x), repeats=1, number=number) * 1000)
 
 
 def measure(bundle, threads: int) -> dict:

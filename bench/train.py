@@ -21,24 +21,18 @@ import time
 
 import numpy as np
 
-import _common  # noqa: F401  (puts the repo on sys.path)
+from _common import in_turns  # (also puts the repo on sys.path)
 
 from training.layers import softmax_cross_entropy
 from training.nets import ARCHS, Network
 from training.optim import Adam
 
 
-def timed(fns: list, epochs: int) -> list:
-    """[(best wall seconds, CPU seconds of that run)] for each fn, over ``epochs`` calls of each,
-    taken in turns (fn1, fn2, fn1, fn2, ...) so that a burst of other work on the machine falls
-    on both trainers alike."""
-    best = [(float("inf"), float("inf"))] * len(fns)
-    for _ in range(epochs):
-        for i, fn in enumerate(fns):
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            best[i] = min(best[i], (time.perf_counter() - wall, time.process_time() - cpu))
-    return best
+def wall_and_cpu(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of fn."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def numpy_epoch(arch_name: str, samples: int, batch: int = 64):
@@ -88,9 +82,10 @@ def main() -> None:
         print(f"{'arch':<10}{'numpy s/epoch':>15}{'keras s/epoch':>15}{'numpy/keras':>13}{'numpy cpu s':>13}"
               f"{'keras cpu s':>13}   ({args.samples} inputs, best of {args.epochs} epochs)")
     for name in ("lenet5", "dwengo", "digitnet"):
-        numpy_fn, keras_fn = numpy_epoch(name, args.samples), keras_epoch(name, args.samples)
-        times = timed([numpy_fn, keras_fn] if keras_fn else [numpy_fn], args.epochs)
-        (s, s_cpu), (k, k_cpu) = times[0], times[1] if keras_fn else (None, None)
+        trainers = {"numpy": numpy_epoch(name, args.samples), "keras": keras_epoch(name, args.samples)}
+        # Epochs in turns, NumPy then Keras, best (wall, CPU) of each kept.
+        times = in_turns({k: fn for k, fn in trainers.items() if fn}, args.epochs, wall_and_cpu)
+        (s, s_cpu), (k, k_cpu) = times["numpy"], times.get("keras", (None, None))
         r = {"arch": name, "samples": args.samples, "numpy_s_per_epoch": round(s, 3),
              "keras_s_per_epoch": round(k, 3) if k is not None else None,
              "numpy_over_keras": round(s / k, 2) if k else None,
