@@ -174,6 +174,32 @@ def test_maxpool_forward_matches_loops(h, w, size, seed):
     np.testing.assert_array_equal(nn.maxpool2d(x, size), expected)
 
 
+@pytest.mark.parametrize("size", [2, 3])
+def test_pool_then_relu_is_relu_then_pool_exactly(size):
+    """Network runs a max-pool before the ReLU that precedes it: the same numbers both ways,
+    gradients included, on windows with tied maxima, zeros and no positive value."""
+    rng = np.random.default_rng(size)
+    x = rng.integers(-3, 3, (4, 3 * size + 1, 2 * size, 3)).astype(np.float32)  # many ties
+    dout = rng.standard_normal((4, 3, 2, 3)).astype(np.float32)
+    relu, pool = L.ReLU(), L.MaxPool2D(size)
+    spec_order = pool.forward(relu.forward(x, True), True)
+    spec_dx = relu.backward(pool.backward(dout))
+    relu, pool = L.ReLU(), L.MaxPool2D(size)
+    run_order = relu.forward(pool.forward(x, True), True)
+    run_dx = pool.backward(relu.backward(dout))
+    assert (x.reshape(-1) == 0).any() and (x < 0).any()
+    np.testing.assert_array_equal(run_order, spec_order)
+    np.testing.assert_array_equal(run_dx, spec_dx)
+
+
+def test_network_runs_a_pool_before_the_relu_before_it():
+    net = Network(ARCHS["smileynet"](3)["layers"], (48, 48, 1), np.random.default_rng(0))
+    kinds = [type(net.layers[i]).__name__ for i in net.order]
+    assert kinds[:4] == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D"]
+    assert kinds[4:8] == ["BatchNorm", "MaxPool2D", "ReLU", "Conv2D"]
+    assert sorted(net.order) == list(range(len(net.layers)))  # weights keep their layer numbers
+
+
 def test_flatten_gradient():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 2, 3, 4))

@@ -103,6 +103,19 @@ def smileynet(classes: int) -> dict:
 ARCHS = {"lenet5": lenet5, "dwengo": dwengo, "digitnet": digitnet, "smileynet": smileynet}
 
 
+def _pool_before_relu(layers: list) -> list:
+    """The order to run layers in: their own, except that a max-pool right after a ReLU runs
+    first, so the ReLU works on a map size*size times smaller (lenet5: 0.15 ms of a 7 ms step).
+    The two commute exactly, values and gradients: max(relu(x)) = relu(max(x)); where the
+    window's maximum is positive both send its gradient to the same first maximum, and where
+    it is not, both send none."""
+    order = list(range(len(layers)))
+    for k in range(len(order) - 1):
+        if type(layers[order[k]]) is L.ReLU and type(layers[order[k + 1]]) is L.MaxPool2D:
+            order[k], order[k + 1] = order[k + 1], order[k]
+    return order
+
+
 class Network:
     """A Sequential network built from layer specs. Weights are float32 unless asked otherwise
     (gradient checks use float64)."""
@@ -112,6 +125,7 @@ class Network:
         self.input_shape = tuple(input_shape)
         self.shapes = nn.infer_shapes(architecture, input_shape)
         self.layers = [self._make(s, rng, dtype) for s in self.shapes]
+        self.order = _pool_before_relu(self.layers)
 
     @staticmethod
     def _make(shape: nn.LayerShape, rng, dtype):
@@ -140,15 +154,15 @@ class Network:
         return L.Identity()  # softmax, fused into the loss
 
     def logits(self, x, training=False):
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        for i in self.order:
+            x = self.layers[i].forward(x, training)
         return x
 
     def backward(self, dlogits, input_grad=True):
         """Fill every layer's grads; returns d loss / d input, or None with ``input_grad=False``
         (training: then the first trained layer skips its input gradient, a conv's costliest part)."""
         first = next((i for i, l in enumerate(self.layers) if l.params), 0)
-        for i in range(len(self.layers) - 1, -1, -1):
+        for i in reversed(self.order):
             layer = self.layers[i]
             if i == first and not input_grad and isinstance(layer, (L.Conv2D, L.Dense)):
                 layer.backward(dlogits, need_dx=False)
