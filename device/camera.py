@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.preprocess import ImageError, load_image
+from device.preprocess import ImageError, load_frame
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -217,7 +217,7 @@ class ReplaySource(FrameSource):
             frames = []
             for f in files:
                 try:
-                    frames.append(np.round(load_image(f) * 255).astype(np.uint8))
+                    frames.append(load_frame(f))
                 except ImageError as e:
                     raise CameraError(str(e)) from None
             self._frames = frames
@@ -225,7 +225,7 @@ class ReplaySource(FrameSource):
             self._open_video()
         elif self.path.is_file():
             try:
-                self._frames = [np.round(load_image(self.path) * 255).astype(np.uint8)]
+                self._frames = [load_frame(self.path)]
             except ImageError as e:
                 raise CameraError(str(e)) from None
         else:

@@ -101,6 +101,24 @@ class Prepared:
 
 def load_image(path) -> np.ndarray:
     """Grey levels in [0, 1] (float32, H x W) from an image file; ImageError names the file."""
+    return _read_image(path, to_gray)
+
+
+def load_frame(path) -> np.ndarray:
+    """An image file as a camera frame: 8-bit grey (uint8, H x W), the grey levels of
+    load_image rounded to 8 bits; ImageError names the file. An 8-bit file is never converted
+    to float on the way, so replaying a folder holds its frames and nothing else."""
+    return _read_image(path, _frame)
+
+
+def _frame(image) -> np.ndarray:
+    picture = to_picture(image)
+    if picture.mode == "L":
+        return np.array(picture)
+    return np.round(_pixels(picture) * 255).astype(np.uint8)
+
+
+def _read_image(path, convert) -> np.ndarray:
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -109,7 +127,7 @@ def load_image(path) -> np.ndarray:
                 _check_size(im.size, path)
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                return to_gray(im)
+                return convert(im)
     except ImageError:
         raise
     except FileNotFoundError:

@@ -11,6 +11,7 @@ from PIL import Image
 from daemon_fixtures import STAND_IN_DIR
 from device.camera import (SAMPLES_DIR, CameraError, Picamera2Source, ReplayFinished, ReplaySource, make_source,
                            samples_source)
+from device.preprocess import load_image
 
 
 def write(folder, values):
@@ -43,6 +44,23 @@ def test_replay_frames_are_grey_uint8(tmp_path):
     with ReplaySource(folder, fps=0) as src:
         frame = src.read()
     assert frame.dtype == np.uint8 and frame.shape == (48, 64)
+
+
+def test_replay_frames_are_the_grey_levels_rounded_to_8_bits(tmp_path):
+    """Whatever the file's mode: 8-bit grey as is, colour, 16-bit and alpha as load_image reads them."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.fromarray(levels).save(folder / "a-grey.png")
+    Image.fromarray(np.stack([levels, levels.T, levels[::-1]], -1)).save(folder / "b-rgb.png")
+    Image.fromarray(levels.astype(np.uint16) * 257 + 100).save(folder / "c-16bit.png")
+    Image.fromarray(np.stack([levels.T, levels, levels, levels[::-1]], -1)).save(folder / "d-rgba.png")
+    with ReplaySource(folder, fps=0) as src:
+        frames = [src.read() for _ in range(4)]
+    np.testing.assert_array_equal(frames[0], levels)
+    for frame, name in zip(frames, sorted(p.name for p in folder.iterdir())):
+        assert frame.dtype == np.uint8
+        np.testing.assert_array_equal(frame, np.round(load_image(folder / name) * 255).astype(np.uint8), err_msg=name)
 
 
 def test_replay_paces_frames_at_its_rate(tmp_path):
