@@ -1,6 +1,5 @@
 """The daemon's parts on their own: sd_notify over a real socket, the model file watcher, model checks."""
 
-import json
 import os
 import socket
 import time

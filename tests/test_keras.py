@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from device.bundle import Bundle, load_bundle, make_meta, save_bundle  # noqa: E402
+from device.bundle import Bundle, load_bundle, make_meta  # noqa: E402
 from device.preprocess import PreprocessSettings  # noqa: E402
 from device.runtime import NumpyRuntime, TfliteRuntime, make_runtime  # noqa: E402
 from training.data import split  # noqa: E402

@@ -4,7 +4,7 @@ import io
 import time
 
 import pytest
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 
 from device.outputs import Outputs, TerminalRenderer
 
