@@ -141,8 +141,9 @@ def pad_same(x: np.ndarray, k: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
 
 
-def im2col(x: np.ndarray, k: int) -> np.ndarray:
-    """(N, H, W, C) -> (N, H-k+1, W-k+1, k*k*C), patch order (kh, kw, C) to match HWIO kernels.
+def im2col(x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W, C) -> (N, H-k+1, W-k+1, k*k*C), patch order (kh, kw, C) to match HWIO kernels;
+    into ``out`` (C-contiguous, that shape) if given.
 
     Copied one kernel row at a time: in NHWC, a patch's row is k*C contiguous numbers, so each
     of the k copies moves runs of k*C (6x faster than one copy of the transposed window view,
@@ -150,7 +151,7 @@ def im2col(x: np.ndarray, k: int) -> np.ndarray:
     x = np.ascontiguousarray(x)
     n, h, w, c = x.shape
     ho, wo = h - k + 1, w - k + 1
-    cols = np.empty((n, ho, wo, k, k * c), x.dtype)
+    cols = np.empty((n, ho, wo, k, k * c), x.dtype) if out is None else out.reshape(n, ho, wo, k, k * c)
     s = x.strides
     for i in range(k):
         cols[:, :, :, i, :] = np.lib.stride_tricks.as_strided(x[:, i:], (n, ho, wo, k * c), s, writeable=False)

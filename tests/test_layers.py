@@ -114,6 +114,24 @@ def test_conv2d_forward_matches_loops(n, h, w, cin, cout, k, padding, seed):
         assert out.shape == (n, h, w, cout)
 
 
+def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
+    """Patches built and multiplied a few images at a time (7 images in groups of 3, 3, 1):
+    the same output and gradients as in one piece."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 9, 9, 3))
+    kernel, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    dout = rng.standard_normal((7, 9, 9, 4))
+    results = []
+    for group_bytes in (1 << 40, 3 * 81 * 27 * 8):
+        monkeypatch.setattr(L, "_PATCH_GROUP_BYTES", group_bytes)
+        layer = L.Conv2D(kernel, bias, "same")
+        out = layer.forward(x, True)
+        results.append((out, layer.backward(dout), layer.grads["kernel"]))
+    np.testing.assert_allclose(results[1][0], conv_reference(x, kernel, bias, "same"), rtol=1e-10, atol=1e-10)
+    for whole, grouped in zip(*results):
+        np.testing.assert_allclose(grouped, whole, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("m, k, n, layout", [
     (25, 5000, 6, "C"),       # a weight gradient: inner blocks of 1024, and a remainder of 904
     (9, 8192, 4, "F"),        # the same from a transposed patch matrix (cols.T), no remainder
