@@ -619,16 +619,22 @@ def _shrink_rows(frame: np.ndarray, out_w: int) -> np.ndarray | None:
     for i, (parts, coefficient) in enumerate(outputs):
         lanes = None
         for j, even, odd in parts:
-            part = words[j] & even
-            shifted = words[j] >> eight
-            shifted &= odd
-            part += shifted
+            if not odd:  # only even bytes of this word are in the run
+                part = words[j] & even
+            else:
+                part = words[j] >> eight
+                part &= odd
+                if even:
+                    part += words[j] & even
             if lanes is None:
                 lanes = part
             else:
                 lanes += part
-        sums = lanes & np.uint32(0xFFFF)
-        sums += lanes >> np.uint32(16)
+        # The run's sum is the two 16-bit lanes' sum (< 2**16, a group is at most 256 pixels):
+        # lanes * 0x10001 = low + ((low + high) << 16) (mod 2**32) puts it in the upper lane.
+        lanes *= np.uint32(0x10001)
+        sums = lanes
+        sums >>= np.uint32(16)
         # Pillow's fixed-point normalisation: (sum * coefficient + 2**21) >> 22, at most 255
         # (the coefficient is 2**22 / n rounded, the sum at most 255 n).
         sums *= coefficient
