@@ -307,11 +307,13 @@ class _Grid:
         vertices = _hull_vertices(self.unpack(bits))
         if len(vertices) < 3:  # a line or a dot: nothing to fill
             return bits
-        # Pillow fills the polygon on an 8-bit canvas as wide as a row with its guard bits (the
-        # hull stays left of them): the canvas's bytes are this grid's layout, one byte a bit.
+        # Pillow fills the polygon on an 8-bit canvas as wide as a row with its guard bits: the
+        # canvas's bytes are this grid's layout, one byte a bit. The picture's right border is
+        # not the canvas's, so whatever Pillow draws past it is cut off here (on ARM, its float
+        # edge arithmetic can reach one pixel past a vertex on that border).
         canvas = Image.new("L", (self.stride, self.h))
         ImageDraw.Draw(canvas).polygon(vertices, fill=1, outline=1)
-        return bits | _bits(np.frombuffer(canvas.tobytes(), np.uint8))
+        return bits | (_bits(np.frombuffer(canvas.tobytes(), np.uint8)) & self.valid)
 
     def fill(self, seed: int, allowed: int) -> int:
         """Every pixel of ``allowed`` 4-connected to ``seed``.
