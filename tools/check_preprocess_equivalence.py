@@ -8,7 +8,7 @@ and compares the Prepared results: reason and box identical, ink_fraction identi
 ``--tolerance`` (default 1e-5; the report says how many were bit-identical).
 
 Pictures, each under the settings and input shape of every shipped bundle of its task:
-- device/samples/*.png, read as the CLI reads files (float grey) and as replay frames (uint8);
+- device/samples/*.png, read as the CLI reads files (float grey) and as replay reads them (uint8);
 - simulated camera frames (training.augment.camera_frame, fixed seeds) of cards from the
   digits01, digits and smiley tasks, plus the same frames with light ink on dark ("ink": "light");
 - clean and jittered training cards (what the trainer also feeds through preprocessing).
@@ -63,9 +63,8 @@ def pictures(camera: int, clean: int, seed: int, tasks=("digits01", "digits", "s
     from training import augment
 
     for f in sorted(SAMPLES_DIR.glob("*.png")):
-        gray = current.load_image(f)
-        yield f"samples/{f.name} float", None, gray, False
-        yield f"samples/{f.name} uint8", None, np.round(gray * 255).astype(np.uint8), False
+        yield f"samples/{f.name} float", None, current.load_image(f), False
+        yield f"samples/{f.name} uint8", None, current.load_frame(f), False
     for t, task in enumerate(tasks):
         cards = task_cards(task, max(camera, clean), seed)
         for i in range(camera):
