@@ -126,6 +126,7 @@ class Network:
         self.shapes = nn.infer_shapes(architecture, input_shape)
         self.layers = [self._make(s, rng, dtype) for s in self.shapes]
         self.order = _pool_before_relu(self.layers)
+        self.first_trained = next((i for i, l in enumerate(self.layers) if l.params), 0)
 
     @staticmethod
     def _make(shape: nn.LayerShape, rng, dtype):
@@ -161,10 +162,9 @@ class Network:
     def backward(self, dlogits, input_grad=True):
         """Fill every layer's grads; returns d loss / d input, or None with ``input_grad=False``
         (training: then the first trained layer skips its input gradient, a conv's costliest part)."""
-        first = next((i for i, l in enumerate(self.layers) if l.params), 0)
         for i in reversed(self.order):
             layer = self.layers[i]
-            if i == first and not input_grad and isinstance(layer, (L.Conv2D, L.Dense)):
+            if i == self.first_trained and not input_grad and isinstance(layer, (L.Conv2D, L.Dense)):
                 layer.backward(dlogits, need_dx=False)
                 return None
             dlogits = layer.backward(dlogits)
