@@ -23,7 +23,6 @@ import numpy as np
 
 from _common import in_turns  # (also puts the repo on sys.path)
 
-from training.layers import softmax_cross_entropy
 from training.nets import ARCHS, Network
 from training.optim import Adam
 
@@ -48,8 +47,7 @@ def numpy_epoch(arch_name: str, samples: int, batch: int = 64):
 
     def epoch():
         for i in range(0, samples, batch):
-            loss, d = softmax_cross_entropy(net.logits(x[i:i + batch], training=True), y[i:i + batch])
-            net.backward(d, input_grad=False)
+            net.loss_and_grads(x[i:i + batch], y[i:i + batch])
             opt.step()
     return epoch
 
