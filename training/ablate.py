@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,7 @@ from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training.data import CardSet, load_task, split
 from training.nets import ARCHS
-from training.trainer import (TrainConfig, as_float, epoch_score, learning_rate, make_learner, prepare_inputs,
-                              validation)
+from training.trainer import TrainConfig, as_float, epoch_score, make_learner, prepare_inputs, run_epochs
 
 RESULTS = "runs.jsonl"
 RESULT_VERSION = 1  # bump when what a run measures changes, so old lines are not reused
@@ -204,7 +203,7 @@ class Settings:
         return TrainConfig(task=self.task, arch=self.arch, epochs=self.epochs, seed=seed, batch_size=self.batch_size,
                            optimizer=self.optimizer, lr=self.lr, jitter_variants=self.jitter_variants,
                            camera_variants=self.camera_variants, trainer=self.trainer,
-                           preprocess=dict(self.preprocess) or None, processes=1)
+                           preprocess=dict(self.preprocess) or None)
 
 
 def run_key(settings: Settings, layers: list, input_shape, seed: int, data_sha: str) -> str:
@@ -238,21 +237,16 @@ def inference_ms(layers: list, input_shape, weights: dict, labels: list, x1: np.
 
 
 def train_run(settings: Settings, layers: list, input_shape, labels: list, seed: int, data: dict) -> dict:
-    """Train one variant with one seed; the kept epoch is chosen as `cardcam-train train` does."""
+    """Train one variant with one seed; the kept epoch is chosen by `cardcam-train train`'s score
+    (here on the unrounded figures; train scores its log line, rounded to 5 decimals)."""
     cfg = settings.config(seed)
     rng = np.random.default_rng(seed)
     learner = make_learner(cfg, layers, input_shape, rng)
-    x_train, y_train = data["x_train"], data["y_train"]
-    val_cards = int(data["val_cards"])
-    x_val, x_cam = as_float(data["x_val"]), as_float(data["x_cam"])
     best, seconds = None, 0.0
-    for epoch in range(1, cfg.epochs + 1):
-        order = rng.permutation(len(x_train))
-        t = time.perf_counter()
-        learner.fit_epoch(x_train, y_train, order, learning_rate(cfg, epoch), cfg.batch_size)
-        seconds += time.perf_counter() - t
-        p_val, p_cam = learner.predict(x_val), learner.predict(x_cam)
-        record = validation(p_val, data["y_val"], p_cam, data["y_cam"], val_cards)
+    for epoch, _, epoch_seconds, _, _, record in run_epochs(
+            cfg, learner, rng, data["x_train"], data["y_train"], data["x_val"], data["y_val"], data["x_cam"],
+            data["y_cam"], int(data["val_cards"])):
+        seconds += epoch_seconds
         if best is None or epoch_score(record) > best[0]:
             best = (epoch_score(record), epoch, record, learner.weights())
         if not np.isfinite(record["val_loss"]):
@@ -265,7 +259,7 @@ def train_run(settings: Settings, layers: list, input_shape, labels: list, seed:
         "val_camera_accuracy": round(record["val_camera_accuracy"], 5),
         "train_seconds": round(seconds, 3),
         "parameters": nn.parameter_count(nn.infer_shapes(layers, input_shape)),
-        "inference_ms": round(inference_ms(layers, input_shape, weights, labels, x_val[:1]), 4),
+        "inference_ms": round(inference_ms(layers, input_shape, weights, labels, as_float(data["x_val"][:1])), 4),
     }
 
 
@@ -388,7 +382,6 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
 
     # The same inputs for every run: made once here, handed to the workers as a file.
     cfg = settings.config(seed)
-    cfg = replace(cfg, processes=None)
     train_idx, val_idx = split(cards, cfg.val_fraction)
     t = time.perf_counter()
     arrays = prepare_inputs(cfg, cards, train_idx, val_idx, PreprocessSettings.from_dict(preprocess), input_shape)

@@ -180,18 +180,12 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
     out.parent.mkdir(parents=True, exist_ok=True)
     best = None
     log_lines = []
-    for epoch in range(1, cfg.epochs + 1):
-        lr = learning_rate(cfg, epoch)
-        order = rng.permutation(len(x_train))
-        t_epoch = time.perf_counter()
-        train_loss, train_accuracy = learner.fit_epoch(x_train, y_train, order, lr, cfg.batch_size,
-                                                       f"epoch {epoch}/{cfg.epochs}" if progress else None)
-        seconds = time.perf_counter() - t_epoch
-        p_val, p_cam = learner.predict(as_float(x_val)), learner.predict(as_float(x_cam))
+    for epoch, lr, seconds, train_loss, train_accuracy, figures in run_epochs(
+            cfg, learner, rng, x_train, y_train, x_val, y_val, x_cam, y_cam, len(val_idx), progress):
         record = {
             "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
             "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
-        } | {k: round(v, 5) for k, v in validation(p_val, y_val, p_cam, y_cam, len(val_idx)).items()}
+        } | {k: round(v, 5) for k, v in figures.items()}
         log_lines.append(record)
         score = epoch_score(record)
         if best is None or score > best[0]:
@@ -231,6 +225,23 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         for line in log_lines:
             f.write(json.dumps(line) + "\n")
     return bundle
+
+
+def run_epochs(cfg: TrainConfig, learner, rng, x_train, y_train, x_val, y_val, x_cam, y_cam, val_cards: int,
+               progress: bool = False):
+    """Train ``cfg.epochs`` epochs, each in a new random order and at its learning rate; after
+    each, yield (epoch, lr, seconds of training, training loss, training accuracy, validation
+    figures). The one epoch loop of `cardcam-train train` and of the ablation runs."""
+    x_val, x_cam = as_float(x_val), as_float(x_cam)
+    for epoch in range(1, cfg.epochs + 1):
+        lr = learning_rate(cfg, epoch)
+        order = rng.permutation(len(x_train))
+        t = time.perf_counter()
+        loss, accuracy = learner.fit_epoch(x_train, y_train, order, lr, cfg.batch_size,
+                                           f"epoch {epoch}/{cfg.epochs}" if progress else None)
+        seconds = time.perf_counter() - t
+        figures = validation(learner.predict(x_val), y_val, learner.predict(x_cam), y_cam, val_cards)
+        yield epoch, lr, seconds, loss, accuracy, figures
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
