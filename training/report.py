@@ -85,12 +85,11 @@ class Validation:
         to_model = np.array([bundle.labels.index(n) for n in cards.names])
         fraction = (bundle.meta.get("provenance", {}).get("config") or {}).get("val_fraction", 0.15)
         _, val_idx = split(cards, fraction)
-        self.cards = len(val_idx)
         runtime = make_runtime(bundle, "numpy")
         self.sets = {}
         for kind, variant in (("clean", 0), ("camera", 999)):
             x, kept = make_inputs(cards.cards, [(int(i), kind, variant) for i in val_idx], bundle.preprocess,
-                                  bundle.input_shape, 0, processes=1 if len(val_idx) <= 200 else None)
+                                  bundle.input_shape, 0)
             x = as_float(x)
             pred, conf = predict_labels(runtime, x, kept, len(val_idx))
             y = to_model[cards.labels[val_idx]]
