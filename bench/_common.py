@@ -25,18 +25,6 @@ def best_of(fn, repeats: int = 5, number: int = 1) -> float:
     return best
 
 
-def in_turns(fns: dict, rounds: int, measure) -> dict:
-    """The smallest ``measure(fn)`` per name, taking the functions in turn, round after round:
-    a burst of load from another process falls on all of them alike, not on whichever ran then."""
-    best = {}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            value = measure(fn)
-            if name not in best or value < best[name]:
-                best[name] = value
-    return best
-
-
 def random_bundle(arch_name: str, classes: int = 10, seed: int = 0) -> Bundle:
     """An untrained bundle of an architecture, for timing only."""
     from training.nets import ARCHS, Network

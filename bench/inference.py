@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import best_of, in_turns, random_bundle
+from _common import best_of, random_bundle
 
 from device.bundle import Bundle, load_bundle
-from device.runtime import NumpyRuntime, TfliteRuntime, _package_version
+from device.runtime import NumpyRuntime, TfliteRuntime, _package_version, in_turns
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from _common import in_turns  # (also puts the repo on sys.path)
+import _common  # noqa: F401  (puts the repo on sys.path)
 
+from device.runtime import in_turns
 from training.nets import ARCHS, Network
 from training.optim import Adam
 

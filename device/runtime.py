@@ -401,13 +401,23 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
 
 
 def _fastest(candidates: dict, rounds: int = 9) -> str:
-    """Name of the fastest function: each timed once per round, round-robin, best round kept,
-    so a burst of load from another process does not decide against one of them."""
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            best[name] = min(best[name], _best_time(fn, 1, name=name))
+    """Name of the fastest function, timed in turns (in_turns), best round kept."""
+    timers = {name: partial(_best_time, fn, 1, name=name) for name, fn in candidates.items()}
+    best = in_turns(timers, rounds, lambda timer: timer())
     return min(best, key=best.get)
+
+
+def in_turns(fns: dict, rounds: int, measure) -> dict:
+    """The smallest ``measure(fn)`` per name, taking the functions in turn, round after round:
+    a burst of load from another process falls on all of them alike, not on whichever ran then.
+    (The benchmarks in bench/ use it too.)"""
+    best = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            value = measure(fn)
+            if name not in best or value < best[name]:
+                best[name] = value
+    return best
 
 
 def _run(steps):
