@@ -378,14 +378,19 @@ class Daemon:
             self.pipeline.set_model(bundle, runtime)
             self.reloads += 1
         self.model_error = None
-        if self.live is not None:
-            self.live.set_model(bundle, self.config.model.runtime, self.config.model.threads, runtime.description)
+        self._show_model()
         verb = "model loaded" if running is None else "model reloaded"
         self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
                  f"runtime {runtime.description}) from {path}")
         self._check_outputs(bundle)
         self.write_state("running" if self.ready else "starting")
         return True
+
+    def _show_model(self) -> None:
+        """Tell the web page (if it is on) which model runs."""
+        if self.live is not None and self.pipeline is not None:
+            self.live.set_model(self.pipeline.bundle, self.config.model.runtime, self.config.model.threads,
+                                self.pipeline.runtime.description)
 
     def _check_outputs(self, bundle) -> None:
         missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
@@ -451,9 +456,7 @@ class Daemon:
         if self.live is None:
             self.live = LiveState()
         self.write_state("running" if self.ready else "starting")  # the page's status from the start
-        if self.pipeline is not None:
-            self.live.set_model(self.pipeline.bundle, self.config.model.runtime, self.config.model.threads,
-                                self.pipeline.runtime.description)
+        self._show_model()
         try:
             self.web = WebServer(self.live, web.host, web.port, log=self.log).start()
         except OSError as e:

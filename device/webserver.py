@@ -114,7 +114,7 @@ def decode_upload(body: bytes, content_type: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(body), formats=["PNG", "JPEG"])
+            im = Image.open(io.BytesIO(body), formats=sorted(set(UPLOAD_TYPES.values())))
             w, h = im.size
             if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
                 raise RequestError(400, f"image is {w}x{h}; sides from {MIN_SIDE} to {MAX_SIDE} pixels are accepted")
@@ -497,9 +497,3 @@ class WebServer:
         httpd.shutdown()
         httpd.server_close()
         self._thread.join(0.5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
