@@ -64,6 +64,16 @@ class Text(Kind):
         return value
 
 
+class Host(Text):
+    """An address to listen on: an IP address or a host name, no URL."""
+
+    def check(self, value):
+        host = super().check(value)
+        if not host or any(c.isspace() or c in "/[]" for c in host):
+            raise ValueError(f'must be an address like "127.0.0.1", "0.0.0.0" or "::", got {host!r}')
+        return host
+
+
 class Choice(Kind):
     def __init__(self, default, choices, doc=""):
         super().__init__(default, doc)
@@ -165,7 +175,7 @@ SCHEMA = {
     },
     "web": {
         "enabled": Bool(False, "serve the live web page and JSON API (device/webserver.py)"),
-        "host": Text("127.0.0.1", "address to listen on; 0.0.0.0 = every network (no password!)"),
+        "host": Host("127.0.0.1", "address to listen on; 0.0.0.0 = every network (no password!)"),
         "port": Number(8080, 0, 65535, integer=True, doc="0 = any free port (the log says which)"),
     },
 }
@@ -222,10 +232,6 @@ def _check_together(config: Config, where: str) -> None:
     c = config.camera
     if c.source == "replay" and not c.replay:
         raise ConfigError(f"{where}: [camera] replay must name a folder or video when source = \"replay\"")
-    host = config.web.host
-    if not host or any(c.isspace() or c in "/[]" for c in host):
-        raise ConfigError(f"{where}: [web] host must be an address like \"127.0.0.1\", \"0.0.0.0\" or \"::\", "
-                          f"got {host!r}")
     o = config.outputs
     used = {}
     pins = [(f"leds.\"{k}\"", v) for k, v in o.leds.items()] + [("status_led", o.status_led), ("buzzer", o.buzzer),
