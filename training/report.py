@@ -30,7 +30,7 @@ from device import nn
 from device.bundle import Bundle, load_bundle
 from device.runtime import make_runtime
 from training.data import CardSet, DataError, load_folder, load_task, split
-from training.trainer import as_float, confusion_matrix, make_inputs, predict_labels
+from training.trainer import as_float, confusion_matrix, epoch_log, make_inputs, predict_labels
 
 PICTURES = {
     "curves": ("curves.png", "Loss and accuracy per epoch"),
@@ -60,7 +60,7 @@ def _plt():
 
 def read_log(model) -> list[dict]:
     """The trainer's epoch log (NAME.train.jsonl), or [] when there is none."""
-    path = Path(model).with_suffix(".train.jsonl")
+    path = epoch_log(model)
     if not path.exists():
         return []
     records = []
@@ -177,34 +177,49 @@ def _grid(count: int) -> tuple[int, int]:
     return -(-count // cols), cols
 
 
-def plot_filters(bundle: Bundle, path: Path) -> None:
+def _message(path: Path, text: str, width: float = 4) -> None:
+    """A picture that only says why there is nothing to draw."""
     plt = _plt()
-    images, title = _first_weights(bundle)
-    if images is None:
-        fig = plt.figure(figsize=(4, 1.5), dpi=100)
-        fig.text(0.5, 0.5, title, ha="center", va="center")
-    else:
-        rows, cols = _grid(len(images))
-        fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.8, 1.3 * rows + 0.6), dpi=100, squeeze=False)
-        lim = float(np.abs(images).max()) or 1.0
-        for ax in axes.flat:
-            ax.axis("off")
-        for i, (ax, im) in enumerate(zip(axes.flat, images)):
-            shown = ax.imshow(im, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_title(str(i + 1), fontsize=8)
-        fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8)
-        fig.suptitle(title + " (red positive, blue negative)", fontsize=9)
+    fig = plt.figure(figsize=(width, 1.5), dpi=100)
+    fig.text(0.5, 0.5, text, ha="center", va="center")
     fig.savefig(path)
     plt.close(fig)
 
 
-def block_outputs(bundle: Bundle, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(name, activations (h, w, c)) after each conv block (the layer before the next conv or the
-    flatten) for one input, with the bundle's weights in training.nets' inference forward pass."""
+def plot_filters(bundle: Bundle, path: Path) -> None:
+    images, title = _first_weights(bundle)
+    if images is None:
+        _message(path, title)
+        return
+    plt = _plt()
+    rows, cols = _grid(len(images))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.8, 1.3 * rows + 0.6), dpi=100, squeeze=False)
+    lim = float(np.abs(images).max()) or 1.0
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, im) in enumerate(zip(axes.flat, images)):
+        shown = ax.imshow(im, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(str(i + 1), fontsize=8)
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.suptitle(title + " (red positive, blue negative)", fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def bundle_network(bundle: Bundle):
+    """A training.nets Network with the bundle's weights."""
     from training.nets import Network
 
     net = Network(bundle.architecture, bundle.input_shape, np.random.default_rng(0))
     net.set_weights(bundle.weights)
+    return net
+
+
+def block_outputs(bundle: Bundle, x: np.ndarray, net=None) -> list[tuple[str, np.ndarray]]:
+    """(name, activations (h, w, c)) after each conv block (the layer before the next conv or the
+    flatten) for one input, with the bundle's weights in training.nets' inference forward pass
+    (``net``: bundle_network(bundle), when it is at hand)."""
+    net = net or bundle_network(bundle)
     out, block, a = [], 0, x[None]
     layers = bundle.architecture
     for i, (spec, layer) in enumerate(zip(layers, net.layers)):
@@ -233,7 +248,6 @@ def _mosaic(maps: np.ndarray, limit: int = 16) -> np.ndarray:
 
 
 def plot_feature_maps(bundle: Bundle, val: Validation, path: Path) -> None:
-    plt = _plt()
     s = val.sets["clean"]
     examples = []
     for c, label in enumerate(bundle.labels):
@@ -241,12 +255,11 @@ def plot_feature_maps(bundle: Bundle, val: Validation, path: Path) -> None:
         if len(idx):
             examples.append((label, int(idx[0])))
     if not examples:
-        fig = plt.figure(figsize=(4, 1.5), dpi=100)
-        fig.text(0.5, 0.5, "no validation picture with ink found", ha="center", va="center")
-        fig.savefig(path)
-        plt.close(fig)
+        _message(path, "no validation picture with ink found")
         return
-    blocks = [block_outputs(bundle, s["x"][i]) for _, i in examples]
+    plt = _plt()
+    net = bundle_network(bundle)
+    blocks = [block_outputs(bundle, s["x"][i], net) for _, i in examples]
     cols = 1 + len(blocks[0])
     fig, axes = plt.subplots(len(examples), cols, figsize=(2.1 * cols, 2.6 * len(examples) + 0.3), dpi=100, squeeze=False)
     cmap = plt.get_cmap("magma").with_extremes(bad="white")  # the gaps between channels
@@ -266,15 +279,12 @@ def plot_feature_maps(bundle: Bundle, val: Validation, path: Path) -> None:
 
 
 def plot_misclassified(bundle: Bundle, val: Validation, path: Path) -> None:
-    plt = _plt()
     wrong = [(kind, i) for kind in ("clean", "camera") for i in np.flatnonzero(val.sets[kind]["pred"] != val.sets[kind]["y"])]
     total = sum(len(s["y"]) for s in val.sets.values())
     if not wrong:
-        fig = plt.figure(figsize=(5, 1.5), dpi=100)
-        fig.text(0.5, 0.5, f"no mistakes: all {total} validation pictures right", ha="center", va="center")
-        fig.savefig(path)
-        plt.close(fig)
+        _message(path, f"no mistakes: all {total} validation pictures right", width=5)
         return
+    plt = _plt()
     shown = wrong[:MAX_MISTAKES]
     rows, cols = _grid(len(shown))
     fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.7 * rows + 0.5), dpi=100, squeeze=False)
@@ -421,7 +431,7 @@ def render_html(model, data: str | None = None, out=None) -> Path:
         path = paths.get(name)
         if path is None or not path.exists():
             parts.append(f'<p class="muted">{html.escape(caption)}: not available (no training log '
-                         f'{html.escape(str(model.with_suffix(".train.jsonl")))})</p>')
+                         f'{html.escape(str(epoch_log(model)))})</p>')
             continue
         data_uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f'<figure><img src="{data_uri}" alt="{html.escape(caption)}">'

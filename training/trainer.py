@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
 
     rng = np.random.default_rng(cfg.seed)
     learner = make_learner(cfg, arch["layers"], input_shape, rng)
-    log_path = out.with_suffix(".train.jsonl")
+    log = epoch_log(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     best = None
     log_lines = []
@@ -221,10 +221,15 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
     meta["arch"] = cfg.arch
     bundle = Bundle(meta, weights)
     save_bundle(bundle, out)
-    with open(log_path, "w") as f:
+    with open(log, "w") as f:
         for line in log_lines:
             f.write(json.dumps(line) + "\n")
     return bundle
+
+
+def epoch_log(model) -> Path:
+    """Where `train` writes a model's epoch log: NAME.train.jsonl beside NAME.npz."""
+    return Path(model).with_suffix(".train.jsonl")
 
 
 def run_epochs(cfg: TrainConfig, learner, rng, x_train, y_train, x_val, y_val, x_cam, y_cam, val_cards: int,
