@@ -30,7 +30,7 @@ from device import nn
 from device.bundle import Bundle, load_bundle
 from device.runtime import make_runtime
 from training.data import CardSet, DataError, load_folder, load_task, split
-from training.trainer import as_float, confusion_matrix, epoch_log, make_inputs, predict_labels
+from training.trainer import as_float, confusion_matrix, epoch_log, predict_labels, validation_inputs
 
 PICTURES = {
     "curves": ("curves.png", "Loss and accuracy per epoch"),
@@ -87,9 +87,7 @@ class Validation:
         _, val_idx = split(cards, fraction)
         runtime = make_runtime(bundle, "numpy")
         self.sets = {}
-        for kind, variant in (("clean", 0), ("camera", 999)):
-            x, kept = make_inputs(cards.cards, [(int(i), kind, variant) for i in val_idx], bundle.preprocess,
-                                  bundle.input_shape, 0)
+        for kind, (x, kept) in validation_inputs(cards.cards, val_idx, bundle.preprocess, bundle.input_shape).items():
             x = as_float(x)
             pred, conf = predict_labels(runtime, x, kept, len(val_idx))
             y = to_model[cards.labels[val_idx]]

@@ -277,12 +277,13 @@ def prepare_inputs(cfg: TrainConfig, cards: CardSet, train_idx, val_idx, setting
     jobs += [(int(i), "camera", 100 + v) for i in train_idx for v in range(cfg.camera_variants)]
     x_train, kept = make_inputs(cards.cards, jobs, settings, input_shape, cfg.seed, cfg.processes)
     y_train = cards.labels[[jobs[k][0] for k in kept]]
-    # Validation: the clean cards, and each card once through the camera (seed fixed, so every
-    # training seed is judged on the same frames).
-    x_val, kept_val = make_inputs(cards.cards, [(int(i), "clean", 0) for i in val_idx], settings,
-                                  input_shape, 0, cfg.processes)
-    y_val = cards.labels[val_idx[kept_val]]
-    x_cam, kept_cam = make_inputs(cards.cards, [(int(i), "camera", 999) for i in val_idx], settings,
-                                  input_shape, 0, cfg.processes)
-    y_cam = cards.labels[val_idx[kept_cam]]
-    return x_train, y_train, x_val, y_val, x_cam, y_cam
+    validation_sets = validation_inputs(cards.cards, val_idx, settings, input_shape, cfg.processes)
+    (x_val, kept_val), (x_cam, kept_cam) = validation_sets["clean"], validation_sets["camera"]
+    return x_train, y_train, x_val, cards.labels[val_idx[kept_val]], x_cam, cards.labels[val_idx[kept_cam]]
+
+
+def validation_inputs(cards: list, val_idx, settings, input_shape, processes=None) -> dict:
+    """{"clean": (inputs, kept), "camera": (inputs, kept)}: the validation cards clean, and each
+    once through the camera (seed fixed, so every training seed is judged on the same frames)."""
+    return {kind: make_inputs(cards, [(int(i), kind, variant) for i in val_idx], settings, input_shape, 0, processes)
+            for kind, variant in (("clean", 0), ("camera", 999))}
