@@ -155,8 +155,10 @@ def _bundle_from_bytes(data: bytes, path: Path) -> Bundle:
             raise BundleError(f"{where}: contains pickled objects, which are never loaded") from None
         raise BundleError(f"{where}: not a cardcam model bundle ({e})") from None
     # Damaged compressed data surfaces from zipfile as zlib.error, NotImplementedError (a garbled
-    # compression method) or RuntimeError (a garbled "encrypted" flag).
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error, NotImplementedError, RuntimeError) as e:
+    # compression method), RuntimeError (a garbled "encrypted" flag) or, on 32-bit Python,
+    # OverflowError (a garbled entry offset too large to seek to: found on armv7l).
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error, NotImplementedError, RuntimeError,
+            OverflowError) as e:
         raise BundleError(f"{where}: not a readable .npz file (truncated or corrupt: {e})") from None
     if "meta" not in arrays:
         raise BundleError(f"{where}: no 'meta' entry; not a cardcam model bundle")

@@ -104,6 +104,18 @@ def test_corrupted_bytes(saved):
     assert_one_line(e)
 
 
+def test_an_entry_offset_past_any_file_is_refused(saved):
+    """A central-directory entry whose local-header offset gained its top bit (>= 2**31): 32-bit
+    Python cannot even seek there (OverflowError, seen on armv7l), 64-bit finds nothing there."""
+    data = bytearray(saved.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first central-directory entry
+    data[entry + 45] |= 0x80  # high byte of its 4-byte "relative offset of local header"
+    saved.write_bytes(bytes(data))
+    with refused(saved, "corrupt|not a") as e:
+        load_bundle(saved)
+    assert_one_line(e)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_single_corrupted_byte_is_refused_or_harmless(saved, bundle, data):
