@@ -1,12 +1,14 @@
 """NumPy trainer seconds per epoch, per architecture, on the same synthetic batch stream.
 
-    python bench/train.py [--json] [--samples N]
+    python bench/train.py [--json] [--samples N] [--threads N]
 
 Keras (training.keras_model.KerasLearner, the `--trainer keras` path) trains the same net on the
 same inputs in the same run; without the keras extra its column prints as "-" (JSON null). Seconds
 are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads each library takes
-by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy: one
-thread, its BLAS kept on one by training.layers). Both get one warm-up pass first (allocation,
+by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy:
+training.parallel's threads for the convolutions, ``--threads`` or CARDCAM_TRAIN_THREADS, default
+one per core other processes leave free, each product on one BLAS thread; the JSON says how many
+as ``numpy_threads``). Both get one warm-up pass first (allocation,
 Keras' graph tracing), then ``--epochs`` timed epochs each (default 2), NumPy and Keras in turns,
 the best of each kept.
 The CPU columns (process CPU seconds, all threads) tell how much of each wall time was work when
@@ -24,6 +26,7 @@ import numpy as np
 import _common  # noqa: F401  (puts the repo on sys.path)
 
 from device.runtime import in_turns
+from training import parallel
 from training.nets import ARCHS, Network
 from training.optim import Adam
 
@@ -76,10 +79,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per trainer, best kept (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="NumPy trainer threads (default: CARDCAM_TRAIN_THREADS, else one per free core)")
     args = parser.parse_args()
+    if args.threads is not None:
+        parallel.set_threads(args.threads)
     if not args.json:
         print(f"{'arch':<10}{'numpy s/epoch':>15}{'keras s/epoch':>15}{'numpy/keras':>13}{'numpy cpu s':>13}"
-              f"{'keras cpu s':>13}   ({args.samples} inputs, best of {args.epochs} epochs)")
+              f"{'keras cpu s':>13}   ({args.samples} inputs, best of {args.epochs} epochs, "
+              f"numpy on {parallel.threads()} thread{'s' if parallel.threads() > 1 else ''})")
     for name in ("lenet5", "dwengo", "digitnet"):
         trainers = {"numpy": numpy_epoch(name, args.samples), "keras": keras_epoch(name, args.samples)}
         # Epochs in turns, NumPy then Keras, best (wall, CPU) of each kept.
@@ -89,7 +97,8 @@ def main() -> None:
              "keras_s_per_epoch": round(k, 3) if k is not None else None,
              "numpy_over_keras": round(s / k, 2) if k else None,
              "numpy_cpu_s_per_epoch": round(s_cpu, 3),
-             "keras_cpu_s_per_epoch": round(k_cpu, 3) if k_cpu is not None else None}
+             "keras_cpu_s_per_epoch": round(k_cpu, 3) if k_cpu is not None else None,
+             "numpy_threads": parallel.threads()}
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -115,7 +115,7 @@ def test_conv2d_forward_matches_loops(n, h, w, cin, cout, k, padding, seed):
 
 
 def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
-    """Patches built and multiplied a few images at a time (7 images in groups of 3, 3, 1):
+    """Patches built and multiplied a few images at a time (7 images in groups of 2, 2, 3):
     the same output and gradients as in one piece."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((7, 9, 9, 3))

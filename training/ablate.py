@@ -41,6 +41,7 @@ from device import nn
 from device.bundle import Bundle, make_meta
 from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
+from training import parallel
 from training.data import CardSet, load_task, split
 from training.nets import ARCHS
 from training.trainer import TrainConfig, as_float, epoch_score, make_learner, prepare_inputs, run_epochs
@@ -267,7 +268,7 @@ def train_run(settings: Settings, layers: list, input_shape, labels: list, seed:
 
 _DATA: dict = {}
 SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                 "NUMEXPR_NUM_THREADS")
+                 "NUMEXPR_NUM_THREADS", parallel.ENV)
 
 
 def _worker_init(data_path: str, trainer: str):
@@ -293,8 +294,10 @@ def _worker_run(job):
 
 
 def _pool(jobs: int, data_path: Path, trainer: str):
-    """A spawn pool whose workers start with one BLAS thread each (the variables are read when
-    NumPy loads, so they are set for the children only and put back at once)."""
+    """A spawn pool whose workers start with one BLAS thread and one trainer thread
+    (training.parallel) each, the runs sharing the cores (the variables are read when NumPy
+    loads and on a worker's first convolution, so they are set for the children only and put
+    back at once)."""
     from multiprocessing import get_context
 
     saved = {k: os.environ.get(k) for k in SINGLE_THREAD}

@@ -16,6 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from device import nn
+from training import parallel
 
 
 class Layer:
@@ -34,9 +35,12 @@ class Layer:
 # OpenBLAS runs a product on every core once m*n*k > 65536*4. Threaded, with another process
 # busy on the other core (the usual state of a shared laptop, and of this project's CI), products
 # took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms); so the trainer keeps
-# OpenBLAS (and any other BLAS NumPy uses) on one thread, from the first product on.
+# OpenBLAS (and any other BLAS NumPy uses) on one thread, from the first product on. The cores
+# are used by training.parallel instead: its threads wait without spinning, and run the pieces a
+# convolution is cut into (each still one-threaded OpenBLAS).
 _ROWS_MAX = 65536 * 4 - 1  # multiply-adds per block of rows (cache-sized: faster than one call)
 _INNER_BLOCK = 1024  # length of the inner axis per block
+_BLOCKS_PER_PIECE = 4  # inner blocks per piece of work for training.parallel's threads
 _PATCH_GROUP_BYTES = 4 << 20  # a conv's patches are built and multiplied this much at a time
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
 
@@ -65,7 +69,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     blocks runs in C):
     - a weight gradient (small m and n, the pixels of a batch as the inner axis): blocks of 1024
       along the inner axis, summed (25x50176x6: 0.26 ms instead of 0.82; 400x16384x32: 6.1
-      instead of 6.2-10);
+      instead of 6.2-10); pieces of 4 blocks run on training.parallel's threads;
     - a conv's patches times its kernel (tall a, narrow b): blocks of rows (16384x400x32: 5.4 ms
       instead of 6.8);
     - anything else in one call: small products, and any b that is a transposed view (a dense
@@ -78,8 +82,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if k >= 4 * _INNER_BLOCK and k > 4 * max(m, n) and min(m, n) > 1:
         blocks = k // _INNER_BLOCK
         cut = blocks * _INNER_BLOCK
-        parts = np.matmul(a[:, :cut].reshape(m, blocks, _INNER_BLOCK).transpose(1, 0, 2),
-                          b[:cut].reshape(blocks, _INNER_BLOCK, n))
+        a_blocks = a[:, :cut].reshape(m, blocks, _INNER_BLOCK).transpose(1, 0, 2)
+        b_blocks = b[:cut].reshape(blocks, _INNER_BLOCK, n)
+        parts = np.empty((blocks, m, n), out.dtype)
+        pieces = [slice(i, i + _BLOCKS_PER_PIECE) for i in range(0, blocks, _BLOCKS_PER_PIECE)]
+        parallel.each(lambda s: np.matmul(a_blocks[s], b_blocks[s], out=parts[s]), pieces)
         np.sum(parts, axis=0, out=out)
         if cut < k:
             out += a[:, cut:] @ b[cut:]
@@ -97,7 +104,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 class Conv2D(Layer):
-    """Stride 1, 'same' or 'valid' padding, as im2col + matrix products."""
+    """Stride 1, 'same' or 'valid' padding, as im2col + matrix products, a group of pictures at
+    a time (image_groups): each group's patches are multiplied while they are still in the
+    cache, and the groups run on training.parallel's threads."""
 
     def __init__(self, kernel, bias, padding="valid"):
         super().__init__()
@@ -110,25 +119,36 @@ class Conv2D(Layer):
         xp = nn.pad_same(x, ksize) if self.padding == "same" else x
         n, hp, wp, cin = xp.shape
         ho, wo = hp - ksize + 1, wp - ksize + 1
+        per_image = ho * wo
+        kernel2 = k.reshape(-1, cout)
         if cin == 1:
             # One channel (a first layer): the patch matrix stored transposed, one row per kernel
             # offset, each a slice copy of whole image rows; 20x faster than the strided copy.
-            rows = np.empty((ksize * ksize, n, ho, wo), x.dtype)
-            for i in range(ksize):
-                for j in range(ksize):
-                    rows[i * ksize + j] = xp[:, i:i + ho, j:j + wo, 0]
-            cols2 = rows.reshape(ksize * ksize, -1).T
-            out = matmul(cols2, k.reshape(-1, cout))
+            offsets = np.empty((ksize * ksize, n, ho, wo), x.dtype)
+            cols2 = offsets.reshape(ksize * ksize, -1).T
         else:
-            cols2, out = _patches_times_kernel(xp, k)
-        wide, r = _wide(out)  # + bias along rows of ~256 numbers, not of cout
-        wide += np.tile(self.params["bias"], r)
-        self.cache = (x.shape, xp.shape, cols2)
+            cols2 = np.empty((n * per_image, ksize * ksize * cin), xp.dtype)
+        out = np.empty((n * per_image, cout), np.result_type(xp, k))
+        groups = image_groups(n, per_image * cols2.shape[1] * cols2.itemsize)
+
+        def group(images: slice):
+            rows = slice(images.start * per_image, images.stop * per_image)
+            if cin == 1:
+                for i in range(ksize):
+                    for j in range(ksize):
+                        offsets[i * ksize + j, images] = xp[images, i:i + ho, j:j + wo, 0]
+            else:
+                nn.im2col(xp[images], ksize, out=cols2[rows])
+            matmul(cols2[rows], kernel2, out=out[rows])
+            wide, r = _wide(out[rows])  # + bias along rows of ~256 numbers, not of cout
+            wide += np.tile(self.params["bias"], r)
+        parallel.each(group, groups)
+        self.cache = (x.shape, xp.shape, cols2, groups)
         return out.reshape(n, ho, wo, cout)
 
     def backward(self, dout, need_dx=True):
         """``need_dx=False``: the first layer's input gradient is not needed by training."""
-        x_shape, xp_shape, cols2 = self.cache
+        x_shape, xp_shape, cols2, groups = self.cache
         k = self.params["kernel"]
         ksize, cin, cout = k.shape[0], k.shape[2], k.shape[3]
         d2 = dout.reshape(-1, cout)
@@ -136,37 +156,37 @@ class Conv2D(Layer):
         self.grads["bias"] = _column_sums(d2)
         if not need_dx:
             return None
-        dxp = np.zeros(xp_shape, dtype=dout.dtype)
+        dxp = np.empty(xp_shape, dtype=dout.dtype)
         n, ho, wo = dout.shape[:3]
-        part = np.empty((n * ho * wo, cin), dout.dtype)
-        part4 = part.reshape(n, ho, wo, cin)
-        for i in range(ksize):  # each kernel offset's share, added where it came from (col2im
-            for j in range(ksize):  # without the k*k-times-larger patch-gradient matrix)
-                matmul(d2, k[i, j].T, out=part)
-                dxp[:, i:i + ho, j:j + wo, :] += part4
+        per_image = ho * wo
+
+        def group(images: slice):
+            d2s = d2[images.start * per_image:images.stop * per_image]
+            dxs = dxp[images]
+            dxs[...] = 0
+            part = np.empty((len(d2s), cin), dout.dtype)
+            part4 = part.reshape(-1, ho, wo, cin)
+            for i in range(ksize):  # each kernel offset's share, added where it came from (col2im
+                for j in range(ksize):  # without the k*k-times-larger patch-gradient matrix)
+                    matmul(d2s, k[i, j].T, out=part)
+                    dxs[:, i:i + ho, j:j + wo, :] += part4
+        parallel.each(group, groups)
         if self.padding == "same":
             lo = (ksize - 1) // 2
             return dxp[:, lo:lo + x_shape[1], lo:lo + x_shape[2], :]
         return dxp
 
 
-def _patches_times_kernel(xp: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(patch matrix, patches @ kernel) of a padded input, a few images at a time: each group's
-    patches are multiplied while they are still in the cache, not written out whole and read
-    back (digitnet's second conv, 16384x400 patches per batch: forward 8.6 ms instead of 10.3 in
-    a training step). The whole patch matrix is kept for the kernel's gradient."""
-    ksize, cout = kernel.shape[0], kernel.shape[-1]
-    n, hp, wp, cin = xp.shape
-    ho, wo = hp - ksize + 1, wp - ksize + 1
-    cols2 = np.empty((n * ho * wo, ksize * ksize * cin), xp.dtype)
-    out = np.empty((n * ho * wo, cout), np.result_type(xp, kernel))
-    per_image = ho * wo
-    images = max(1, _PATCH_GROUP_BYTES // (cols2.itemsize * cols2.shape[1] * per_image))
-    for first in range(0, n, images):
-        rows = slice(first * per_image, min(n, first + images) * per_image)
-        nn.im2col(xp[first:first + images], ksize, out=cols2[rows])
-        matmul(cols2[rows], kernel.reshape(-1, cout), out=out[rows])
-    return cols2, out
+def image_groups(n: int, bytes_per_image: int) -> list[slice]:
+    """A batch of n pictures cut into groups of about equal size, each with at most
+    _PATCH_GROUP_BYTES of patches (building them, then multiplying them while they are still in
+    the cache: digitnet's second conv forward 8.6 ms instead of 10.3 per step), and in at least
+    two groups from _PATCH_GROUP_BYTES / 4 on (work for a second thread). The cut depends on the
+    sizes only, never on the threads."""
+    total = n * bytes_per_image
+    count = min(n, max(-(-total // _PATCH_GROUP_BYTES), 2 if 4 * total >= _PATCH_GROUP_BYTES else 1))
+    bounds = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 class ReLU(Layer):

@@ -1,0 +1,119 @@
+"""Threads for the NumPy trainer's convolutions, the bulk of a training step.
+
+NumPy's copies and OpenBLAS's products release the GIL, so a convolution whose work is already
+cut into pieces (groups of pictures, blocks of the inner axis) can hand the pieces to threads and
+run on several cores at once. The pieces depend on the arrays' shapes only, never on the number
+of threads, and each piece does the same arithmetic wherever it runs: a run gives the same
+numbers, bit for bit, on one thread or eight (a model stays reproducible whatever the machine's
+load at the time).
+
+How many threads: ``CARDCAM_TRAIN_THREADS`` if set, else the cores other processes leave free
+(free_cores), at most ``MAX_THREADS``; ``set_threads(1)`` runs everything on the calling thread.
+The ablation lab starts one worker process per core with ``CARDCAM_TRAIN_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+ENV = "CARDCAM_TRAIN_THREADS"
+MAX_THREADS = 8
+
+_threads: int | None = None  # None: not decided yet (read on first use)
+_pool: ThreadPoolExecutor | None = None
+
+
+def threads() -> int:
+    """The number of threads pieces are shared among (1: all on the calling thread)."""
+    global _threads
+    if _threads is None:
+        value = os.environ.get(ENV, "").strip()
+        try:
+            n = int(value) if value else free_cores()
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{ENV}: must be a whole number >= 1, got {value!r}")
+        _threads = min(n, MAX_THREADS)
+    return _threads
+
+
+def free_cores() -> int:
+    """os.cpu_count() less the cores other processes keep busy (the 1-minute load average,
+    rounded), at least 1. A thread without a core of its own only costs: on a 2-core machine
+    with load 3-4, two threads made training steps 10-25 % slower than one (GIL hand-overs,
+    waits for a thread the scheduler runs late)."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        return cores
+    return max(1, cores - int(busy + 0.5))
+
+
+def set_threads(n: int) -> None:
+    """Use n threads from now on (1: everything on the calling thread)."""
+    global _threads, _pool
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"trainer threads must be a whole number >= 1, got {n!r}")
+    if _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _threads = min(n, MAX_THREADS)
+
+
+def _forget_pool():  # a forked child (the data preparation's workers) has none of the threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+class _Job:
+    """fn over a list of pieces, each taken by whichever thread asks next: when a helper thread
+    starts late (the machine is busy), the calling thread has done more of the pieces itself
+    instead of waiting for it."""
+
+    def __init__(self, fn, pieces):
+        self.fn, self.pieces = fn, pieces
+        self.error: BaseException | None = None
+        self._next = itertools.count()  # next() on it is atomic under the GIL
+        self._left = len(pieces)
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def work(self):
+        while (i := next(self._next)) < len(self.pieces):
+            try:
+                self.fn(self.pieces[i])
+            except BaseException as e:  # noqa: BLE001  (raised again on the calling thread)
+                self.error = e
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.done.set()
+
+
+def each(fn, pieces: list) -> None:
+    """fn(piece) for every piece, shared among the threads; returns when all are done (an
+    exception in any is raised here). fn writes its results into arrays of its own; pieces must
+    not overlap in what they write."""
+    global _pool
+    helpers = min(threads(), len(pieces)) - 1
+    if helpers < 1:
+        for piece in pieces:
+            fn(piece)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(threads() - 1, "cardcam-train")
+    job = _Job(fn, pieces)
+    for _ in range(helpers):
+        _pool.submit(job.work)
+    job.work()
+    job.done.wait()
+    if job.error is not None:
+        raise job.error
