@@ -7,7 +7,8 @@ prepared inputs and judged on the same validation cards, and the table says per 
 validation accuracy mean ± std, training seconds mean ± std and the Pi runtime's milliseconds
 for one picture.
 
-A *conv block* is a conv2d layer and the layers after it up to the next conv2d or the flatten.
+A *conv block* (training.nets.conv_blocks) is a conv2d layer and the layers after it up to the
+next conv2d or the flatten.
 Variant names (``--variants``, joined with ``+`` to combine, e.g. ``no-batchnorm+no-dropout``):
 
     baseline           the architecture as it is
@@ -43,7 +44,7 @@ from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training import parallel
 from training.data import CardSet, load_task, split
-from training.nets import ARCHS
+from training.nets import ARCHS, conv_blocks
 from training.trainer import TrainConfig, as_float, epoch_score, make_learner, prepare_inputs, run_epochs
 
 RESULTS = "runs.jsonl"
@@ -75,18 +76,6 @@ class Variant:
     description: str
     layers: list          # the changed layer specs
     skipped: str = ""     # why it cannot be trained (shape inference), else ""
-
-
-def conv_blocks(layers: list) -> list:
-    """Per layer: its conv block number (1, 2, ...) or 0 outside any block."""
-    out, block, inside = [], 0, False
-    for spec in layers:
-        if spec["type"] == "conv2d":
-            block, inside = block + 1, True
-        elif spec["type"] == "flatten":
-            inside = False
-        out.append(block if inside else 0)
-    return out
 
 
 def _change(layers: list, blocks: list, part: str) -> tuple[list, list, str]:

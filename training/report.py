@@ -217,14 +217,14 @@ def block_outputs(bundle: Bundle, x: np.ndarray, net=None) -> list[tuple[str, np
     """(name, activations (h, w, c)) after each conv block (the layer before the next conv or the
     flatten) for one input, with the bundle's weights in training.nets' inference forward pass
     (``net``: bundle_network(bundle), when it is at hand)."""
+    from training.nets import conv_blocks
+
     net = net or bundle_network(bundle)
-    out, block, a = [], 0, x[None]
-    layers = bundle.architecture
-    for i, (spec, layer) in enumerate(zip(layers, net.layers)):
+    out, a = [], x[None]
+    blocks = conv_blocks(bundle.architecture)
+    for block, after, layer in zip(blocks, blocks[1:] + [0], net.layers):
         a = layer.forward(a, training=False)
-        block += spec["type"] == "conv2d"
-        following = layers[i + 1]["type"] if i + 1 < len(layers) else "flatten"
-        if block and a.ndim == 4 and following in ("conv2d", "flatten"):
+        if block and after != block:  # the block's last layer
             out.append((f"conv block {block}", a[0]))
     return out
 
