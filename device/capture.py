@@ -98,7 +98,7 @@ def capture(args) -> int:
                 saved += 1
                 if prepared.found:
                     seen = out / "seen" / args.label / f"{stamp}.png"
-                    _save_png((prepared.input[:, :, 0] * 255).round().astype(np.uint8), seen)
+                    _save_png(prepared.input_bytes(), seen)
                     print(f"saved {raw} and {seen}")
                 else:
                     print(f"saved {raw}; warning: no card found in it ({prepared.reason}): "

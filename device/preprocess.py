@@ -96,6 +96,11 @@ class Prepared:
     def found(self) -> bool:
         return self.input is not None
 
+    def input_bytes(self) -> np.ndarray:
+        """The input as 8-bit greys (H, W uint8, ink 255), rounded half to even: what the
+        trainer keeps of a training picture, and what capture and the web page show."""
+        return (self.input[:, :, 0] * 255).round().astype(np.uint8)
+
 
 # --- reading pictures ------------------------------------------------------------------------
 
@@ -108,10 +113,12 @@ def load_frame(path) -> np.ndarray:
     """An image file as a camera frame: 8-bit grey (uint8, H x W), the grey levels of
     load_image rounded to 8 bits; ImageError names the file. An 8-bit file is never converted
     to float on the way, so replaying a folder holds its frames and nothing else."""
-    return _read_image(path, _frame)
+    return _read_image(path, to_frame)
 
 
-def _frame(image) -> np.ndarray:
+def to_frame(image) -> np.ndarray:
+    """8-bit grey (uint8, H x W) from a Pillow image of any mode or an array: to_gray's grey
+    levels rounded to 8 bits (an 8-bit picture as it is)."""
     picture = to_picture(image)
     if picture.mode == "L":
         return np.array(picture)

@@ -31,11 +31,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from device.cli import classify
-from device.preprocess import MAX_SIDE, MIN_SIDE, ImageError, to_picture
+from device.preprocess import MAX_SIDE, MIN_SIDE, ImageError, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
@@ -141,7 +140,7 @@ def input_picture(prepared, input_shape) -> Image.Image:
     black; all black when there was nothing to classify."""
     if prepared is None or prepared.input is None:
         return Image.new("L", (int(input_shape[1]), int(input_shape[0])), 0)
-    return Image.fromarray((np.clip(prepared.input[:, :, 0], 0.0, 1.0) * 255 + 0.5).astype(np.uint8), "L")
+    return Image.fromarray(prepared.input_bytes(), "L")
 
 
 def frame_thumbnail(frame, prepared) -> Image.Image:
@@ -149,9 +148,7 @@ def frame_thumbnail(frame, prepared) -> Image.Image:
     picture with one palette entry made red: PNG encodes it twice as fast as RGB, at two thirds the bytes."""
     picture = to_picture(frame)
     if picture.mode == "F":  # greys in [0, 1] (16-bit or float frames)
-        picture = picture.point(lambda v: v * 255)
-    if picture.mode != "L":
-        picture = picture.convert("L")
+        picture = Image.fromarray(to_frame(picture), "L")
     scale = THUMB_WIDTH / picture.width
     grey = picture.resize((THUMB_WIDTH, max(1, round(picture.height * scale))), Image.Resampling.BOX)
     thumb = Image.frombytes("P", grey.size, grey.point(lambda v: min(v, 254)).tobytes())

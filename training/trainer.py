@@ -41,7 +41,7 @@ def _make_input(job):
     prepared = preprocess(picture, _WORK["settings"], _WORK["input_shape"])
     if not prepared.found:
         return None
-    return (prepared.input[:, :, 0] * 255).round().astype(np.uint8)
+    return prepared.input_bytes()
 
 
 def make_inputs(cards: list, jobs: list, settings, input_shape, seed: int, processes=None):
