@@ -127,26 +127,33 @@ def to_frame(image) -> np.ndarray:
 
 def _read_image(path, convert) -> np.ndarray:
     path = Path(path)
+    return convert(open_image(path, path))
+
+
+def open_image(source, where, formats=None) -> Image.Image:
+    """A picture (a path or a file object), its size checked before it is decoded, loaded and
+    turned upright as its EXIF orientation says. ``formats``: Pillow's format names to accept
+    (default any). Anything wrong is an ImageError naming ``where``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _check_size(im.size, path)
+            with Image.open(source, formats=formats) as im:
+                _check_size(im.size, where)
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return convert(im)
+                return ImageOps.exif_transpose(im)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{where}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
+        raise ImageError(f"{where}: is a directory, not an image") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
+        what = f"a {' or '.join(formats)} picture" if formats else "an image Pillow can read"
+        raise ImageError(f"{where}: not {what}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: image is larger than {MAX_SIDE}x{MAX_SIDE} pixels") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise ImageError(f"{where}: image is larger than {MAX_SIDE}x{MAX_SIDE} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"{where}: cannot decode image ({e})") from None
 
 
 def _check_size(size, where) -> None:

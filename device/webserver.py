@@ -26,15 +26,14 @@ import json
 import socket
 import threading
 import time
-import warnings
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from device.cli import classify
-from device.preprocess import MAX_SIDE, MIN_SIDE, ImageError, to_frame, to_picture
+from device.preprocess import ImageError, open_image, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
@@ -111,22 +110,9 @@ def decode_upload(body: bytes, content_type: str):
     if not body:
         raise RequestError(400, "empty body: send the picture as the request body")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(body), formats=sorted(set(UPLOAD_TYPES.values())))
-            w, h = im.size
-            if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
-                raise RequestError(400, f"image is {w}x{h}; sides from {MIN_SIDE} to {MAX_SIDE} pixels are accepted")
-            im.load()
-            return ImageOps.exif_transpose(im)
-    except RequestError:
-        raise
-    except UnidentifiedImageError:
-        raise RequestError(400, "not a PNG or JPEG picture") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(400, f"image is larger than {MAX_SIDE}x{MAX_SIDE} pixels") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise RequestError(400, f"cannot decode the picture ({e})") from None
+        return open_image(io.BytesIO(body), "picture", formats=tuple(dict.fromkeys(UPLOAD_TYPES.values())))
+    except ImageError as e:
+        raise RequestError(400, str(e)) from None
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -393,10 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(e.status, {"error": str(e)})
             return False
         if too_big:
-            self.close_connection = True
-            self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit"})
+            self._refuse_too_big("")
             return False
         return super().handle_expect_100()
+
+    def _refuse_too_big(self, detail: str):
+        self.close_connection = True
+        self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit{detail}"})
 
     def _post(self):
         if self._route() != "/api/predict":
@@ -406,8 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_UPLOAD:
             # Not kept: answer, then close once the client has stopped sending (so it reads the
             # answer instead of a reset connection), within a time limit.
-            self.close_connection = True
-            self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit ({length} bytes)"})
+            self._refuse_too_big(f" ({length} bytes)")
             self._linger()
             return
         if "Content-Length" not in self.headers:
