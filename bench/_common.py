@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from device.bundle import Bundle, make_meta  # noqa: E402
 from device.preprocess import PreprocessSettings  # noqa: E402
@@ -37,3 +39,15 @@ def random_bundle(arch_name: str, classes: int = 10, seed: int = 0) -> Bundle:
                      architecture=arch["layers"], provenance={"note": "random weights for benchmarks"},
                      weights=weights)
     return Bundle(meta, weights)
+
+
+def simulation_config(model: Path, state: Path, status_interval: float, /, **sections: dict) -> str:
+    """The TOML of `cardcam run --simulate` on the bundled sample frames at full speed, writing
+    its state file to ``state``; keyword arguments add keys per section (model={"watch": False})."""
+    config = {"camera": {"source": "samples", "fps": 0}, "model": {"path": str(model)},
+              "daemon": {"state_file": str(state), "status_interval": status_interval}}
+    for section, keys in sections.items():
+        config.setdefault(section, {}).update(keys)
+    value = lambda v: str(v).lower() if isinstance(v, bool) else json.dumps(v)  # noqa: E731  (TOML's forms)
+    return "".join(f"[{section}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+                   for section, keys in config.items())

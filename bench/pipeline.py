@@ -37,15 +37,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, random_bundle, simulation_config
 
-from device.bundle import load_bundle, make_meta, save_bundle, Bundle  # noqa: E402
-from device.camera import SAMPLES_DIR, ReplaySource  # noqa: E402
-from device.config import defaults  # noqa: E402
-from device.daemon import STAGES, Pipeline  # noqa: E402
-from device.outputs import Outputs, mock_pin_factory  # noqa: E402
-from device.runtime import make_runtime  # noqa: E402
+from device.bundle import load_bundle, save_bundle
+from device.camera import SAMPLES_DIR, ReplaySource
+from device.config import defaults
+from device.daemon import STAGES, Pipeline
+from device.outputs import Outputs, mock_pin_factory
+from device.runtime import make_runtime
 
 GOAL_FPS = 1000.0
 
@@ -63,22 +62,14 @@ def rss_mb(pid="self") -> tuple[float, float]:
 def bench_model(path: str | None, workdir: Path) -> Path:
     """The model to time: the one given, models/digits01.npz, or lenet5 with random weights
     (forward time does not depend on the weights' values)."""
-    for candidate in ([path] if path else []) + [str(REPO / "models" / "digits01.npz")]:
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
     if path:
-        sys.exit(f"bench: {path}: no such model")
-    from device.preprocess import PreprocessSettings
-    from training.nets import ARCHS, Network
-
-    arch = ARCHS["lenet5"](2)
-    net = Network(arch["layers"], tuple(arch["input_shape"]), np.random.default_rng(0))
-    weights = net.weights()
-    meta = make_meta(name="lenet5-random", task="digits01", labels=["0", "1"], input_shape=arch["input_shape"],
-                     preprocess=PreprocessSettings(), architecture=arch["layers"],
-                     provenance={"note": "random weights for timing"}, weights=weights)
-    out = workdir / "lenet5-random.npz"
-    save_bundle(Bundle(meta, weights), out)
+        if not Path(path).is_file():
+            sys.exit(f"bench: {path}: no such model")
+        return Path(path)
+    if (REPO / "models" / "digits01.npz").exists():
+        return REPO / "models" / "digits01.npz"
+    out = workdir / "random-lenet5.npz"
+    save_bundle(random_bundle("lenet5", classes=2), out)
     print("note: no models/digits01.npz yet; timing lenet5 with random weights (same forward cost)")
     return out
 
@@ -151,8 +142,7 @@ def daemon_run(model: Path, workdir: Path, seconds: float, runtime_kind: str = "
     """Start `cardcam run --simulate` for real; time READY=1 and read its memory."""
     config = workdir / "bench.toml"
     state = workdir / "state.json"
-    config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{model}"\nruntime = "{runtime_kind}"\n'
-                      f'[daemon]\nstate_file = "{state}"\nstatus_interval = 0.5\n')
+    config.write_text(simulation_config(model, state, 0.5, model={"runtime": runtime_kind}))
     sock_path = workdir / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))

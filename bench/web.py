@@ -34,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import REPO, simulation_config
+
 POLL_MS = 250  # as device/web/app.js
 
 
@@ -55,9 +56,8 @@ class Daemon:
         self.wait(lambda: any("ready:" in l for l in self.lines), "READY")
 
     def write(self, web: bool) -> None:
-        self.config.write_text(f'[camera]\nsource = "samples"\nfps = 0\n[model]\npath = "{self.model}"\nwatch = false\n'
-                               f'[daemon]\nstate_file = "{self.state}"\nstatus_interval = 0.2\n'
-                               f'[web]\nenabled = {"true" if web else "false"}\nport = 0\n')
+        self.config.write_text(simulation_config(self.model, self.state, 0.2, model={"watch": False},
+                                                 web={"enabled": web, "port": 0}))
 
     def wait(self, predicate, what, timeout=30.0):
         end = time.monotonic() + timeout
