@@ -319,11 +319,13 @@ def load_cards(bundle: Bundle, data: str | None = None) -> tuple[CardSet, str]:
     return cards, f"task {source}"
 
 
-def write_report(model, cards: CardSet | None = None, data: str | None = None, only_missing: bool = False) -> dict:
+def write_report(model, cards: CardSet | None = None, data: str | None = None, only_missing: bool = False,
+                 bundle: Bundle | None = None) -> dict:
     """Draw the report pictures and meta.json into NAME.report/; with ``only_missing`` only those
-    not there yet (the cards are then loaded only if a picture needs them). Returns name -> path."""
+    not there yet (the cards are then loaded only if a picture needs them). ``bundle``: the model
+    file's bundle, when it is at hand. Returns name -> path."""
     model = Path(model)
-    bundle = load_bundle(model)
+    bundle = bundle or load_bundle(model)
     folder = report_dir(model)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / file for name, (file, _) in PICTURES.items()}
@@ -389,14 +391,14 @@ def render_html(model, data: str | None = None, out=None) -> Path:
     """NAME.report/report.html from the report folder, drawing what is missing first."""
     model = Path(model)
     bundle = load_bundle(model)
-    paths = write_report(model, data=data, only_missing=data is None)  # other data: every picture anew
+    paths = write_report(model, data=data, only_missing=data is None, bundle=bundle)  # other data: every picture anew
     try:
         record = json.loads(paths["meta"].read_text())
     except json.JSONDecodeError:
         record = {}
     if record.get("meta", {}).get("weights_sha256") != bundle.meta["weights_sha256"]:
         # Pictures of other weights (the model was retrained in place): draw them all again.
-        paths = write_report(model, data=data)
+        paths = write_report(model, data=data, bundle=bundle)
         record = json.loads(paths["meta"].read_text())
     p = bundle.meta.get("provenance", {})
     val = record.get("validation", {})
