@@ -169,21 +169,14 @@ def test_missing_meta(bundle, tmp_path):
         load_bundle(path)
 
 
-def test_meta_not_json(bundle, tmp_path):
-    path = write_npz(tmp_path / "model.npz", b"{not json", bundle.weights)
-    with refused(path, "'meta' is not valid JSON"):
-        load_bundle(path)
-
-
-def test_meta_not_utf8(bundle, tmp_path):
-    path = write_npz(tmp_path / "model.npz", b"\xff\xfe{}", bundle.weights)
-    with refused(path, "'meta' is not valid JSON"):
-        load_bundle(path)
-
-
-def test_meta_not_an_object(bundle, tmp_path):
-    path = write_npz(tmp_path / "model.npz", b"[1, 2]", bundle.weights)
-    with refused(path, "'meta' must be a JSON object"):
+@pytest.mark.parametrize("meta, message", [
+    (b"{not json", "'meta' is not valid JSON"),
+    (b"\xff\xfe{}", "'meta' is not valid JSON"),  # not UTF-8
+    (b"[1, 2]", "'meta' must be a JSON object"),
+])
+def test_meta_that_is_not_a_json_object(bundle, tmp_path, meta, message):
+    path = write_npz(tmp_path / "model.npz", meta, bundle.weights)
+    with refused(path, message):
         load_bundle(path)
 
 
