@@ -7,10 +7,9 @@ same inputs in the same run; without the keras extra its column prints as "-" (J
 are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads each library takes
 by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy:
 training.parallel's threads for the convolutions, ``--threads`` or CARDCAM_TRAIN_THREADS, default
-one per core other processes leave free, each product on one BLAS thread; the JSON says how many
-as ``numpy_threads``). Both get one warm-up pass first (allocation,
-Keras' graph tracing), then ``--epochs`` timed epochs each (default 2), NumPy and Keras in turns,
-the best of each kept.
+one per core, each product on one BLAS thread; the JSON says how many as ``numpy_threads``). Both
+get one warm-up pass first (allocation, Keras' graph tracing), then ``--epochs`` timed epochs
+each (default 2), NumPy and Keras in turns, the best of each kept.
 The CPU columns (process CPU seconds, all threads) tell how much of each wall time was work when
 other processes share the cores.
 """
@@ -80,7 +79,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per trainer, best kept (default 2)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="NumPy trainer threads (default: CARDCAM_TRAIN_THREADS, else one per free core)")
+                        help="NumPy trainer threads (default: CARDCAM_TRAIN_THREADS, else one per core)")
     args = parser.parse_args()
     if args.threads is not None:
         parallel.set_threads(args.threads)

@@ -4,12 +4,19 @@ NumPy's copies and OpenBLAS's products release the GIL, so a convolution whose w
 cut into pieces (groups of pictures, blocks of the inner axis) can hand the pieces to threads and
 run on several cores at once. The pieces depend on the arrays' shapes only, never on the number
 of threads, and each piece does the same arithmetic wherever it runs: a run gives the same
-numbers, bit for bit, on one thread or eight (a model stays reproducible whatever the machine's
-load at the time).
+numbers, bit for bit, on one thread or eight (a model stays reproducible on any number of
+cores).
 
-How many threads: ``CARDCAM_TRAIN_THREADS`` if set, else the cores other processes leave free
-(free_cores), at most ``MAX_THREADS``; ``set_threads(1)`` runs everything on the calling thread.
-The ablation lab starts one worker process per core with ``CARDCAM_TRAIN_THREADS=1``.
+How many threads: ``CARDCAM_TRAIN_THREADS`` if set, else one per core this process may run on,
+at most ``MAX_THREADS``; ``set_threads(1)`` runs everything on the calling thread. The ablation
+lab starts one worker process per core with ``CARDCAM_TRAIN_THREADS=1``.
+
+Not fewer when the machine is busy: the threads wait without spinning, and a piece goes to
+whichever thread is free, so a helper the scheduler runs late costs little. On this project's
+2-core machine with one or two other processes spinning, two threads still made digitnet's
+training step faster than one (70-72 ms against 80-99; 45-71 against 75-79). A rule from the
+1-minute load average (tried first) counts the trainer's own work of the last minute too, such
+as its data preparation on every core just before training, and then gives one thread.
 """
 
 from __future__ import annotations
@@ -32,26 +39,15 @@ def threads() -> int:
     if _threads is None:
         value = os.environ.get(ENV, "").strip()
         try:
-            n = int(value) if value else free_cores()
+            n = int(value) if value else len(os.sched_getaffinity(0))
+        except AttributeError:  # no sched_getaffinity (macOS, Windows)
+            n = os.cpu_count() or 1
         except ValueError:
             n = 0
         if n < 1:
             raise ValueError(f"{ENV}: must be a whole number >= 1, got {value!r}")
         _threads = min(n, MAX_THREADS)
     return _threads
-
-
-def free_cores() -> int:
-    """os.cpu_count() less the cores other processes keep busy (the 1-minute load average,
-    rounded), at least 1. A thread without a core of its own only costs: on a 2-core machine
-    with load 3-4, two threads made training steps 10-25 % slower than one (GIL hand-overs,
-    waits for a thread the scheduler runs late)."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this system
-        return cores
-    return max(1, cores - int(busy + 0.5))
 
 
 def set_threads(n: int) -> None:
