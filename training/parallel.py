@@ -13,10 +13,11 @@ lab starts one worker process per core with ``CARDCAM_TRAIN_THREADS=1``.
 
 Not fewer when the machine is busy: the threads wait without spinning, and a piece goes to
 whichever thread is free, so a helper the scheduler runs late costs little. On this project's
-2-core machine with one or two other processes spinning, two threads still made digitnet's
-training step faster than one (70-72 ms against 80-99; 45-71 against 75-79). A rule from the
-1-minute load average (tried first) counts the trainer's own work of the last minute too, such
-as its data preparation on every core just before training, and then gives one thread.
+2-core machine, two threads still made digitnet's training step faster than one with other
+processes spinning (69-72 ms against 82-99 with one such process, 45-71 against 75-79 with
+two). A rule from the 1-minute load average (tried first) counts the trainer's own work of the
+last minute too, such as its data preparation on every core just before training, and then
+gives one thread.
 """
 
 from __future__ import annotations
