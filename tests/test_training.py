@@ -15,7 +15,7 @@ from training.data import DataError, load_folder, split
 from training.layers import softmax_cross_entropy
 from training.nets import ARCHS, Network
 from training.optim import SGD, Adam
-from training.trainer import TrainConfig, as_float, make_inputs, train
+from training.trainer import TrainConfig, as_float, make_inputs, train, validation_inputs
 
 
 # --- reproducibility -------------------------------------------------------------------------
@@ -59,6 +59,19 @@ def test_inputs_do_not_depend_on_the_number_of_processes(few_cards):
     assert np.array_equal(kept1, kept2) and np.array_equal(one, two)
     assert one.dtype == np.uint8 and one.shape[1:] == (32, 32, 1)
     assert len(kept1) >= 0.9 * len(jobs)
+
+
+def test_validation_inputs_are_made_once_for_the_same_cards_split_and_settings(few_cards):
+    """The report drawn right after training asks for the trainer's validation inputs again: it
+    gets the same (read-only) arrays, not a second preprocessing run; other settings get new ones."""
+    from device.preprocess import PreprocessSettings
+
+    _, val_idx = split(few_cards, 0.3)
+    first = validation_inputs(few_cards.cards, val_idx, PreprocessSettings(), (32, 32, 1), processes=1)
+    assert validation_inputs(few_cards.cards, val_idx.copy(), PreprocessSettings(), (32, 32, 1)) is first
+    assert not first["clean"][0].flags.writeable and not first["camera"][0].flags.writeable
+    other = validation_inputs(few_cards.cards, val_idx, PreprocessSettings(fit=0.5), (32, 32, 1), processes=1)
+    assert other is not first and not np.array_equal(other["clean"][0], first["clean"][0])
 
 
 # --- a small real run ------------------------------------------------------------------------
