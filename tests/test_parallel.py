@@ -77,3 +77,14 @@ def test_the_thread_count_comes_from_the_environment(threads, monkeypatch):
         parallel.threads()
     with pytest.raises(ValueError, match="got 0"):
         threads(0)
+
+
+def test_cardcam_train_refuses_a_bad_thread_count_before_preparing_data(threads, monkeypatch, tmp_path, capsys):
+    from training.cli import main
+
+    monkeypatch.setenv(parallel.ENV, "0")
+    parallel._threads = None
+    assert main(["train", "--task", "digits01", "--epochs", "1", "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cardcam-train: {parallel.ENV}: must be a whole number >= 1, got '0'\n"
+    assert not (tmp_path / "m.npz").exists()

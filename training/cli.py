@@ -13,6 +13,7 @@ import numpy as np
 from device.bundle import BundleError, load_bundle
 from device.preprocess import PreprocessSettings
 from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime
+from training import parallel
 from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
 from training.nets import ARCHS
@@ -40,6 +41,7 @@ def parse_preprocess(pairs) -> dict:
 
 
 def cmd_train(args) -> int:
+    parallel.threads()  # a bad CARDCAM_TRAIN_THREADS stops here, not after the data is prepared
     cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task.split(":")[0], "lenet5"),
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
@@ -133,6 +135,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ablate(args) -> int:
     from training import ablate
+
+    parallel.threads()  # as in cmd_train
 
     arch = ablate.ARCHS[args.arch](2)
     if args.list:
