@@ -26,7 +26,6 @@ DEFAULT_INPUT = (32, 32, 1)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(array).save(tmp, format="PNG")
     tmp.replace(path)  # never a half-written picture in the training folder
@@ -71,6 +70,13 @@ def capture(args) -> int:
     except BundleError as e:
         print(f"note: {e}; previews use the default preprocessing")
     out = Path(args.out)
+    folders = (out / "raw" / args.label, out / "seen" / args.label)
+    try:  # here, not at the first picture: the person is not left holding a card for nothing
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"cardcam: --out {out}: cannot make {folder}: {e.strerror or e}", file=sys.stderr)
+        return 2
     try:
         wait, how, release = _trigger(config, simulate)
     except OutputError as e:
@@ -92,12 +98,12 @@ def capture(args) -> int:
                     print("the replay has no more frames")
                     break
                 stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
-                raw = out / "raw" / args.label / f"{stamp}.png"
+                raw = folders[0] / f"{stamp}.png"
                 _save_png(np.ascontiguousarray(frame), raw)
                 prepared = preprocess(frame, settings, input_shape)
                 saved += 1
                 if prepared.found:
-                    seen = out / "seen" / args.label / f"{stamp}.png"
+                    seen = folders[1] / f"{stamp}.png"
                     _save_png(prepared.input_bytes(), seen)
                     print(f"saved {raw} and {seen}")
                 else:
@@ -106,7 +112,11 @@ def capture(args) -> int:
     except CameraError as e:
         print(f"cardcam: camera: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the disk filled up, the folder went away, ...
+        print(f"cardcam: cannot save {e.filename or 'a picture'}: {e.strerror or e}; "
+              f"{saved} picture(s) saved before", file=sys.stderr)
+        return 1
     finally:
         release()
-    print(f"{saved} picture(s) of '{args.label}' in {out / 'raw' / args.label}")
+    print(f"{saved} picture(s) of '{args.label}' in {folders[0]}")
     return 0 if saved == args.count else 1

@@ -50,6 +50,16 @@ def test_capture_stops_on_q_and_rejects_bad_labels(tmp_path, tiny_model):
     assert proc.returncode == 2 and "must be a plain name" in proc.stderr
 
 
+def test_capture_into_a_folder_it_cannot_make_is_one_clear_line_before_any_picture(tmp_path, tiny_model):
+    config = write_config(tmp_path / "c.toml", model={"path": str(tiny_model)})
+    (tmp_path / "a-file").write_text("not a folder")
+    proc = cardcam("capture", "--simulate", "--config", str(config), "--label", "0", "--out", str(tmp_path / "a-file"),
+                   stdin="\n")
+    assert proc.returncode == 2 and "ready" not in proc.stdout
+    assert proc.stderr == f"cardcam: --out {tmp_path / 'a-file'}: cannot make {tmp_path / 'a-file' / 'raw' / '0'}: " \
+                          "Not a directory\n"
+
+
 def test_doctor_one_line_per_check_with_fixes(tmp_path, tiny_model):
     good = write_config(tmp_path / "good.toml", model={"path": str(tiny_model)})
     proc = cardcam("doctor", "--config", str(good))
