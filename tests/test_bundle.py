@@ -82,14 +82,18 @@ def test_saving_an_invalid_bundle_leaves_the_good_file_untouched(bundle, saved):
     assert saved.read_bytes() == good
 
 
-def test_a_failed_write_leaves_no_temporary_file(bundle, tmp_path):
+def test_a_failed_write_is_one_line_and_leaves_no_temporary_file(bundle, tmp_path):
     target = tmp_path / "model.npz"
     target.mkdir()  # renaming a file onto a directory fails after the data is written
     (target / "keep").write_text("x")
-    with pytest.raises(OSError):
+    with refused(target, "cannot write the bundle: Is a directory$"):
         save_bundle(bundle, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
     assert (target / "keep").read_text() == "x"
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file" / "sub" / "model.npz"
+    with refused(target, "cannot write the bundle: Not a directory$"):
+        save_bundle(bundle, target)
 
 
 # --- refusals --------------------------------------------------------------------------------

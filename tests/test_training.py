@@ -74,6 +74,18 @@ def test_validation_inputs_are_made_once_for_the_same_cards_split_and_settings(f
     assert other is not first and not np.array_equal(other["clean"][0], first["clean"][0])
 
 
+def test_train_refuses_an_out_folder_it_cannot_write_before_any_work(tmp_path, capsys):
+    from training.cli import main
+
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "m.npz"
+    assert main(["train", "--task", "digits01", "--epochs", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr() == ("", f"cardcam-train: --out {out}: {out.parent} is a file, not a folder\n")
+    out = tmp_path / "a-file" / "sub" / "m.npz"
+    assert main(["train", "--task", "digits01", "--epochs", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr() == ("", f"cardcam-train: --out {out}: cannot write to {out.parent}: Not a directory\n")
+
+
 # --- a small real run ------------------------------------------------------------------------
 
 def test_small_run_reaches_accuracy(trained01):

@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,20 @@ def parse_preprocess(pairs) -> dict:
     return out
 
 
+def writable_folder(out, flag: str = "--out") -> None:
+    """Make an output file's folder and check it takes a file, before any work: a model trained for
+    minutes must not fail to save. ValueError('<flag> <file>: cannot write to ...') if not."""
+    folder = Path(out).parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {out}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {out}: cannot write to {folder}: {e.strerror or e}") from None
+
+
 def cmd_train(args) -> int:
     parallel.threads()  # a bad CARDCAM_TRAIN_THREADS stops here, not after the data is prepared
     cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task.split(":")[0], "lenet5"),
@@ -48,6 +63,7 @@ def cmd_train(args) -> int:
                       processes=args.processes, trainer=args.trainer,
                       preprocess=parse_preprocess(args.preprocess) or None)
     out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
+    writable_folder(out)
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
     cards, description = load_task(cfg.task)  # here, so the report judges the same cards
     bundle = train(cfg, out, command, progress=not args.quiet, cards=cards, data_description=description)
@@ -76,6 +92,8 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from training.export import export
 
+    if args.tflite:
+        writable_folder(args.tflite, "--tflite")
     bundle, tflite_path, record = export(args.model, data=args.data, io_type=args.io, count=args.count,
                                          tflite_out=args.tflite)
     check = record["validation"]
@@ -248,6 +266,10 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:  # `cardcam-train evaluate ... | head`
         return 0
+    except OSError as e:  # a file or folder that cannot be written or read: one line, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cardcam-train: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
