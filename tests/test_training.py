@@ -86,6 +86,24 @@ def test_train_refuses_an_out_folder_it_cannot_write_before_any_work(tmp_path, c
     assert capsys.readouterr() == ("", f"cardcam-train: --out {out}: cannot write to {out.parent}: Not a directory\n")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0"], "argument --epochs: must be a whole number >= 1, got '0'"),
+    (["train", "--batch-size", "x"], "argument --batch-size: must be a whole number >= 1, got 'x'"),
+    (["train", "--lr", "-0.1"], "argument --lr: must be a number > 0, got '-0.1'"),
+    (["train", "--camera", "-1"], "argument --camera: must be a whole number >= 0, got '-1'"),
+    (["ablate", "--runs", "0"], "argument --runs: must be a whole number >= 1, got '0'"),
+    (["export", "--model", "m.npz", "--count", "0"], "argument --count: must be a whole number >= 1, got '0'"),
+])
+def test_counts_and_rates_are_checked_before_any_work(args, message, capsys):
+    """--epochs 0 used to prepare a minute of data, then stop with a traceback."""
+    from training.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
 # --- a small real run ------------------------------------------------------------------------
 
 def test_small_run_reaches_accuracy(trained01):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -178,20 +179,44 @@ def cmd_ablate(args) -> int:
     return 1 if result["errors"] else 0
 
 
+def _count(low: int):
+    """An argparse type: a whole number >= low (checked before any work, not at the first epoch)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam-train", description="Train and check cardcam models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model (NumPy trainer, or --trainer keras)")
     p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits, smileynet for smiley)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=_count(1), default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_count(1), default=64)
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--jitter", type=int, default=3, help="handwriting-jitter variants per card (default 3)")
-    p.add_argument("--camera", type=int, default=2, help="simulated camera frames per card (default 2)")
-    p.add_argument("--processes", type=int, help="processes that make the inputs (default: all cores)")
+    p.add_argument("--lr", type=_positive, default=2e-3)
+    p.add_argument("--jitter", type=_count(0), default=3, help="handwriting-jitter variants per card (default 3)")
+    p.add_argument("--camera", type=_count(0), default=2, help="simulated camera frames per card (default 2)")
+    p.add_argument("--processes", type=_count(1), help="processes that make the inputs (default: all cores)")
     p.add_argument("--out", help="bundle to write (default: models/TASK.npz)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
                    help="a preprocessing setting for this model (kept in its bundle), e.g. paper_window=0.35")
@@ -204,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the training data for representative inputs (default: the bundle's task)")
     p.add_argument("--io", choices=("int8", "float32"), default="int8",
                    help="type of the TFLite model's input and output (default int8; the ops are int8 either way)")
-    p.add_argument("--count", type=int, default=300, help="representative inputs from the training split (default 300)")
+    p.add_argument("--count", type=_count(1), default=300, help="representative inputs from the training split (default 300)")
     p.add_argument("--tflite", help="standalone .tflite to write (default: beside the bundle)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
@@ -212,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="for a task: its validation split (default) or every image")
     p.add_argument("--camera", action="store_true", help="judge simulated camera frames instead of clean cards")
-    p.add_argument("--frames", type=int, default=1, help="with --camera: frames per card (default 1)")
+    p.add_argument("--frames", type=_count(1), default=1, help="with --camera: frames per card (default 1)")
     p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
                    help="numpy (default: the float weights), tflite (the bundle's int8 model) or auto")
     p.add_argument("--json", action="store_true")
@@ -230,17 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variants to train (default: every automatic one; --list shows them), e.g. "
                         "baseline,no-conv2,no-batchnorm+no-dropout,kernel5,pool3")
     p.add_argument("--list", action="store_true", help="print the automatic variants of --arch and stop")
-    p.add_argument("--runs", type=int, default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
+    p.add_argument("--runs", type=_count(1), default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=_count(1), default=4)
     p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and BLAS thread each")
+    p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at once, one process and BLAS thread each")
     p.add_argument("--out", help="folder for runs.jsonl, ablation.csv/.md/.png (default: ablation/TASK-ARCH)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_count(1), default=64)
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--jitter", type=int, default=1, help="handwriting-jitter variants per card (default 1)")
-    p.add_argument("--camera", type=int, default=1, help="simulated camera frames per card (default 1)")
+    p.add_argument("--lr", type=_positive, default=2e-3)
+    p.add_argument("--jitter", type=_count(0), default=1, help="handwriting-jitter variants per card (default 1)")
+    p.add_argument("--camera", type=_count(0), default=1, help="simulated camera frames per card (default 1)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
                    help="a preprocessing setting (default for smiley tasks: paper_window=0.35, as the shipped models)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
