@@ -116,12 +116,10 @@ def save_bundle(bundle: Bundle, path) -> Path:
     arrays["meta"] = np.frombuffer(json.dumps(bundle.meta, indent=1).encode("utf-8"), dtype=np.uint8)
     if bundle.tflite is not None:
         arrays[TFLITE_ENTRY] = np.frombuffer(bundle.tflite, dtype=np.uint8)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise BundleError(f"{path}: cannot write the bundle: {e.strerror or e}") from None
-    try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
             f.flush()
@@ -129,8 +127,9 @@ def save_bundle(bundle: Bundle, path) -> Path:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # disk full, ...: the file that was there stays as it was
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # no such folder, disk full, ...: the file that was there stays as it was
             raise BundleError(f"{path}: cannot write the bundle: {e.strerror or e}") from None
         raise
     bundle.path = path
