@@ -41,6 +41,7 @@ ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("inde
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
 MAX_UPLOAD = 1 << 20  # bytes: a drawing is a few kilobytes, a phone photo as JPEG well under this
 UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
+UPLOAD_FORMATS = tuple(dict.fromkeys(UPLOAD_TYPES.values()))  # Pillow's names: ("PNG", "JPEG")
 THUMB_WIDTH = 240
 
 
@@ -110,7 +111,7 @@ def decode_upload(body: bytes, content_type: str):
     if not body:
         raise RequestError(400, "empty body: send the picture as the request body")
     try:
-        return open_image(io.BytesIO(body), "picture", formats=tuple(dict.fromkeys(UPLOAD_TYPES.values())))
+        return open_image(io.BytesIO(body), "picture", formats=UPLOAD_FORMATS)
     except ImageError as e:
         raise RequestError(400, str(e)) from None
 
