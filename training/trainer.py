@@ -177,7 +177,6 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
     rng = np.random.default_rng(cfg.seed)
     learner = make_learner(cfg, arch["layers"], input_shape, rng)
     log = epoch_log(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     best = None
     log_lines = []
     for epoch, lr, seconds, train_loss, train_accuracy, figures in run_epochs(
