@@ -11,6 +11,10 @@ Two measurements, on 640x480 replay frames (the shipped samples: cards and no-ca
    least any preprocessing of a 640x480 frame has to do).
 2. `cardcam run --simulate` as a real subprocess with a notify socket: seconds from start to
    READY=1 (first frame classified), and its resident memory (VmRSS, peak VmHWM) while running.
+   Its peer is the dependency floor: a process with none of cardcam's code that imports what the
+   daemon cannot run without (NumPy, Pillow, gpiozero on MockFactory pins, the same TFLite
+   package with the same model allocated and run once) and holds the same decoded replay frames.
+   The daemon's RSS above that floor is what cardcam itself costs.
 
 With --memory-every K, the in-process run also reads its resident memory every K frames and
 reports the growth from the first reading (after the warm-up) to the last, and the highest: the
@@ -40,11 +44,11 @@ from PIL import Image
 from _common import REPO, random_bundle, simulation_config
 
 from device.bundle import load_bundle, save_bundle
-from device.camera import SAMPLES_DIR, ReplaySource
+from device.camera import PICTURE_SUFFIXES, SAMPLES_DIR, ReplaySource
 from device.config import defaults
 from device.daemon import STAGES, Pipeline
 from device.outputs import Outputs, mock_pin_factory
-from device.runtime import make_runtime
+from device.runtime import TFLITE_MODULES, make_runtime, tflite_interpreter
 
 GOAL_FPS = 1000.0
 
@@ -138,6 +142,49 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
     }
 
 
+# The dependency floor's process (see the module's docstring). argv: pins ("17,27,22"), the TFLite
+# module ("" for the NumPy runtime), the model (a .tflite file, or the bundle), the replay frames.
+FLOOR_SCRIPT = """
+import importlib, sys
+import numpy as np
+from PIL import Image
+from gpiozero import LED, Device
+from gpiozero.pins.mock import MockFactory
+pins, module, model, frames = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+Device.pin_factory = MockFactory()
+leds = [LED(int(pin) if pin.isdigit() else pin) for pin in pins.split(",")]
+if module:
+    m = importlib.import_module(module)
+    interpreter = (m.lite if module == "tensorflow" else m).Interpreter(model_path=model)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+else:
+    weights = dict(np.load(model, allow_pickle=False))
+held = [np.asarray(Image.open(path).convert("L")) for path in frames]
+status = open("/proc/self/status").read()
+print([line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")][0])
+"""
+
+
+def dependency_floor(model: Path, runtime_name: str, workdir: Path) -> float:
+    """VmRSS (MB) of FLOOR_SCRIPT for this model and runtime, with the default config's pins."""
+    outputs = defaults().outputs
+    pins = ",".join(str(pin) for pin in [*outputs.leds.values(), outputs.status_led] if pin is not None)
+    module = ""
+    if runtime_name == "tflite":
+        label = tflite_interpreter()[0]
+        module = next(name for name, known in TFLITE_MODULES if known == label)
+        tflite = workdir / "floor.tflite"
+        tflite.write_bytes(load_bundle(model).tflite)
+        model = tflite
+    frames = sorted(str(p) for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES)
+    out = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, pins, module, str(model), *frames],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def daemon_run(model: Path, workdir: Path, seconds: float, runtime_kind: str = "auto") -> dict:
     """Start `cardcam run --simulate` for real; time READY=1 and read its memory."""
     config = workdir / "bench.toml"
@@ -195,6 +242,7 @@ def main() -> None:
         model = bench_model(args.model, workdir)
         r = in_process(model, args.frames, max(0, args.memory_every), args.runtime)
         d = daemon_run(model, workdir, args.seconds, args.runtime)
+        floor = dependency_floor(model, r["runtime"], workdir)
     print(f"model {r['model']} ({r['runtime']} runtime), {r['frames']} frames of 640x480 from {SAMPLES_DIR.name}/ "
           f"({r['frames_with_card']} with a card found)")
     for stage, ms in r["stages_ms"].items():
@@ -213,10 +261,13 @@ def main() -> None:
               f"{m['last_mb']:.2f} MB at the end ({m['growth_mb']:+.2f} MB), highest {m['max_mb']:.2f} MB")
     print(f"daemon: READY=1 {d['ready_s']:.2f} s after start, RSS {d['rss_mb']:.1f} MB (peak {d['hwm_mb']:.1f}), "
           f"{d['daemon_fps']} fps, stopped {d['stop_s']:.2f} s after SIGTERM (exit {d['exit_code']})")
+    print(f"RSS peer: the dependency floor (no cardcam code; NumPy, Pillow, gpiozero, the {r['runtime']} runtime with "
+          f"this model, the replay frames) {floor:.1f} MB; the daemon is {d['rss_mb'] - floor:+.1f} MB above it")
     if args.json:
         print(json.dumps({
             "fps": round(r["fps"], 1), "rss_mb": round(d["rss_mb"], 1), "ready_s": round(d["ready_s"], 3),
-            "peak_rss_mb": round(d["hwm_mb"], 1), "daemon_fps": d["daemon_fps"], "stop_s": round(d["stop_s"], 3),
+            "peak_rss_mb": round(d["hwm_mb"], 1), "floor_rss_mb": round(floor, 1),
+            "rss_over_floor_mb": round(d["rss_mb"] - floor, 1), "daemon_fps": d["daemon_fps"], "stop_s": round(d["stop_s"], 3),
             "stages_ms": {k: round(v, 4) for k, v in r["stages_ms"].items()}, "frames": r["frames"],
             "model": r["model"], "runtime": r["runtime"], "goal_fps": GOAL_FPS,
             "ratio_to_goal": round(r["fps"] / GOAL_FPS, 4), "peer_forward_ms": round(r["peer_forward_ms"], 4),
