@@ -245,3 +245,35 @@ def test_load_folder_needs_two_labels(tmp_path):
         load_folder(root)
     with pytest.raises(DataError, match="not a folder"):
         load_folder(tmp_path / "nowhere")
+
+
+def test_train_refuses_a_label_with_one_picture_in_one_line(tmp_path, capsys):
+    """With one picture a label has none left to validate on: it used to train, then stop with
+    'need at least one array to concatenate'."""
+    from training.cli import main
+
+    root = _write_folder(tmp_path / "data", {"cat": 1, "dog": 3})
+    out = tmp_path / "m.npz"
+    assert main(["train", "--task", f"folder:{root}", "--epochs", "1", "--processes", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("cardcam-train: label 'cat' has 1 card; every label needs at least 2 "
+                                       "(one or more are kept aside to validate the model)\n")
+    assert not out.exists()
+
+
+def test_train_refuses_pictures_with_no_glyph_to_find_in_one_line(tmp_path, capsys):
+    """Blank paper: the validation cards give no input at all. It used to train an epoch, then
+    stop with 'need at least one array to concatenate'."""
+    from training.cli import main
+
+    root = tmp_path / "data"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for k in range(3):
+            Image.new("L", (60, 40), 230).save(root / label / f"{k}.png")
+    out = tmp_path / "m.npz"
+    assert main(["train", "--task", f"folder:{root}", "--epochs", "1", "--camera", "0", "--jitter", "0",
+                 "--processes", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cardcam-train: preprocessing found a glyph in 0 of 4 training pictures and 0 of 2 "
+                          "validation cards: cards need dark ink on light paper") and err.count("\n") == 1
+    assert not out.exists()

@@ -135,12 +135,16 @@ def load_task(task: str, mnist_path=MNIST_PATH) -> tuple[CardSet, str]:
 
 
 def split(cards: CardSet, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation indices, the same for every training seed."""
+    """Stratified train/validation indices, the same for every training seed: val_fraction of
+    each label's cards, at least one, go to validation. A label needs two cards or more."""
     rng = np.random.default_rng(SPLIT_SEED)
     train, val = [], []
-    for c in range(len(cards.names)):
+    for c, name in enumerate(cards.names):
         idx = rng.permutation(np.flatnonzero(cards.labels == c))
-        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        if len(idx) < 2:
+            raise DataError(f"label '{name}' has {len(idx)} card{'' if len(idx) == 1 else 's'}; every label needs "
+                            "at least 2 (one or more are kept aside to validate the model)")
+        n_val = max(1, round(len(idx) * val_fraction))
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))

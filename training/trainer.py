@@ -17,7 +17,7 @@ from device.bundle import Bundle, make_meta, save_bundle
 from device.preprocess import PreprocessSettings, preprocess
 from training import augment
 from training.layers import softmax_cross_entropy
-from training.data import CardSet, load_task, split
+from training.data import CardSet, DataError, load_task, split
 from training.nets import ARCHS, Network
 from training.optim import OPTIMISERS
 
@@ -278,6 +278,11 @@ def prepare_inputs(cfg: TrainConfig, cards: CardSet, train_idx, val_idx, setting
     y_train = cards.labels[[jobs[k][0] for k in kept]]
     validation_sets = validation_inputs(cards.cards, val_idx, settings, input_shape, cfg.processes)
     (x_val, kept_val), (x_cam, kept_cam) = validation_sets["clean"], validation_sets["camera"]
+    if not len(x_train) or not len(x_val):  # nothing to learn from, or nothing to judge by
+        raise DataError(
+            f"preprocessing found a glyph in {len(x_train)} of {len(jobs)} training pictures and {len(x_val)} of "
+            f"{len(val_idx)} validation cards: cards need dark ink on light paper (`cardcam predict` with any model "
+            "says what it finds in a picture)")
     return x_train, y_train, x_val, cards.labels[val_idx[kept_val]], x_cam, cards.labels[val_idx[kept_cam]]
 
 
