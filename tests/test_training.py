@@ -93,6 +93,7 @@ def test_train_refuses_an_out_folder_it_cannot_write_before_any_work(tmp_path, c
     (["train", "--camera", "-1"], "argument --camera: must be a whole number >= 0, got '-1'"),
     (["ablate", "--runs", "0"], "argument --runs: must be a whole number >= 1, got '0'"),
     (["export", "--model", "m.npz", "--count", "0"], "argument --count: must be a whole number >= 1, got '0'"),
+    (["train", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
 ])
 def test_counts_and_rates_are_checked_before_any_work(args, message, capsys):
     """--epochs 0 used to prepare a minute of data, then stop with a traceback."""
@@ -277,3 +278,16 @@ def test_train_refuses_pictures_with_no_glyph_to_find_in_one_line(tmp_path, caps
     assert err.startswith("cardcam-train: preprocessing found a glyph in 0 of 4 training pictures and 0 of 2 "
                           "validation cards: cards need dark ink on light paper") and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preprocess", "wrok_size=64"], "--preprocess wrok_size=64: expected KEY=VALUE with KEY one of ink, work_size, "),
+    (["--preprocess", "work_size=5"], "--preprocess: 'work_size' must be a number in [16, 1024], got 5"),
+    (["--task", "folder:"], "task 'folder:': name the folder, folder:DIR (DIR/<label>/*.png)"),
+])
+def test_train_settings_and_tasks_are_refused_naming_the_option(args, message, tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "m.npz"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cardcam-train: " + message) and err.count("\n") == 1

@@ -29,16 +29,20 @@ DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet", "smiley": "smileynet
 def parse_preprocess(pairs) -> dict:
     """``--preprocess KEY=VALUE`` options -> PreprocessSettings fields (checked there)."""
     defaults, out = PreprocessSettings(), {}
+    known = list(defaults.to_dict())
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not hasattr(defaults, key) or key.startswith("_"):
-            raise ValueError(f"--preprocess {pair}: expected KEY=VALUE with KEY a preprocessing setting")
+        if not sep or key not in known:
+            raise ValueError(f"--preprocess {pair}: expected KEY=VALUE with KEY one of {', '.join(known)}")
         kind = type(getattr(defaults, key))
         try:
             out[key] = kind(value)
         except ValueError:
             raise ValueError(f"--preprocess {pair}: {key} must be {kind.__name__}") from None
-    PreprocessSettings.from_dict(out)  # ranges
+    try:
+        PreprocessSettings.from_dict(out)  # ranges
+    except ValueError as e:
+        raise ValueError(f"--preprocess: {e}") from None
     return out
 
 
@@ -210,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits, smileynet for smiley)")
     p.add_argument("--epochs", type=_count(1), default=12)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--batch-size", type=_count(1), default=64)
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
     p.add_argument("--lr", type=_positive, default=2e-3)
@@ -256,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "baseline,no-conv2,no-batchnorm+no-dropout,kernel5,pool3")
     p.add_argument("--list", action="store_true", help="print the automatic variants of --arch and stop")
     p.add_argument("--runs", type=_count(1), default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--epochs", type=_count(1), default=4)
     p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy")
     p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at once, one process and BLAS thread each")

@@ -123,6 +123,8 @@ def load_task(task: str, mnist_path=MNIST_PATH) -> tuple[CardSet, str]:
             f"{MNIST_CREDIT}, inverted to dark-on-light cards; digits rendered with Pillow's built-in font"
     if task.startswith("folder:"):
         root = task.split(":", 1)[1]
+        if not root:
+            raise DataError(f"task {task!r}: name the folder, folder:DIR (DIR/<label>/*.png)")
         return load_folder(root), f"user images from {root}"
     if task == "smiley" or task.startswith("smiley:"):
         from training import smileys  # imports CardSet from here
