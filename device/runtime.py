@@ -13,9 +13,13 @@ ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tens
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
+import os
+import sys
+import tempfile
 import time
 from functools import partial
 
@@ -475,6 +479,37 @@ def _package_version(label: str, module) -> str:
     return "?"
 
 
+# TFLite's C++ logger writes this line straight to the process's stderr (fd 2) whenever an
+# interpreter is made, and its Python API has no switch for it: it would open the output of
+# `cardcam predict` and `cardcam doctor`, and follow every model load in the journal.
+DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def stderr_without_delegate_notice():
+    """fd 2 goes to a temporary file while the body runs; what was written there, but
+    DELEGATE_NOTICE, is written to stderr afterwards (nothing else is lost)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no stderr, or no fd 2 behind it
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            rest = "".join(line for line in lines if line.rstrip("\n") != DELEGATE_NOTICE)
+            if rest:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
+
+
 class TfliteRuntime:
     """The bundle's TFLite model, batch 1 per invoke, tensors allocated once."""
 
@@ -497,8 +532,9 @@ class TfliteRuntime:
             # int8 lenet5 used 0.8 MB less RSS but an invoke took 2.5x longer (~20 -> ~50 us) and
             # gave other int8 scores. What litert costs in RSS is its library's pages (~11 MB
             # touched at load, ~1.7 MB of them in use once running).
-            self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
-            self._interpreter.allocate_tensors()
+            with stderr_without_delegate_notice():
+                self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
+                self._interpreter.allocate_tensors()
         except Exception as e:  # the interpreters raise ValueError/RuntimeError on a bad flatbuffer
             raise RuntimeUnavailable(f"{where}: the TFLite model cannot be loaded ({str(e).splitlines()[0]})") from None
         inp, out = self._interpreter.get_input_details(), self._interpreter.get_output_details()

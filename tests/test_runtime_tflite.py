@@ -182,3 +182,20 @@ def test_daemon_first_line_and_doctor_name_the_runtime(int8_model, tmp_path):
     checks = {line.split()[1]: line for line in proc.stdout.splitlines()[:-1]}
     assert checks["runtimes"].startswith("ok") and f"tflite ({label}" in checks["runtimes"]
     assert f"runtime tflite ({label}" in checks["model"]
+
+
+def test_loading_a_model_writes_nothing_to_stderr_but_what_is_not_the_delegate_notice(int8_model, capfd):
+    """TFLite's C++ logger prints DELEGATE_NOTICE to fd 2 for every interpreter; `cardcam
+    predict`, `doctor` and the journal show it no more. Anything else written there still shows."""
+    from device.runtime import DELEGATE_NOTICE, stderr_without_delegate_notice
+
+    runtime = TfliteRuntime(int8_model.bundle)
+    runtime.predict(np.zeros((1, *runtime.input_shape), np.float32))
+    assert capfd.readouterr().err == ""
+    with stderr_without_delegate_notice():
+        import os
+
+        os.write(2, f"{DELEGATE_NOTICE}\nsomething else\n".encode())
+        sys.stderr.write("and from Python\n")
+    # (pytest's own sys.stderr is not fd 2, so the two lines may come in either order)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["and from Python", "something else"]
