@@ -491,11 +491,16 @@ def stderr_without_delegate_notice():
     DELEGATE_NOTICE, is written to stderr afterwards (nothing else is lost)."""
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (AttributeError, OSError, ValueError):  # no stderr, or no fd 2 behind it
+        caught = tempfile.TemporaryFile()
+    except (AttributeError, OSError, ValueError):  # no stderr, or nowhere to write a file
         yield
         return
-    with tempfile.TemporaryFile() as caught:
+    with caught:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2
+            yield
+            return
         os.dup2(caught.fileno(), 2)
         try:
             yield
