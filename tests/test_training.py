@@ -94,6 +94,8 @@ def test_train_refuses_an_out_folder_it_cannot_write_before_any_work(tmp_path, c
     (["ablate", "--runs", "0"], "argument --runs: must be a whole number >= 1, got '0'"),
     (["export", "--model", "m.npz", "--count", "0"], "argument --count: must be a whole number >= 1, got '0'"),
     (["train", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    (["deploy", "--model", "m.npz", "--host", "pi", "--port", "0"], "argument --port: must be a whole number in 1..65535, got '0'"),
+    (["deploy", "--model", "m.npz", "--host", "pi", "--timeout", "-1"], "argument --timeout: must be a number of seconds >= 0, got '-1'"),
 ])
 def test_counts_and_rates_are_checked_before_any_work(args, message, capsys):
     """--epochs 0 used to prepare a minute of data, then stop with a traceback."""
@@ -291,3 +293,18 @@ def test_train_settings_and_tasks_are_refused_naming_the_option(args, message, t
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "m.npz"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cardcam-train: " + message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, out", [
+    (["report", "--out", "{file}/r.html", "never-read.npz"], "{file}/r.html"),
+    (["cards", "--out", "{file}/c.pdf"], "{file}/c.pdf"),
+    (["sheet", "make", "--labels", "a,b", "--out", "{file}/s.pdf"], "{file}/s.pdf"),
+])
+def test_an_output_that_cannot_be_written_is_named_as_given(args, out, tmp_path, capsys):
+    """These named their temporary file ('.c.pdf.tmp: Not a directory')."""
+    from training.cli import main
+
+    (tmp_path / "a-file").write_text("x")
+    fill = lambda text: text.format(file=tmp_path / "a-file")  # noqa: E731
+    assert main([fill(a) for a in args]) == 2
+    assert capsys.readouterr().err == f"cardcam-train: --out {fill(out)}: {tmp_path / 'a-file'} is a file, not a folder\n"

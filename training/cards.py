@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from device.preprocess import ImageError, PreprocessSettings, load_image, preprocess
 from training.data import IMAGE_SUFFIXES, DataError
+from training.options import writable_folder
 from training.sheets import DPI, PAGE_MM, save_pdf
 from training.smileys import classic_smiley
 
@@ -112,6 +113,7 @@ def make_cards(out, examples=None) -> tuple[Path, list[str]]:
 
 
 def cmd_cards(args) -> int:
+    writable_folder(args.out)
     out, labels = make_cards(args.out, args.examples)
     print(f"wrote {out}: {len(labels)} cards ({', '.join(labels)}), {-(-len(labels) // len(SLOTS_MM))} A4 page(s)")
     return 0

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from training.keras_model import KerasMissing
 from training.data import DataError, load_folder, load_task, split
 from training.nets import ARCHS
 from training.optim import OPTIMISERS
+from training.options import count, positive, writable_folder
 from training.trainer import TrainConfig, as_float, confusion_matrix, make_inputs, predict_labels, train
 
 # The defaults that give the shipped models (models/README.md).
@@ -44,20 +43,6 @@ def parse_preprocess(pairs) -> dict:
     except ValueError as e:
         raise ValueError(f"--preprocess: {e}") from None
     return out
-
-
-def writable_folder(out, flag: str = "--out") -> None:
-    """Make an output file's folder and check it takes a file, before any work: a model trained for
-    minutes must not fail to save. ValueError('<flag> <file>: cannot write to ...') if not."""
-    folder = Path(out).parent
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{flag} {out}: {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"{flag} {out}: cannot write to {folder}: {e.strerror or e}") from None
 
 
 def cmd_train(args) -> int:
@@ -89,6 +74,8 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from training.report import render_html
 
+    if args.out:
+        writable_folder(args.out)
     page = render_html(args.model, data=args.data, out=args.out)
     print(f"wrote {page}")
     return 0
@@ -171,6 +158,7 @@ def cmd_ablate(args) -> int:
     for name in names:  # a name that means nothing for this network fails now, not after the data
         ablate.make_variant(name, arch["layers"], arch["input_shape"])
     out = args.out or "ablation/" + "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{args.task}-{args.arch}")
+    writable_folder(out, folder=True)
     result = ablate.ablate(task=args.task, arch=args.arch, variants=names or None, runs=args.runs, seed=args.seed,
                            epochs=args.epochs, trainer=args.trainer, jobs=args.jobs, out=out,
                            batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, jitter=args.jitter,
@@ -183,44 +171,20 @@ def cmd_ablate(args) -> int:
     return 1 if result["errors"] else 0
 
 
-def _count(low: int):
-    """An argparse type: a whole number >= low (checked before any work, not at the first epoch)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam-train", description="Train and check cardcam models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model (NumPy trainer, or --trainer keras)")
     p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits, smileynet for smiley)")
-    p.add_argument("--epochs", type=_count(1), default=12)
-    p.add_argument("--seed", type=_count(0), default=0)
-    p.add_argument("--batch-size", type=_count(1), default=64)
+    p.add_argument("--epochs", type=count(1), default=12)
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
-    p.add_argument("--lr", type=_positive, default=2e-3)
-    p.add_argument("--jitter", type=_count(0), default=3, help="handwriting-jitter variants per card (default 3)")
-    p.add_argument("--camera", type=_count(0), default=2, help="simulated camera frames per card (default 2)")
-    p.add_argument("--processes", type=_count(1), help="processes that make the inputs (default: all cores)")
+    p.add_argument("--lr", type=positive, default=2e-3)
+    p.add_argument("--jitter", type=count(0), default=3, help="handwriting-jitter variants per card (default 3)")
+    p.add_argument("--camera", type=count(0), default=2, help="simulated camera frames per card (default 2)")
+    p.add_argument("--processes", type=count(1), help="processes that make the inputs (default: all cores)")
     p.add_argument("--out", help="bundle to write (default: models/TASK.npz)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
                    help="a preprocessing setting for this model (kept in its bundle), e.g. paper_window=0.35")
@@ -233,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the training data for representative inputs (default: the bundle's task)")
     p.add_argument("--io", choices=("int8", "float32"), default="int8",
                    help="type of the TFLite model's input and output (default int8; the ops are int8 either way)")
-    p.add_argument("--count", type=_count(1), default=300, help="representative inputs from the training split (default 300)")
+    p.add_argument("--count", type=count(1), default=300, help="representative inputs from the training split (default 300)")
     p.add_argument("--tflite", help="standalone .tflite to write (default: beside the bundle)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
@@ -241,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="for a task: its validation split (default) or every image")
     p.add_argument("--camera", action="store_true", help="judge simulated camera frames instead of clean cards")
-    p.add_argument("--frames", type=_count(1), default=1, help="with --camera: frames per card (default 1)")
+    p.add_argument("--frames", type=count(1), default=1, help="with --camera: frames per card (default 1)")
     p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
                    help="numpy (default: the float weights), tflite (the bundle's int8 model) or auto")
     p.add_argument("--json", action="store_true")
@@ -259,17 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variants to train (default: every automatic one; --list shows them), e.g. "
                         "baseline,no-conv2,no-batchnorm+no-dropout,kernel5,pool3")
     p.add_argument("--list", action="store_true", help="print the automatic variants of --arch and stop")
-    p.add_argument("--runs", type=_count(1), default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
-    p.add_argument("--seed", type=_count(0), default=0)
-    p.add_argument("--epochs", type=_count(1), default=4)
+    p.add_argument("--runs", type=count(1), default=3, help="trainings per variant, seeds SEED, SEED+1, ... (default 3)")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--epochs", type=count(1), default=4)
     p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy")
-    p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at once, one process and BLAS thread each")
+    p.add_argument("--jobs", type=count(1), default=1, help="runs trained at once, one process and BLAS thread each")
     p.add_argument("--out", help="folder for runs.jsonl, ablation.csv/.md/.png (default: ablation/TASK-ARCH)")
-    p.add_argument("--batch-size", type=_count(1), default=64)
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default="adam")
-    p.add_argument("--lr", type=_positive, default=2e-3)
-    p.add_argument("--jitter", type=_count(0), default=1, help="handwriting-jitter variants per card (default 1)")
-    p.add_argument("--camera", type=_count(0), default=1, help="simulated camera frames per card (default 1)")
+    p.add_argument("--lr", type=positive, default=2e-3)
+    p.add_argument("--jitter", type=count(0), default=1, help="handwriting-jitter variants per card (default 1)")
+    p.add_argument("--camera", type=count(0), default=1, help="simulated camera frames per card (default 1)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
                    help="a preprocessing setting (default for smiley tasks: paper_window=0.35, as the shipped models)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -28,6 +28,7 @@ from device.bundle import BundleError
 from device.daemon import ModelRefused, load_model
 from device.runtime import RuntimeUnavailable
 from device.status import DEFAULT_STATE_FILE
+from training.options import count, seconds
 
 DEFAULT_DIR = "/var/lib/cardcam/models"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]+$")
@@ -46,12 +47,12 @@ def add_command(sub) -> None:
     p.add_argument("--model", required=True, help="the bundle (.npz) to deploy")
     p.add_argument("--host", required=True, help="where the daemon runs, as for ssh: pi@cardcam.local")
     p.add_argument("--path", help=f"file on the Pi (default: {DEFAULT_DIR}/<the model's file name>)")
-    p.add_argument("--port", type=int, help="ssh port")
+    p.add_argument("--port", type=count(1, 65535), help="ssh port")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
                    help="an ssh/scp -o option, e.g. IdentityFile=~/.ssh/pi (repeatable)")
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE,
                    help=f"the daemon's state file on the Pi (default: {DEFAULT_STATE_FILE})")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=seconds, default=30.0,
                    help="seconds to wait for the daemon to run the new model (default 30; 0: do not wait)")
     p.add_argument("--force", action="store_true", help="copy even if the running model has another task or labels")
     p.set_defaults(func=deploy)

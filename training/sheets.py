@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from device.preprocess import ImageError, PreprocessSettings, load_image, paper_brightness, preprocess
 from training.data import DataError
+from training.options import writable_folder
 
 # --- the page, in millimetres -----------------------------------------------------------------
 PAGE_MM = (210.0, 297.0)               # A4 portrait
@@ -290,6 +291,7 @@ def _write_new(folder: Path, stem: str, cell: np.ndarray) -> Path:
 
 def cmd_make(args) -> int:
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    writable_folder(args.out)
     out = make_sheets(labels, args.out, args.rows, args.cols)
     print(f"wrote {out}: {len(labels)} page(s), {args.rows}x{args.cols} cells each, labels {', '.join(labels)}")
     return 0
@@ -298,6 +300,7 @@ def cmd_make(args) -> int:
 def cmd_cut(args) -> int:
     import sys
 
+    writable_folder(args.out, folder=True)
     failed = 0
     for photo in args.photos:
         try:

@@ -1,0 +1,61 @@
+"""Checking a command's options before it does any work: argparse types for numbers, and the
+places it will write."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+
+def count(low: int, high: int | None = None):
+    """An argparse type: a whole number >= low (and <= high), checked before any work, not at
+    the first epoch."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            within = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {within}, got {text!r}")
+        return value
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def writable_folder(out, flag: str = "--out", folder: bool = False) -> None:
+    """Make the folder an output file goes in (``folder=True``: the output folder itself) and
+    check it takes a file, before any work: a model trained for minutes must not fail to save, and
+    an error must name what the user typed, not a temporary file. ValueError('<flag> <out>: ...')."""
+    where = Path(out) if folder else Path(out).parent
+    if where.exists() and not where.is_dir():
+        raise ValueError(f"{flag} {out}: {where} is a file, not a folder")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {out}: cannot write to {where}: {e.strerror or e}") from None
