@@ -24,26 +24,21 @@ def count(low: int, high: int | None = None):
     return parse
 
 
-def positive(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+def number(low: float, inclusive: bool, what: str = "a number"):
+    """An argparse type: a finite number > low (>= low if ``inclusive``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low <= value if inclusive else low < value) or value == math.inf:  # nan fails both
+            raise argparse.ArgumentTypeError(f"must be {what} {'>=' if inclusive else '>'} {low:g}, got {text!r}")
+        return value
+    return parse
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
+positive = number(0, inclusive=False)
+seconds = number(0, inclusive=True, what="a number of seconds")
 
 
 def writable_folder(out, flag: str = "--out", folder: bool = False) -> None:
