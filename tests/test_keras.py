@@ -41,10 +41,12 @@ def keras_probs(model, x):
 
 @pytest.fixture(scope="module")
 def keras_dwengo(mnist01_cards, tmp_path_factory):
-    """dwengo trained by the Keras trainer for one epoch on 160 MNIST 0/1 cards (BatchNorm statistics real)."""
-    cards = mnist01_cards.subset(np.arange(160))
+    """dwengo trained by the Keras trainer for five epochs on 160 MNIST 0/1 cards, 80 of each
+    (BatchNorm statistics real; validation 1.0 here)."""
+    # 80 of each digit (the first 160 were all zeros: the split now refuses a label with no cards)
+    cards = mnist01_cards.subset(np.concatenate([np.flatnonzero(mnist01_cards.labels == d)[:80] for d in (0, 1)]))
     out = tmp_path_factory.mktemp("keras") / "dwengo-keras.npz"
-    cfg = TrainConfig(task="digits01", arch="dwengo", epochs=1, seed=0, jitter_variants=0, camera_variants=0,
+    cfg = TrainConfig(task="digits01", arch="dwengo", epochs=5, seed=0, jitter_variants=0, camera_variants=0,
                       processes=1, trainer="keras", batch_size=32)
     bundle = train(cfg, out, command="pytest keras_dwengo", progress=False, cards=cards,
                    data_description="160 MNIST 0/1 cards (tests)")

@@ -145,7 +145,7 @@ def test_a_smiley_model_keeps_its_own_preprocessing_settings(tmp_path, capsys):
     assert bundle.preprocess.work_size == PreprocessSettings().work_size
     assert "--preprocess paper_window=0.35" in bundle.meta["provenance"]["command"]
     capsys.readouterr()
-    for bad, message in (("paper_window=wide", "must be float"), ("colour=red", "KEY a preprocessing setting"),
+    for bad, message in (("paper_window=wide", "must be float"), ("colour=red", "expected KEY=VALUE with KEY one of ink, work_size"),
                          ("paper_window=5", "'paper_window' must be a number in")):
         assert main(["train", "--task", "smiley:12", "--preprocess", bad, "--out", str(tmp_path / "x.npz")]) == 2
         err = capsys.readouterr().err
