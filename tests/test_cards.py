@@ -79,6 +79,16 @@ def test_cards_reads_the_users_examples_or_names_the_folder(tmp_path, capsys):
     assert not (tmp_path / "c.pdf").exists()
     assert main(["cards", "--out", str(tmp_path / "c.pdf"), "--examples", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err
+    (root / "blank" / "b.png").write_bytes(b"not a picture")  # says so, not only "no ink"
+    assert main(["cards", "--out", str(tmp_path / "c.pdf"), "--examples", str(root)]) == 2
+    assert capsys.readouterr().err == (
+        f"cardcam-train: {root / 'blank'}: no example in which ink can be found, for label 'blank' (1 of 2 "
+        f"unreadable, first {root / 'blank' / 'b.png'}: not an image Pillow can read)\n")
+    (root / "empty").mkdir()
+    for picture in (root / "blank").iterdir():
+        picture.unlink()
+    assert main(["cards", "--out", str(tmp_path / "c.pdf"), "--examples", str(root)]) == 2
+    assert capsys.readouterr().err == f"cardcam-train: {root / 'blank'}: no images (.png, .jpg, ...) for label 'blank'\n"
 
 
 def test_shipped_smiley_model_reads_the_printed_smiley_cards(repo):

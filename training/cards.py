@@ -44,10 +44,14 @@ def example_glyph(folder: Path) -> Image.Image:
     """The first usable example in a label folder, cropped to its ink, contrast stretched."""
     settings = PreprocessSettings()
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images (.png, .jpg, ...) for label '{folder.name}'")
+    unreadable = []
     for f in files:
         try:
             gray = load_image(f)
-        except ImageError:
+        except ImageError as e:
+            unreadable.append(str(e))
             continue
         prepared = preprocess(gray, settings, (32, 32))
         if not prepared.found:
@@ -59,7 +63,8 @@ def example_glyph(folder: Path) -> Image.Image:
         lo, hi = np.percentile(crop, 1), np.percentile(crop, 90)  # ink -> black, paper -> white
         stretched = np.clip((crop - lo) / max(hi - lo, 1e-3), 0, 1)
         return Image.fromarray((stretched * 255).astype(np.uint8))
-    raise DataError(f"{folder}: no example in which ink can be found, for label '{folder.name}'")
+    why = f" ({len(unreadable)} of {len(files)} unreadable, first {unreadable[0]})" if unreadable else ""
+    raise DataError(f"{folder}: no example in which ink can be found, for label '{folder.name}'{why}")
 
 
 def card_glyphs(examples=None) -> list[tuple[str, Image.Image]]:
