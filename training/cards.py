@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from device.preprocess import ImageError, PreprocessSettings, load_image, preprocess
-from training.data import IMAGE_SUFFIXES, DataError
+from training.data import DataError, label_folders, label_pictures
 from training.options import writable_folder
 from training.sheets import DPI, PAGE_MM, save_pdf
 from training.smileys import classic_smiley
@@ -43,9 +43,7 @@ def builtin_glyph(label: str, px: int) -> Image.Image:
 def example_glyph(folder: Path) -> Image.Image:
     """The first usable example in a label folder, cropped to its ink, contrast stretched."""
     settings = PreprocessSettings()
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{folder}: no images (.png, .jpg, ...) for label '{folder.name}'")
+    files = label_pictures(folder)
     unreadable = []
     for f in files:
         try:
@@ -72,9 +70,7 @@ def card_glyphs(examples=None) -> list[tuple[str, Image.Image]]:
     glyphs = [(label, builtin_glyph(label, 600)) for label in BUILTIN]
     if examples is not None:
         root = Path(examples)
-        if not root.is_dir():
-            raise DataError(f"{root}: not a folder (expected {root}/<label>/*.png)")
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = label_folders(root)
         if not folders:
             raise DataError(f"{root}: no label folders in it (expected {root}/<label>/*.png)")
         for folder in folders:

@@ -80,20 +80,31 @@ def render_font_digits(digits=range(10), per_digit=40, seed=0) -> CardSet:
     return CardSet(cards, np.array(labels, np.int64), [str(d) for d in digits], ["font"] * len(cards))
 
 
-def load_folder(root) -> CardSet:
-    """``root/<label>/*.png|jpg``: one class per sub-folder, labels in sorted order."""
+def label_folders(root) -> list[Path]:
+    """The label folders of ``root/<label>/*.png``, sorted, hidden ones left out; DataError if
+    root is not a folder."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected {root}/<label>/*.png)")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def label_pictures(folder: Path) -> list[Path]:
+    """The picture files of one label folder, sorted; DataError if it has none."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images (.png, .jpg, ...) for label '{folder.name}'")
+    return files
+
+
+def load_folder(root) -> CardSet:
+    """``root/<label>/*.png|jpg``: one class per sub-folder, labels in sorted order."""
+    classes = label_folders(root)
     if len(classes) < 2:
         raise DataError(f"{root}: needs at least two label folders, found {len(classes)}")
     cards, labels, names = [], [], []
     for i, folder in enumerate(classes):
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{folder}: no images (.png, .jpg, ...) for label '{folder.name}'")
-        for f in files:
+        for f in label_pictures(folder):
             try:
                 gray = load_image(f)
             except ImageError as e:
