@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from device.bundle import Bundle, BundleError, load_bundle, save_bundle
-from device.runtime import NumpyRuntime, RuntimeUnavailable, TfliteRuntime, make_runtime, tflite_interpreter
+from device.runtime import (DELEGATE_NOTICE, NumpyRuntime, RuntimeUnavailable, TfliteRuntime, make_runtime,
+                            stderr_without_delegate_notice, tflite_interpreter)
 
 from conftest import skip_or_fail  # noqa: E402
 
@@ -187,14 +189,10 @@ def test_daemon_first_line_and_doctor_name_the_runtime(int8_model, tmp_path):
 def test_loading_a_model_writes_nothing_to_stderr_but_what_is_not_the_delegate_notice(int8_model, capfd):
     """TFLite's C++ logger prints DELEGATE_NOTICE to fd 2 for every interpreter; `cardcam
     predict`, `doctor` and the journal show it no more. Anything else written there still shows."""
-    from device.runtime import DELEGATE_NOTICE, stderr_without_delegate_notice
-
     runtime = TfliteRuntime(int8_model.bundle)
     runtime.predict(np.zeros((1, *runtime.input_shape), np.float32))
     assert capfd.readouterr().err == ""
     with stderr_without_delegate_notice():
-        import os
-
         os.write(2, f"{DELEGATE_NOTICE}\nsomething else\n".encode())
         sys.stderr.write("and from Python\n")
     # (pytest's own sys.stderr is not fd 2, so the two lines may come in either order)
