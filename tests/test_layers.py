@@ -132,6 +132,25 @@ def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
         np.testing.assert_allclose(grouped, whole, rtol=1e-12, atol=1e-12)
 
 
+def test_layers_cut_into_pieces_give_the_numbers_of_one_piece(monkeypatch):
+    """BatchNorm and max-pool with their maps cut into pieces for the threads (7 pictures, 4
+    pieces): the outputs and gradients of one piece."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((7, 9, 9, 4))
+    gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    dout = rng.standard_normal((7, 4, 4, 4))
+    results = []
+    for split in (1 << 40, 1):
+        monkeypatch.setattr(L, "_MAP_SPLIT", split)
+        assert len(L.map_pieces(7, x.size)) == (1 if split > 1 else 4)
+        bn, pool = L.BatchNorm(gamma, beta, np.zeros(4), np.ones(4)), L.MaxPool2D(2)
+        out = pool.forward(bn.forward(x, True), True)
+        dx = bn.backward(pool.backward(dout))
+        results.append([out, dx, bn.grads["gamma"], bn.grads["beta"], bn.state["mean"], bn.state["var"]])
+    for whole, pieces in zip(*results):
+        np.testing.assert_allclose(pieces, whole, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("m, k, n, layout", [
     (25, 5000, 6, "C"),       # a weight gradient: inner blocks of 1024, and a remainder of 904
     (9, 8192, 4, "F"),        # the same from a transposed patch matrix (cols.T), no remainder
@@ -176,6 +195,15 @@ def test_maxpool_gradient(h, w, size):
     dx = layer.backward(np.ones((2, h // size, w // size, 3)))
     assert not dx[:, (h // size) * size:, :, :].any() and not dx[:, :, (w // size) * size:, :].any()
     assert dx.sum() == 2 * (h // size) * (w // size) * 3  # one maximum per window
+
+
+def test_maxpool_gradient_goes_to_the_first_of_tied_maxima():
+    """As TensorFlow's: one maximum per window takes the gradient, the first in row-major order."""
+    x = np.array([[1, 3, 0, 0], [3, 3, 0, -1]], np.float32).reshape(1, 2, 4, 1)
+    pool = L.MaxPool2D(2)
+    np.testing.assert_array_equal(pool.forward(x, True).ravel(), [3, 0])
+    dx = pool.backward(np.array([5, 7], np.float32).reshape(1, 1, 2, 1))
+    np.testing.assert_array_equal(dx.reshape(2, 4), [[0, 5, 7, 0], [0, 0, 0, 0]])
 
 
 @given(h=st.integers(2, 11), w=st.integers(2, 11), size=st.sampled_from([2, 3]), seed=st.integers(0, 2**16))

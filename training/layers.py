@@ -42,6 +42,7 @@ _ROWS_MAX = 65536 * 4 - 1  # multiply-adds per block of rows (cache-sized: faste
 _INNER_BLOCK = 1024  # length of the inner axis per block
 _BLOCKS_PER_PIECE = 4  # inner blocks per piece of work for training.parallel's threads
 _PATCH_GROUP_BYTES = 4 << 20  # a conv's patches are built and multiplied this much at a time
+_MAP_SPLIT, _MAP_PIECES = 1 << 18, 4  # BatchNorm and max-pool maps: cut from this many numbers, so many pieces
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
 
 
@@ -202,7 +203,8 @@ class ReLU(Layer):
 class MaxPool2D(Layer):
     """Non-overlapping size x size windows; the gradient goes to one maximum per window (the
     first in row-major order, as TensorFlow's). Forward: the maximum of the size*size strided
-    views; backward: each view's share of dout through a boolean mask, no index arithmetic."""
+    views; backward: each view's share of dout through a boolean mask, no index arithmetic.
+    Both in pieces of the batch (map_pieces) on training.parallel's threads."""
 
     def __init__(self, size=2):
         super().__init__()
@@ -212,16 +214,21 @@ class MaxPool2D(Layer):
         s = self.size
         n, h, w, c = x.shape
         ho, wo = h // s, w // s
-        views = [x[:, i:ho * s:s, j:wo * s:s, :] for i in range(s) for j in range(s)]
-        out = np.maximum(views[0], views[1])
-        for v in views[2:]:
-            np.maximum(out, v, out=out)
-        masks = np.empty((len(views), n, ho, wo, c), bool)
-        free = np.ones(out.shape, bool)  # windows whose maximum is not yet claimed
-        for v, hit in zip(views, masks):
-            np.equal(v, out, out=hit)
-            hit &= free
-            free ^= hit
+        out = np.empty((n, ho, wo, c), x.dtype)
+        masks = np.empty((s * s, n, ho, wo, c), bool)
+
+        def piece(images: slice):
+            views = [x[images, i:ho * s:s, j:wo * s:s, :] for i in range(s) for j in range(s)]
+            top = out[images]
+            np.maximum(views[0], views[1], out=top)
+            for v in views[2:]:
+                np.maximum(top, v, out=top)
+            free = np.ones(top.shape, bool)  # windows whose maximum is not yet claimed
+            for v, hit in zip(views, masks[:, images]):
+                np.equal(v, top, out=hit)
+                hit &= free
+                free ^= hit
+        parallel.each(piece, map_pieces(n, x.size))
         self.cache = (x.shape, masks)
         return out
 
@@ -231,14 +238,19 @@ class MaxPool2D(Layer):
         ho, wo = dout.shape[1], dout.shape[2]
         alloc = np.empty if (h, w) == (ho * s, wo * s) else np.zeros  # every pixel written, or not
         dx = alloc((n, h, w, c), dtype=dout.dtype)
-        for (i, j), hit in zip(((i, j) for i in range(s) for j in range(s)), masks):
-            np.multiply(dout, hit, out=dx[:, i:ho * s:s, j:wo * s:s, :])
+        offsets = [(i, j) for i in range(s) for j in range(s)]
+
+        def piece(images: slice):
+            for (i, j), hit in zip(offsets, masks[:, images]):
+                np.multiply(dout[images], hit, out=dx[images, i:ho * s:s, j:wo * s:s, :])
+        parallel.each(piece, map_pieces(n, dx.size))
         return dx
 
 
 class BatchNorm(Layer):
     """Normalises over every axis but the channels; batch statistics when training, running
-    statistics (Keras-style momentum update) at inference."""
+    statistics (Keras-style momentum update) at inference. Its passes run in pieces of rows
+    (map_pieces) on training.parallel's threads; the statistics are sums of the pieces' sums."""
 
     def __init__(self, gamma, beta, mean, var, epsilon=1e-3, momentum=0.99):
         super().__init__()
@@ -249,24 +261,38 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         c = x.shape[-1]
         flat = x.reshape(-1, c)
+        wide, r = _wide(flat)
+        rows = map_pieces(len(wide), x.size)
         if training:
-            mu = _column_sums(flat) / len(flat)
+            mu = _sum(parallel.each(lambda p: _column_sums(wide[p].reshape(-1, c)), rows)) / len(flat)
         else:
             mu = self.state["mean"]
-        wide, r = _wide(flat)
-        centred = wide - np.tile(mu.astype(x.dtype), r)
+        centred = np.empty_like(wide)
+        mu_wide = np.tile(mu.astype(x.dtype), r)
+
+        def centre(p: slice):
+            np.subtract(wide[p], mu_wide, out=centred[p])
+            if training:
+                return _column_sums(centred[p].reshape(-1, c), centred[p].reshape(-1, c))
+        squares = parallel.each(centre, rows)
         if training:
-            var = _column_sums(centred.reshape(-1, c), centred.reshape(-1, c)) / len(flat)
+            var = _sum(squares) / len(flat)
             m = self.momentum
             self.state["mean"] = (m * self.state["mean"] + (1 - m) * mu).astype(self.state["mean"].dtype)
             self.state["var"] = (m * self.state["var"] + (1 - m) * var).astype(self.state["var"].dtype)
         else:
             var = self.state["var"]
         inv = (1.0 / np.sqrt(var + self.epsilon)).astype(x.dtype)
-        xhat = np.multiply(centred, np.tile(inv, r), out=centred)
-        self.cache = (xhat, inv, r)
-        out = xhat * np.tile(self.params["gamma"].astype(x.dtype), r)
-        out += np.tile(self.params["beta"].astype(x.dtype), r)
+        inv_wide, gamma_wide, beta_wide = (np.tile(v.astype(x.dtype), r) for v in
+                                           (inv, self.params["gamma"], self.params["beta"]))
+        out = np.empty_like(wide)
+
+        def scale(p: slice):
+            xhat = np.multiply(centred[p], inv_wide, out=centred[p])
+            np.multiply(xhat, gamma_wide, out=out[p])
+            out[p] += beta_wide
+        parallel.each(scale, rows)
+        self.cache = (centred, inv, r)  # centred now holds xhat
         return out.reshape(x.shape)
 
     def backward(self, dout):
@@ -274,16 +300,41 @@ class BatchNorm(Layer):
         c = dout.shape[-1]
         d = dout.reshape(xhat.shape)
         m = xhat.size // c
-        dgamma = _column_sums(d.reshape(-1, c), xhat.reshape(-1, c))
-        dbeta = _column_sums(d.reshape(-1, c))
+        rows = map_pieces(len(d), d.size)
+        sums = parallel.each(lambda p: (_column_sums(d[p].reshape(-1, c), xhat[p].reshape(-1, c)),
+                                        _column_sums(d[p].reshape(-1, c))), rows)
+        dgamma, dbeta = _sum([g for g, _ in sums]), _sum([b for _, b in sums])
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
         # Batch statistics depend on x: the standard three-term BatchNorm gradient,
         # (gamma * inv / m) * (m * dout - sum(dout) - xhat * sum(dout * xhat)).
-        dx = xhat * np.tile((-dgamma / m).astype(dout.dtype), r)
-        dx += d
-        dx -= np.tile((dbeta / m).astype(dout.dtype), r)
-        dx *= np.tile((self.params["gamma"] * inv).astype(dout.dtype), r)
+        a, b, g = (np.tile(v.astype(dout.dtype), r) for v in (-dgamma / m, dbeta / m, self.params["gamma"] * inv))
+        dx = np.empty_like(d)
+
+        def piece(p: slice):
+            part = np.multiply(xhat[p], a, out=dx[p])
+            part += d[p]
+            part -= b
+            part *= g
+        parallel.each(piece, rows)
         return dx.reshape(dout.shape)
+
+
+def map_pieces(count: int, numbers: int) -> list[slice]:
+    """count pictures (or rows of a _wide view) cut into ranges for training.parallel's threads,
+    for a memory-bound layer's passes over a map of ``numbers`` numbers: _MAP_PIECES from
+    _MAP_SPLIT on (more than two, so a helper thread that starts late finds work left), else
+    one. By the shapes only, as every cut in this module."""
+    k = min(count, _MAP_PIECES) if numbers >= _MAP_SPLIT else 1
+    bounds = [count * i // k for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _sum(parts: list) -> np.ndarray:
+    """The pieces' partial sums added in piece order (the same numbers on any thread count)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
 
 
 def _wide(flat: np.ndarray) -> tuple[np.ndarray, int]:

@@ -1,8 +1,9 @@
-"""Threads for the NumPy trainer's convolutions, the bulk of a training step.
+"""Threads for the NumPy trainer's convolutions (the bulk of a training step), BatchNorm and
+max-pool.
 
-NumPy's copies and OpenBLAS's products release the GIL, so a convolution whose work is already
-cut into pieces (groups of pictures, blocks of the inner axis) can hand the pieces to threads and
-run on several cores at once. The pieces depend on the arrays' shapes only, never on the number
+NumPy's copies, arithmetic and OpenBLAS's products release the GIL, so a layer whose work is
+cut into pieces (groups of pictures, blocks of the inner axis, ranges of rows) can hand the
+pieces to threads and run on several cores at once. The pieces depend on the arrays' shapes only, never on the number
 of threads, and each piece does the same arithmetic wherever it runs: a run gives the same
 numbers, bit for bit, on one thread or eight (a model stays reproducible on any number of
 cores).
@@ -77,6 +78,7 @@ class _Job:
 
     def __init__(self, fn, pieces):
         self.fn, self.pieces = fn, pieces
+        self.results = [None] * len(pieces)
         self.error: BaseException | None = None
         self._next = itertools.count()  # next() on it is atomic under the GIL
         self._left = len(pieces)
@@ -86,7 +88,7 @@ class _Job:
     def work(self):
         while (i := next(self._next)) < len(self.pieces):
             try:
-                self.fn(self.pieces[i])
+                self.results[i] = self.fn(self.pieces[i])
             except BaseException as e:  # noqa: BLE001  (raised again on the calling thread)
                 self.error = e
             with self._lock:
@@ -95,16 +97,14 @@ class _Job:
                     self.done.set()
 
 
-def each(fn, pieces: list) -> None:
-    """fn(piece) for every piece, shared among the threads; returns when all are done (an
-    exception in any is raised here). fn writes its results into arrays of its own; pieces must
+def each(fn, pieces: list) -> list:
+    """fn(piece) for every piece, shared among the threads; returns when all are done, with
+    fn's results in the order of the pieces (an exception in any is raised here). Pieces must
     not overlap in what they write."""
     global _pool
     helpers = min(threads(), len(pieces)) - 1
     if helpers < 1:
-        for piece in pieces:
-            fn(piece)
-        return
+        return [fn(piece) for piece in pieces]
     if _pool is None:
         _pool = ThreadPoolExecutor(threads() - 1, "cardcam-train")
     job = _Job(fn, pieces)
@@ -114,3 +114,4 @@ def each(fn, pieces: list) -> None:
     job.done.wait()
     if job.error is not None:
         raise job.error
+    return job.results
