@@ -84,6 +84,16 @@ def conv_reference(x, kernel, bias, padding):
     return out + bias
 
 
+# Conv2D's two forms, whatever the shape: row patches from kernel rows of one number on, or never.
+CONV_FORMS = {"im2col": 1 << 30, "row-patches": 1}
+
+
+@pytest.fixture(params=list(CONV_FORMS))
+def conv_form(request, monkeypatch):
+    monkeypatch.setattr(L, "_ROW_PATCHES_FROM", CONV_FORMS[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("padding,k,cin,cout,h,w", [
     ("same", 3, 1, 2, 6, 5),
     ("valid", 3, 3, 4, 7, 6),
@@ -92,21 +102,24 @@ def conv_reference(x, kernel, bias, padding):
     ("same", 3, 4, 4, 5, 5),
     ("same", 4, 2, 2, 6, 6),  # even kernel: Keras pads one more after than before
 ])
-def test_conv2d_gradients(padding, k, cin, cout, h, w):
+def test_conv2d_gradients(padding, k, cin, cout, h, w, conv_form):
     rng = np.random.default_rng(k * 100 + cin)
     layer = L.Conv2D(rng.standard_normal((k, k, cin, cout)), rng.standard_normal(cout), padding)
     check_layer(layer, rng.standard_normal((2, h, w, cin)))
 
 
+@pytest.mark.parametrize("form", list(CONV_FORMS))
 @given(n=st.integers(1, 2), h=st.integers(5, 9), w=st.integers(5, 9), cin=st.integers(1, 3),
        cout=st.integers(1, 3), k=st.sampled_from([1, 2, 3, 5]), padding=st.sampled_from(["same", "valid"]),
        seed=st.integers(0, 2**16))
-def test_conv2d_forward_matches_loops(n, h, w, cin, cout, k, padding, seed):
+def test_conv2d_forward_matches_loops(form, n, h, w, cin, cout, k, padding, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, cin))
     kernel, bias = rng.standard_normal((k, k, cin, cout)), rng.standard_normal(cout)
     expected = conv_reference(x, kernel, bias, padding)
-    out = L.Conv2D(kernel, bias, padding).forward(x)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(L, "_ROW_PATCHES_FROM", CONV_FORMS[form])
+        out = L.Conv2D(kernel, bias, padding).forward(x)
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(nn.conv2d(x.astype(np.float32), kernel.astype(np.float32),
                                          bias.astype(np.float32), padding), expected, rtol=1e-4, atol=1e-4)
@@ -132,21 +145,33 @@ def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
         np.testing.assert_allclose(grouped, whole, rtol=1e-12, atol=1e-12)
 
 
+def test_conv2d_form_follows_the_kernel_row_length():
+    """Row patches where a kernel row holds 64 numbers or more (digitnet's 5 x 16), im2col below."""
+    rng = np.random.default_rng(6)
+    for cin, by_rows in ((16, True), (12, False), (1, False)):
+        layer = L.Conv2D(rng.standard_normal((5, 5, cin, 2)), np.zeros(2), "same")
+        layer.forward(rng.standard_normal((1, 6, 6, cin)), True)
+        assert layer.cache[2] is by_rows, cin
+
+
 def test_layers_cut_into_pieces_give_the_numbers_of_one_piece(monkeypatch):
-    """BatchNorm and max-pool with their maps cut into pieces for the threads (7 pictures, 4
-    pieces): the outputs and gradients of one piece."""
+    """A row-patch conv, BatchNorm and max-pool with their maps cut into pieces for the threads
+    (7 pictures, 4 pieces): the outputs and gradients of one piece."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((7, 9, 9, 4))
+    x = rng.standard_normal((7, 9, 9, 3))
+    kernel, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
     gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
     dout = rng.standard_normal((7, 4, 4, 4))
+    monkeypatch.setattr(L, "_ROW_PATCHES_FROM", 1)
     results = []
     for split in (1 << 40, 1):
         monkeypatch.setattr(L, "_MAP_SPLIT", split)
         assert len(L.map_pieces(7, x.size)) == (1 if split > 1 else 4)
-        bn, pool = L.BatchNorm(gamma, beta, np.zeros(4), np.ones(4)), L.MaxPool2D(2)
-        out = pool.forward(bn.forward(x, True), True)
-        dx = bn.backward(pool.backward(dout))
-        results.append([out, dx, bn.grads["gamma"], bn.grads["beta"], bn.state["mean"], bn.state["var"]])
+        conv, bn, pool = L.Conv2D(kernel, bias, "same"), L.BatchNorm(gamma, beta, np.zeros(4), np.ones(4)), L.MaxPool2D(2)
+        out = pool.forward(bn.forward(conv.forward(x, True), True), True)
+        dx = conv.backward(bn.backward(pool.backward(dout)))
+        results.append([out, dx, conv.grads["kernel"], conv.grads["bias"], bn.grads["gamma"], bn.grads["beta"],
+                        bn.state["mean"], bn.state["var"]])
     for whole, pieces in zip(*results):
         np.testing.assert_allclose(pieces, whole, rtol=1e-12, atol=1e-12)
 
