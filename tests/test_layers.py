@@ -279,7 +279,9 @@ def test_flatten_gradient():
     check_layer(layer, x)
 
 
-def test_dense_gradient():
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["in-turn", "side-by-side"])
+def test_dense_gradient(side_by_side, monkeypatch):
+    monkeypatch.setattr(L, "_DENSE_SPLIT", 1 if side_by_side else 1 << 40)
     rng = np.random.default_rng(3)
     layer = L.Dense(rng.standard_normal((6, 4)), rng.standard_normal(4))
     check_layer(layer, rng.standard_normal((5, 6)))
