@@ -6,10 +6,12 @@ Keras (training.keras_model.KerasLearner, the `--trainer keras` path) trains the
 same inputs in the same run; without the keras extra its column prints as "-" (JSON null). Seconds
 are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads each library takes
 by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy:
-training.parallel's threads for the convolutions, ``--threads`` or CARDCAM_TRAIN_THREADS, default
-one per core, each product on one BLAS thread; the JSON says how many as ``numpy_threads``). Both
+training.parallel's threads for the convolutions, BatchNorm, max-pool and dense layers,
+``--threads`` or CARDCAM_TRAIN_THREADS, default one per core, each product on one BLAS thread;
+the JSON says how many as ``numpy_threads``). Both
 get one warm-up pass first (allocation, Keras' graph tracing), then ``--epochs`` timed epochs
-each (default 2), NumPy and Keras in turns, the best of each kept.
+each (default 5: on a shared machine one epoch in two or three ran 10-40 % slow), NumPy and
+Keras in turns, the best of each kept.
 The CPU columns (process CPU seconds, all threads) tell how much of each wall time was work when
 other processes share the cores.
 """
@@ -77,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per trainer, best kept (default 2)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per trainer, best kept (default 5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="NumPy trainer threads (default: CARDCAM_TRAIN_THREADS, else one per core)")
     args = parser.parse_args()
