@@ -485,10 +485,16 @@ def _package_version(label: str, module) -> str:
 DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
-@contextlib.contextmanager
 def stderr_without_delegate_notice():
-    """fd 2 goes to a temporary file while the body runs; what was written there, but
-    DELEGATE_NOTICE, is written to stderr afterwards (nothing else is lost)."""
+    """stderr_without the DELEGATE_NOTICE line."""
+    return stderr_without(lambda line: line == DELEGATE_NOTICE)
+
+
+@contextlib.contextmanager
+def stderr_without(unwanted):
+    """fd 2 goes to a temporary file while the body runs; afterwards every line written there
+    for which unwanted(line) (without its newline) is false is written to stderr: only those
+    lines are lost. Where there is no stderr, fd 2 or temporary file, the body runs as is."""
     try:
         sys.stderr.flush()
         caught = tempfile.TemporaryFile()
@@ -509,7 +515,7 @@ def stderr_without_delegate_notice():
             os.close(saved)
             caught.seek(0)
             lines = caught.read().decode(errors="replace").splitlines(keepends=True)
-            rest = "".join(line for line in lines if line.rstrip("\n") != DELEGATE_NOTICE)
+            rest = "".join(line for line in lines if not unwanted(line.rstrip("\n")))
             if rest:
                 sys.stderr.write(rest)
                 sys.stderr.flush()

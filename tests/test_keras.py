@@ -134,6 +134,7 @@ def test_export_cli_adds_tflite_to_a_numpy_bundle_and_writes_a_tflite_file(train
                            f"folder:{data}", "--count", "60"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "top-1 agreement" in proc.stdout
+    assert proc.stderr == ""  # not even TensorFlow's start-up lines (oneDNN, absl)
     after = load_bundle(model)
     assert after.meta["weights_sha256"] == before.meta["weights_sha256"]
     for name, a in before.weights.items():

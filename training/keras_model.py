@@ -10,10 +10,12 @@ moving variance with the spec's epsilon and momentum, so nothing is folded or ap
 from __future__ import annotations
 
 import os
+from functools import cache
 
 import numpy as np
 
 from device import nn
+from device.runtime import stderr_without
 
 # Keras' own order of each layer's arrays, in bundle names.
 KERAS_ORDER = {"conv2d": ("kernel", "bias"), "dense": ("kernel", "bias"),
@@ -24,12 +26,22 @@ class KerasMissing(RuntimeError):
     """TensorFlow/Keras is not installed (it is an optional extra)."""
 
 
+def _tensorflow_start_up_line(line: str) -> bool:
+    """The lines TensorFlow's C++ logging writes to fd 2 while it is imported, before it reads
+    TF_CPP_MIN_LOG_LEVEL (TensorFlow issue 100442): that oneDNN is on, and absl's note that such
+    early lines go to stderr. They opened the output of every Keras training and export."""
+    return ("] oneDNN custom operations are on." in line
+            or line == "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+
+
+@cache
 def keras():
     """The keras module, or KerasMissing with the command that installs it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up chatter on stderr
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow chatter on stderr once it runs
     try:
-        import keras as k
-        import tensorflow  # noqa: F401  (the backend Keras and the TFLite converter use)
+        with stderr_without(_tensorflow_start_up_line):
+            import keras as k
+            import tensorflow  # noqa: F401  (the backend Keras and the TFLite converter use)
     except ImportError as e:
         raise KerasMissing(f"Keras/TensorFlow is not installed ({e}); pip install 'cardcam[keras]'") from None
     return k
