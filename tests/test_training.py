@@ -295,6 +295,23 @@ def test_train_settings_and_tasks_are_refused_naming_the_option(args, message, t
     assert err.startswith("cardcam-train: " + message) and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("args", [
+    ["train", "--task", "digits01", "--epochs", "1", "--out", "{folder}"],
+    ["export", "--model", "never-read.npz", "--tflite", "{folder}"],
+    ["report", "--out", "{folder}", "never-read.npz"],
+    ["cards", "--out", "{folder}"],
+    ["sheet", "make", "--labels", "a,b", "--out", "{folder}"],
+], ids=lambda args: args[0] if args[0] != "sheet" else "sheet make")
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(args, tmp_path, capsys):
+    """`export --tflite DIR` said '.DIR.tmp: Is a directory', after rewriting the bundle;
+    `train --out DIR` would have trained first and failed to save."""
+    from training.cli import main
+
+    flag = args[args.index("{folder}") - 1]
+    assert main([a.format(folder=tmp_path) for a in args]) == 2
+    assert capsys.readouterr().err == f"cardcam-train: {flag} {tmp_path}: is a folder; name the file to write in it\n"
+
+
 @pytest.mark.parametrize("args, out", [
     (["report", "--out", "{file}/r.html", "never-read.npz"], "{file}/r.html"),
     (["cards", "--out", "{file}/c.pdf"], "{file}/c.pdf"),

@@ -46,6 +46,8 @@ def writable_folder(out, flag: str = "--out", folder: bool = False) -> None:
     check it takes a file, before any work: a model trained for minutes must not fail to save, and
     an error must name what the user typed, not a temporary file. ValueError('<flag> <out>: ...')."""
     where = Path(out) if folder else Path(out).parent
+    if not folder and Path(out).is_dir():
+        raise ValueError(f"{flag} {out}: is a folder; name the file to write in it")
     if where.exists() and not where.is_dir():
         raise ValueError(f"{flag} {out}: {where} is a file, not a folder")
     try:
