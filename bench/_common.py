@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -25,6 +26,13 @@ def best_of(fn, repeats: int = 5, number: int = 1) -> float:
             fn()
         best = min(best, (time.perf_counter() - t) / number)
     return best
+
+
+def model_file(text: str) -> Path:
+    """An argparse type: a model bundle that exists (checked before any work)."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such model")
+    return Path(text)
 
 
 def random_bundle(arch_name: str, classes: int = 10, seed: int = 0) -> Bundle:

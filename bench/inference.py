@@ -28,6 +28,7 @@ from _common import best_of, random_bundle
 
 from device.bundle import Bundle, load_bundle
 from device.runtime import NumpyRuntime, TfliteRuntime, _package_version, in_turns
+from training.options import count
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,7 @@ def measure(bundle, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per model per line")
-    parser.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (default 1)")
+    parser.add_argument("--threads", type=count(1), default=1, help="TFLite interpreter threads (default 1)")
     args = parser.parse_args()
     bundles = [load_bundle(p) for p in sorted((ROOT / "models").glob("*.npz"))]
     bundles += [random_bundle(a) for a in ("lenet5", "dwengo", "digitnet")]

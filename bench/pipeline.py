@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from _common import REPO, random_bundle, simulation_config
+from _common import REPO, model_file, random_bundle, simulation_config
 
 from device.bundle import load_bundle, save_bundle
 from device.camera import PICTURE_SUFFIXES, SAMPLES_DIR, ReplaySource
@@ -49,6 +49,7 @@ from device.config import defaults
 from device.daemon import STAGES, Pipeline
 from device.outputs import Outputs, mock_pin_factory
 from device.runtime import TFLITE_MODULES, make_runtime, tflite_interpreter
+from training.options import count, positive
 
 GOAL_FPS = 1000.0
 
@@ -63,13 +64,11 @@ def rss_mb(pid="self") -> tuple[float, float]:
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
-def bench_model(path: str | None, workdir: Path) -> Path:
+def bench_model(path: Path | None, workdir: Path) -> Path:
     """The model to time: the one given, models/digits01.npz, or lenet5 with random weights
     (forward time does not depend on the weights' values)."""
     if path:
-        if not Path(path).is_file():
-            sys.exit(f"bench: {path}: no such model")
-        return Path(path)
+        return path
     if (REPO / "models" / "digits01.npz").exists():
         return REPO / "models" / "digits01.npz"
     out = workdir / "random-lenet5.npz"
@@ -228,13 +227,13 @@ def daemon_run(model: Path, workdir: Path, seconds: float, runtime_kind: str = "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Per-stage timing of the appliance's frame loop.")
-    parser.add_argument("--model", help="model bundle (default: models/digits01.npz, else lenet5 random weights)")
-    parser.add_argument("--frames", type=int, default=1000, help="frames to time in-process (default: 1000)")
+    parser.add_argument("--model", type=model_file, help="model bundle (default: models/digits01.npz, else lenet5 random weights)")
+    parser.add_argument("--frames", type=count(1), default=1000, help="frames to time in-process (default: 1000)")
     parser.add_argument("--runtime", choices=("auto", "numpy"), default="auto",
                         help="auto (TFLite when the bundle has it and a TFLite runtime imports) or numpy")
-    parser.add_argument("--memory-every", type=int, default=0, metavar="K",
+    parser.add_argument("--memory-every", type=count(0), default=0, metavar="K",
                         help="read this process's RSS every K frames and report its growth (default: off)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs after READY")
+    parser.add_argument("--seconds", type=positive, default=3.0, help="how long the daemon runs after READY")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

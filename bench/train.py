@@ -30,6 +30,7 @@ from device.runtime import in_turns
 from training import parallel
 from training.nets import ARCHS, Network
 from training.optim import Adam
+from training.options import count
 
 
 def wall_and_cpu(fn) -> tuple[float, float]:
@@ -78,9 +79,9 @@ def keras_epoch(arch_name: str, samples: int, batch: int = 64):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per trainer, best kept (default 5)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--samples", type=count(1), default=2048)
+    parser.add_argument("--epochs", type=count(1), default=5, help="timed epochs per trainer, best kept (default 5)")
+    parser.add_argument("--threads", type=count(1), default=None,
                         help="NumPy trainer threads (default: CARDCAM_TRAIN_THREADS, else one per core)")
     args = parser.parse_args()
     if args.threads is not None:

@@ -34,7 +34,9 @@ import threading
 import time
 from pathlib import Path
 
-from _common import REPO, simulation_config
+from _common import REPO, model_file, simulation_config
+
+from training.options import count, positive
 
 POLL_MS = 250  # as device/web/app.js
 
@@ -182,16 +184,16 @@ class ChromiumPage:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Daemon loop fps with the web page open, idle and off.")
-    parser.add_argument("--model", default=str(REPO / "models" / "digits01.npz"))
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of each phase (default 2)")
-    parser.add_argument("--rounds", type=int, default=6, help="times each phase is measured (default 6)")
+    parser.add_argument("--model", type=model_file, default=REPO / "models" / "digits01.npz")
+    parser.add_argument("--seconds", type=positive, default=2.0, help="length of each phase (default 2)")
+    parser.add_argument("--rounds", type=count(1), default=6, help="times each phase is measured (default 6)")
     parser.add_argument("--chromium", action="store_true", help="the page in headless Chromium, not an emulated client")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     results = {"off": [], "idle": [], "page": []}
     served = []
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = Daemon(Path(tmp), Path(args.model).resolve())
+        daemon = Daemon(Path(tmp), args.model.resolve())
         try:
             daemon.loop_fps(1.0)  # warm up
             for round_ in range(args.rounds):
