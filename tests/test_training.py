@@ -295,6 +295,17 @@ def test_train_settings_and_tasks_are_refused_naming_the_option(args, message, t
     assert err.startswith("cardcam-train: " + message) and err.count("\n") == 1
 
 
+def test_a_model_is_saved_under_its_task_by_default(tmp_path, monkeypatch):
+    from training.cli import default_out
+
+    (tmp_path / "my-cards").mkdir()
+    monkeypatch.chdir(tmp_path / "my-cards")
+    assert default_out("digits") == "models/digits.npz"
+    assert default_out("smiley:4000") == "models/smiley.npz"
+    assert default_out("folder:../my-cards/") == "models/my-cards.npz"
+    assert default_out("folder:.") == "models/my-cards.npz"  # was models/.npz, a hidden file
+
+
 @pytest.mark.parametrize("args", [
     ["train", "--task", "digits01", "--epochs", "1", "--out", "{folder}"],
     ["export", "--model", "never-read.npz", "--tflite", "{folder}"],

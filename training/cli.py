@@ -45,6 +45,13 @@ def parse_preprocess(pairs) -> dict:
     return out
 
 
+def default_out(task: str) -> str:
+    """models/<task>.npz; for folder:DIR, DIR's own name (folder:. is the current folder's)."""
+    if task.startswith("folder:"):
+        return f"models/{Path(task[len('folder:'):]).resolve().name}.npz"
+    return f"models/{task.split(':')[0]}.npz"
+
+
 def cmd_train(args) -> int:
     parallel.threads()  # a bad CARDCAM_TRAIN_THREADS stops here, not after the data is prepared
     cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task.split(":")[0], "lenet5"),
@@ -52,7 +59,7 @@ def cmd_train(args) -> int:
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
                       processes=args.processes, trainer=args.trainer,
                       preprocess=parse_preprocess(args.preprocess) or None)
-    out = args.out or f"models/{args.task.split(':')[0] if not args.task.startswith('folder:') else Path(args.task[7:]).name}.npz"
+    out = args.out or default_out(args.task)
     writable_folder(out)
     command = "cardcam-train " + " ".join(shlex.quote(a) for a in args.argv)
     cards, description = load_task(cfg.task)  # here, so the report judges the same cards
