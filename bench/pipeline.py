@@ -239,7 +239,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = bench_model(args.model, workdir)
-        r = in_process(model, args.frames, max(0, args.memory_every), args.runtime)
+        r = in_process(model, args.frames, args.memory_every, args.runtime)
         d = daemon_run(model, workdir, args.seconds, args.runtime)
         floor = dependency_floor(model, r["runtime"], workdir)
     print(f"model {r['model']} ({r['runtime']} runtime), {r['frames']} frames of 640x480 from {SAMPLES_DIR.name}/ "

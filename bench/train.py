@@ -8,10 +8,9 @@ are for ``--samples`` inputs (default 2048) at batch 64, Adam, with the threads 
 by default on this machine (Keras: TensorFlow's thread pools, jit_compile="auto"; NumPy:
 training.parallel's threads for the convolutions, BatchNorm, max-pool and dense layers,
 ``--threads`` or CARDCAM_TRAIN_THREADS, default one per core, each product on one BLAS thread;
-the JSON says how many as ``numpy_threads``). Both
-get one warm-up pass first (allocation, Keras' graph tracing), then ``--epochs`` timed epochs
-each (default 5: on a shared machine one epoch in two or three ran 10-40 % slow), NumPy and
-Keras in turns, the best of each kept.
+the JSON says how many as ``numpy_threads``). Both get one warm-up pass first (allocation,
+Keras' graph tracing), then ``--epochs`` timed epochs each (default 5: on a shared machine one
+epoch in two or three ran 10-40 % slow), NumPy and Keras in turns, the best of each kept.
 The CPU columns (process CPU seconds, all threads) tell how much of each wall time was work when
 other processes share the cores.
 """

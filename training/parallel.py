@@ -3,10 +3,10 @@ max-pool.
 
 NumPy's copies, arithmetic and OpenBLAS's products release the GIL, so a layer whose work is
 cut into pieces (groups of pictures, blocks of the inner axis, ranges of rows) can hand the
-pieces to threads and run on several cores at once. The pieces depend on the arrays' shapes only, never on the number
-of threads, and each piece does the same arithmetic wherever it runs: a run gives the same
-numbers, bit for bit, on one thread or eight (a model stays reproducible on any number of
-cores).
+pieces to threads and run on several cores at once. The pieces depend on the arrays' shapes
+only, never on the number of threads, and each piece does the same arithmetic wherever it runs:
+a run gives the same numbers, bit for bit, on one thread or eight (a model stays reproducible
+on any number of cores).
 
 How many threads: ``CARDCAM_TRAIN_THREADS`` if set, else one per core this process may run on,
 at most ``MAX_THREADS``; ``set_threads(1)`` runs everything on the calling thread. The ablation
