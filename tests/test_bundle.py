@@ -284,8 +284,11 @@ def test_pickled_object_array(bundle, tmp_path):
     evil = np.empty(1, dtype=object)
     evil[0] = {"would": "run code on load"}
     raw = np.frombuffer(json.dumps(bundle.meta).encode(), np.uint8)
-    np.savez(path, meta=raw, evil=evil, **bundle.weights)  # object arrays are written pickled
+    np.savez(path, meta=raw, **{**bundle.weights, "L0.kernel": evil})  # object arrays are written pickled
     with refused(path, "pickled objects"):
+        load_bundle(path)
+    np.savez(path, meta=raw, evil=evil, **bundle.weights)  # an extra entry: refused by its name, never read
+    with refused(path, "unexpected array 'evil'"):
         load_bundle(path)
 
 
