@@ -6,6 +6,7 @@ alone never pull it in.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,13 @@ MNIST_PATH = REPO / "data" / "mnist-8k.npz"
 settings.register_profile("cardcam", deadline=None, database=None, max_examples=40)
 settings.register_profile("thorough", deadline=None, database=None, max_examples=2000)  # --hypothesis-profile=thorough
 settings.load_profile("cardcam")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_inputs_cache(tmp_path_factory):
+    """training.cache in the session's temporary folder (subprocesses inherit it): tests never
+    read or fill the user's ~/.cache/cardcam."""
+    os.environ["CARDCAM_CACHE"] = str(tmp_path_factory.mktemp("prepared-inputs"))
 
 
 @pytest.fixture(scope="session")

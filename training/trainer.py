@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -15,7 +16,7 @@ import numpy as np
 import device
 from device.bundle import Bundle, make_meta, save_bundle
 from device.preprocess import PreprocessSettings, preprocess
-from training import augment
+from training import augment, cache, progress
 from training.layers import softmax_cross_entropy
 from training.data import CardSet, DataError, load_task, split
 from training.nets import ARCHS, Network
@@ -46,18 +47,43 @@ def _make_input(job):
 
 def make_inputs(cards: list, jobs: list, settings, input_shape, seed: int, processes=None):
     """Preprocessed inputs (N, H, W, 1) uint8 for jobs [(card index, kind, variant)], and the
-    indices of the jobs that gave one (a picture with no ink found is left out)."""
+    indices of the jobs that gave one (a picture with no ink found is left out). The answer is
+    kept in training.cache: the same arguments and code give it back at once."""
+    key = cache.inputs_key(cards, jobs, settings, input_shape, seed)
+    stored = cache.load(key)
+    if stored is not None:
+        return stored["x"], stored["kept"]
     _WORK.update(cards=cards, settings=settings, input_shape=tuple(input_shape), seed=seed)
-    processes = processes or os.cpu_count() or 1
-    if processes > 1 and len(jobs) > 200:
-        with get_context("fork").Pool(processes) as pool:
-            results = pool.map(_make_input, jobs, chunksize=64)
-    else:
-        results = [_make_input(j) for j in jobs]
+    results = _each_job(jobs, processes or os.cpu_count() or 1)
     kept = [k for k, r in enumerate(results) if r is not None]
     h, w = input_shape[0], input_shape[1]
     x = np.stack([results[k] for k in kept]) if kept else np.zeros((0, h, w), np.uint8)
-    return x[..., None], np.array(kept, np.int64)
+    x, kept = x[..., None], np.array(kept, np.int64)
+    cache.save(key, x=x, kept=kept)
+    return x, kept
+
+
+def _each_job(jobs: list, processes: int) -> list:
+    """_make_input for every job, in order, on every core, with progress for long lists. The
+    workers ignore Ctrl-C, which a terminal sends to them too: the parent alone stops (one line
+    from the CLI), instead of a traceback from each worker."""
+    bar = progress.bar(len(jobs), "preparing inputs", "picture", disable=len(jobs) < 500, leave=False)
+    try:
+        if processes > 1 and len(jobs) > 200:
+            with get_context("fork").Pool(processes, initializer=signal.signal,
+                                          initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+                results = []
+                for result in pool.imap(_make_input, jobs, chunksize=16):
+                    results.append(result)
+                    bar.update()
+        else:
+            results = []
+            for job in jobs:
+                results.append(_make_input(job))
+                bar.update()
+    finally:
+        bar.close()
+    return results
 
 
 def as_float(x_uint8: np.ndarray) -> np.ndarray:
@@ -127,13 +153,12 @@ class NumpyLearner:
 
     def fit_epoch(self, x_uint8, y, order, lr: float, batch_size: int, desc: str | None = None):
         """One pass in the given order; returns (mean training loss, training accuracy)."""
-        from tqdm import tqdm
-
         self.opt.lr = lr
         steps = -(-len(x_uint8) // batch_size)
         losses, correct = [], 0
-        bar = tqdm(range(steps), desc=desc, disable=desc is None, leave=False, unit="batch")
-        for step in bar:
+        # On a terminal only: in a log, the epoch's own line says it all.
+        bar = progress.bar(steps, desc, "batch", disable=desc is None, lines=False, leave=False)
+        for step in range(steps):
             b = order[step * batch_size:(step + 1) * batch_size]
             xb, yb = as_float(x_uint8[b]), y[b]
             logits = self.net.logits(xb, training=True)
@@ -142,6 +167,7 @@ class NumpyLearner:
             self.opt.step()
             losses.append(loss)
             correct += int((logits.argmax(axis=1) == yb).sum())
+            bar.update()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{correct / ((step + 1) * batch_size):.3f}")
         bar.close()
@@ -179,19 +205,26 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
     log = epoch_log(out)
     best = None
     log_lines = []
-    for epoch, lr, seconds, train_loss, train_accuracy, figures in run_epochs(
-            cfg, learner, rng, x_train, y_train, x_val, y_val, x_cam, y_cam, len(val_idx), progress):
-        record = {
-            "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
-            "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
-        } | {k: round(v, 5) for k, v in figures.items()}
-        log_lines.append(record)
-        score = epoch_score(record)
-        if best is None or score > best[0]:
-            best = (score, epoch, learner.weights(), record)
-        if progress:
-            print(f"epoch {epoch:>2}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.4f}  "
-                  f"val {record['val_accuracy']:.4f}  camera {record['val_camera_accuracy']:.4f}  {seconds:.1f} s")
+    interrupted = None
+    try:
+        for epoch, lr, seconds, train_loss, train_accuracy, figures in run_epochs(
+                cfg, learner, rng, x_train, y_train, x_val, y_val, x_cam, y_cam, len(val_idx), progress):
+            record = {
+                "epoch": epoch, "lr": round(float(lr), 6), "seconds": round(seconds, 2),
+                "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
+            } | {k: round(v, 5) for k, v in figures.items()}
+            log_lines.append(record)
+            score = epoch_score(record)
+            if best is None or score > best[0]:
+                best = (score, epoch, learner.weights(), record)
+            if progress:
+                print(f"epoch {epoch:>2}/{cfg.epochs}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.4f}  "
+                      f"val {record['val_accuracy']:.4f}  camera {record['val_camera_accuracy']:.4f}  {seconds:.1f} s")
+    except KeyboardInterrupt:  # Ctrl-C: the finished epochs are worth keeping
+        if best is None:
+            raise
+        interrupted = (f"stopped (Ctrl-C) during epoch {len(log_lines) + 1} of {cfg.epochs}; the best of the "
+                       f"{len(log_lines)} finished epoch{'s' * (len(log_lines) > 1)} is kept")
     _, best_epoch, weights, best_record = best
     provenance = {
         "trainer": cfg.trainer,
@@ -201,7 +234,7 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "cardcam_version": device.__version__,
         "config": cfg.__dict__,
-        "epochs_run": cfg.epochs,
+        "epochs_run": len(log_lines),
         "best_epoch": best_epoch,
         "train_inputs": int(len(x_train)),
         "val_cards": int(len(val_idx)),
@@ -210,6 +243,8 @@ def train(cfg: TrainConfig, out, command: str, progress: bool = True, cards: Car
         "val_camera_accuracy": best_record["val_camera_accuracy"],
         "val_split": f"{cfg.val_fraction:.0%} of each class, fixed split seed",
     }
+    if interrupted:
+        provenance["interrupted"] = interrupted
     if cfg.trainer == "keras":
         import keras
         import tensorflow as tf
