@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 
-from device.config import ConfigError, load_config
-from device.daemon import is_raspberry_pi, load_model, model_path
+from device.config import DEFAULT_CONFIG, ConfigError, load_config
+from device.daemon import choose_source_kind, is_raspberry_pi, load_model, model_path, open_source
 from device.runtime import describe as describe_runtime
 from device.runtime import tflite_interpreter
 
@@ -101,12 +101,25 @@ def check_groups(on_pi):
     return FAIL, "groups", f"not in {' and '.join(missing)}", f"sudo usermod -aG {','.join(missing)} $USER, then log in again"
 
 
+def config_fix(error: ConfigError) -> str:
+    """What to do about a config that cannot be used: a missing or unreadable file is not a key to fix."""
+    text = str(error)
+    if text.endswith("no such config file"):
+        return (f"name a config file that exists, or leave out --config for {DEFAULT_CONFIG} "
+                "(config.example.toml has every key)")
+    if "cannot read config" in text:
+        return "make the file readable by this user (ls -l shows who may read it)"
+    if "not valid TOML" in text:
+        return "fix the TOML syntax at the line and column named (config.example.toml shows the form)"
+    return "fix that key (see config.example.toml for every key)"
+
+
 def check_config_and_model(config_path, on_pi):
     try:
         config, where = load_config(config_path)
     except ConfigError as e:
-        return [(FAIL, "config", str(e), "fix that key (see config.example.toml for every key)"),
-                (SKIP, "model", "config not readable", "")]
+        return [(FAIL, "config", str(e), config_fix(e)),
+                (SKIP, "model", "config not readable", ""), (SKIP, "frames", "config not readable", "")]
     lines = [(OK, "config", where.removeprefix("config: "), "")]
     path = model_path(config, simulate=not on_pi)
     try:
@@ -117,7 +130,32 @@ def check_config_and_model(config_path, on_pi):
     else:
         lines.append((OK, "model", f"{bundle.name}: {bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
                       f"runtime {runtime.description}, {path}", ""))
+    lines.append(check_frames(config, on_pi))
     return lines
+
+
+def check_frames(config, on_pi):
+    """Open the configured frame source for real and read one frame, as `cardcam run` will."""
+    kind = choose_source_kind(config, simulate=not on_pi)
+    if kind == "picamera2" and check_service(on_pi)[0] == OK:
+        return SKIP, "frames", "the running cardcam service holds the camera (systemctl status cardcam shows its fps)", ""
+    try:
+        with open_source(config, simulate=not on_pi) as source:
+            frame = source.read()
+            described = source.describe()
+    except Exception as e:  # CameraError, ReplayFinished, a driver's own: any of them means no frames
+        return FAIL, "frames", f"{kind}: {e}", _frames_fix(kind)
+    return OK, "frames", f"{described}: read a {frame.shape[1]}x{frame.shape[0]} frame", ""
+
+
+def _frames_fix(kind: str) -> str:
+    if kind == "replay":
+        return "set [camera] replay to a folder of pictures or a video that exists"
+    if kind == "opencv":
+        return "check [camera] device (ls /dev/video*) and that no other program uses the webcam"
+    if kind == "picamera2":
+        return "check the ribbon cable and `rpicam-hello --list-cameras`; stop other programs using the camera"
+    return "check the [camera] section of the config"
 
 
 def check_service(on_pi):

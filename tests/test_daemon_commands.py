@@ -66,7 +66,7 @@ def test_doctor_one_line_per_check_with_fixes(tmp_path, tiny_model):
     lines = proc.stdout.splitlines()
     names = [line.split()[1] for line in lines[:-1]]
     assert names == ["python", "libraries", "runtimes", "gpiozero", "camera", "gpio", "groups", "config", "model",
-                     "service"]
+                     "frames", "service"]
     assert proc.returncode == 0 and lines[-1] == "all checks passed", proc.stdout
     assert any(l.startswith("ok") and "tiny" in l for l in lines)
 
