@@ -43,12 +43,14 @@ def interpreter(module: str, label: str):
 
 def tflite_models(bundle) -> tuple[bytes | None, bytes | None]:
     """(float32, int8) flatbuffers for the bundle, or None where TensorFlow is needed and absent."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.keras_model import KerasMissing, keras
+
     try:
-        from training.export import convert, convert_float
-        importlib.import_module("tensorflow")
-    except ImportError:
+        keras()  # imports TensorFlow without its start-up lines on fd 2, which fell inside the table
+    except KerasMissing:
         return None, bundle.tflite
+    from training.export import convert, convert_float
+
     float_model = convert_float(bundle)
     int8_model = bundle.tflite
     if int8_model is None:

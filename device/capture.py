@@ -71,23 +71,26 @@ def capture(args) -> int:
         print(f"note: {e}; previews use the default preprocessing")
     out = Path(args.out)
     folders = (out / "raw" / args.label, out / "seen" / args.label)
-    try:  # here, not at the first picture: the person is not left holding a card for nothing
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"cardcam: --out {out}: cannot make {folder}: {e.strerror or e}", file=sys.stderr)
-        return 2
     try:
         wait, how, release = _trigger(config, simulate)
     except OutputError as e:
         print(f"cardcam: {e}", file=sys.stderr)
         return 2
     source = open_source(config, simulate)
-    print(f"capturing {args.count} pictures of '{args.label}' from {choose_source_kind(config, simulate)} "
-          f"into {out}: hold the card up and {how}")
     saved = 0
     try:
-        with source:
+        with source:  # opened first: a source that gives no frames leaves no empty folders behind
+            try:  # here, not at the first picture: the person is not left holding a card for nothing
+                for folder in folders:
+                    folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                print(f"cardcam: --out {out}: cannot make {folder}: {e.strerror or e}", file=sys.stderr)
+                return 2
+            print(f"capturing {args.count} pictures of '{args.label}' from {choose_source_kind(config, simulate)} "
+                  f"into {out}: hold the card up and {how}")
+            if simulate:
+                print(f"simulation: no camera; each picture is the next frame of {source.describe()}, whatever "
+                      f"it shows, saved as '{args.label}' (on a Pi, without --simulate, the camera takes them)")
             while saved < args.count:
                 print(f"[{saved + 1}/{args.count}] ready: {how}", flush=True)
                 if not wait():

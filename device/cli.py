@@ -49,8 +49,8 @@ def cmd_predict(args) -> int:
         failed |= "error" in record
         if args.json:
             print(json.dumps(record), flush=False)
-        elif "error" in record:
-            print(f"{path}: error: {record['error']}")
+        elif "error" in record:  # the error names the file already
+            print(f"{path}: error: {record['error'].removeprefix(path + ': ')}")
         elif record["label"] is None:
             print(f"{path}: nothing to read ({record['reason']})")
         else:
@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("predict", help="classify picture files with a model bundle")
     p.add_argument("--model", required=True, help="model bundle (.npz)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line per file")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line per file (with the int8 TFLite runtime the probabilities are "
+                        "its dequantised outputs, steps of 1/256: they sum to 1 within a few 1/256)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto (default: the bundle's TFLite model if it has one and a TFLite runtime is "
                         "installed, else numpy), numpy or tflite")
@@ -97,9 +99,10 @@ def _lazy(module: str, name: str):
         import importlib
 
         from device.config import ConfigError
+        from device.outputs import OutputError
         try:
             return getattr(importlib.import_module(module), name)(args)
-        except ConfigError as e:  # the config file they read: one line, exit 2
+        except (ConfigError, OutputError) as e:  # the config file they read, a missing gpiozero: one line, exit 2
             print(f"cardcam: {e}", file=sys.stderr)
             return 2
     return call
