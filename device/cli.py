@@ -109,8 +109,8 @@ def _lazy(module: str, name: str):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # inside: Ctrl-C at start-up is a quiet stop too
         return args.func(args)
     except KeyboardInterrupt:
         return 130
