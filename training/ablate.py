@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from device.bundle import Bundle, make_meta
 from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training import parallel
+from training.progress import bar as progress_bar
 from training.data import CardSet, load_task, split
 from training.nets import ARCHS, conv_blocks
 from training.trainer import TrainConfig, as_float, epoch_score, make_learner, prepare_inputs, run_epochs
@@ -66,6 +68,10 @@ NAMED = re.compile(r"(no-conv|no-pool|kernel|pool)(\d+)$")
 
 class VariantError(ValueError):
     """A variant name that does not say a change to this architecture."""
+
+
+class NoChange(VariantError):
+    """A variant, or a part of one, that leaves the network as it is (kernel3 where every kernel is 3x3)."""
 
 
 # --- variants --------------------------------------------------------------------------------
@@ -111,6 +117,8 @@ def _change(layers: list, blocks: list, part: str) -> tuple[list, list, str]:
         raise VariantError(f"unknown variant {part!r} (known: {', '.join(SIMPLE)}, no-conv<k>, no-pool<k>, "
                            f"kernel<k>, pool<k>; join with + to combine)")
     what, k = m.group(1), int(m.group(2))
+    if k < 1:
+        raise VariantError(f"variant {part!r}: the number must be at least 1")
     if what in ("no-conv", "no-pool") and not 1 <= k <= count:
         raise VariantError(f"variant {part!r}: the network has conv blocks 1..{count}" if count else
                            f"variant {part!r}: the network has no conv blocks")
@@ -132,13 +140,25 @@ def make_variant(name: str, layers: list, input_shape) -> Variant:
     shape inference's reason. A name that means nothing here raises VariantError."""
     new, blocks, parts = layers, conv_blocks(layers), []
     for part in name.split("+"):
+        before = new
         new, blocks, description = _change(new, blocks, part.strip())
+        if new == before and part.strip() != "baseline":
+            raise NoChange(f"variant {part.strip()!r} changes nothing in this network ({description} already)")
         parts.append(description)
     variant = Variant(name, "; ".join(parts), [dict(s) for s in new])
     try:
-        nn.infer_shapes(variant.layers, input_shape)
+        shapes = nn.infer_shapes(variant.layers, input_shape)
     except nn.SpecError as e:
         variant.skipped = str(e)
+        return variant
+    for layer in shapes:  # 'same' padding lets any kernel fit: one larger than its map is mostly padding
+        kind = layer.spec["type"]
+        size = layer.spec["kernel"] if kind == "conv2d" else layer.spec.get("size", 2) if kind == "maxpool2d" else 0
+        if size > min(layer.input_shape[:2]):
+            h, w = layer.input_shape[:2]
+            variant.skipped = (f"layer {layer.index} ({kind}): a {size}x{size} window is larger than "
+                               f"the {h}x{w} maps it slides over")
+            break
     return variant
 
 
@@ -164,7 +184,12 @@ def plan_variants(layers: list, input_shape, names=None) -> list[Variant]:
     automatic = not names
     out, seen = [], set()
     for name in names or automatic_variants(layers):
-        v = make_variant(name, layers, input_shape)
+        try:
+            v = make_variant(name, layers, input_shape)
+        except NoChange:
+            if automatic:
+                continue
+            raise
         key = json.dumps(v.layers, sort_keys=True)
         if name in {x.name for x in out} or (automatic and key in seen):
             continue
@@ -261,6 +286,7 @@ SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "
 
 
 def _worker_init(data_path: str, trainer: str):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers too: the parent alone stops
     with np.load(data_path, allow_pickle=False) as f:
         _DATA.update({k: f[k] for k in f.files})
     if trainer == "keras":
@@ -319,7 +345,7 @@ def read_results(path: Path) -> list[dict]:
 
 def _mean_std(values) -> tuple[float, float]:
     a = np.asarray(values, float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")  # one run: no spread measured
 
 
 def summarise(variants: list[Variant], results: dict, keys: dict) -> list[dict]:
@@ -348,8 +374,6 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
            log=print) -> dict:
     """Train the grid (variants x seeds) that is not in ``out/runs.jsonl`` yet, then write the
     table (CSV, Markdown) and the plot. Returns {"rows", "trained", "reused", "files"}."""
-    from tqdm import tqdm
-
     out = Path(out)
     if runs < 1 or epochs < 1 or jobs < 1:
         raise ValueError("--runs, --epochs and --jobs must be at least 1")
@@ -405,7 +429,7 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
 
     errors = []
     if todo:
-        bar = tqdm(total=len(todo), desc="ablate", unit="run", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(len(todo), "ablate", "run", disable=not progress, every=0)
         with open(results_path, "a") as results_file:
             if results_file.tell() and not results_path.read_bytes().endswith(b"\n"):
                 results_file.write("\n")  # a line cut short by a killed run stays a line of its own
@@ -459,11 +483,12 @@ def _cells(row: dict) -> list[str]:
     """variant, params, val accuracy, camera accuracy, train s, infer ms, runs (as text)."""
     if row["status"] != "ok":
         return [row["variant"], "", row["status"] + (f": {row['reason']}" if row.get("reason") else ""), "", "", "", ""]
-    pm = "\u00b1"
-    return [row["variant"], f"{row['parameters']:,}",
-            f"{row['val_accuracy_mean']:.2%} {pm} {row['val_accuracy_std']:.2%}",
-            f"{row['val_camera_accuracy_mean']:.2%} {pm} {row['val_camera_accuracy_std']:.2%}",
-            f"{row['train_seconds_mean']:.1f} {pm} {row['train_seconds_std']:.1f}",
+    def spread(field, form):  # one run measures no spread: none is shown
+        mean, std = format(row[f"{field}_mean"], form), format(row[f"{field}_std"], form)
+        return f"{mean} \u00b1 {std}" if row["runs"] > 1 else mean
+
+    return [row["variant"], f"{row['parameters']:,}", spread("val_accuracy", ".2%"),
+            spread("val_camera_accuracy", ".2%"), spread("train_seconds", ".1f"),
             f"{row['inference_ms_mean']:.2f}", str(row["runs"])]
 
 
@@ -506,7 +531,7 @@ def write_outputs(rows: list[dict], out: Path, title: str) -> dict:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: ("" if v != v else round(v, 6)) if isinstance(v, float) else v for k, v in r.items()})
     files["markdown"].write_text(format_markdown(rows, title))
     plot(rows, files["plot"], title)
     return files
@@ -523,8 +548,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for r in ok:
         base = r["variant"] == "baseline"
-        ax.errorbar(r["train_seconds_mean"], r["val_accuracy_mean"] * 100, xerr=r["train_seconds_std"],
-                    yerr=r["val_accuracy_std"] * 100, fmt="o", capsize=3, ms=8 if base else 6,
+        spread = r["runs"] > 1  # one run: a point, no bars
+        ax.errorbar(r["train_seconds_mean"], r["val_accuracy_mean"] * 100, xerr=r["train_seconds_std"] if spread else None,
+                    yerr=r["val_accuracy_std"] * 100 if spread else None, fmt="o", capsize=3, ms=8 if base else 6,
                     color="tab:red" if base else "tab:blue", ecolor="0.45", zorder=3 if base else 2)
     ax.margins(0.15)
     if not ok:

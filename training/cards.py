@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from device.preprocess import ImageError, PreprocessSettings, load_image, preprocess
 from training.data import DataError, label_folders, label_pictures
-from training.options import writable_folder
+from training.options import output_file
 from training.sheets import DPI, PAGE_MM, save_pdf
 from training.smileys import classic_smiley
 
@@ -114,7 +114,7 @@ def make_cards(out, examples=None) -> tuple[Path, list[str]]:
 
 
 def cmd_cards(args) -> int:
-    writable_folder(args.out)
+    output_file(args.out, ".pdf")
     out, labels = make_cards(args.out, args.examples)
     print(f"wrote {out}: {len(labels)} cards ({', '.join(labels)}), {-(-len(labels) // len(SLOTS_MM))} A4 page(s)")
     return 0

@@ -56,3 +56,19 @@ def writable_folder(out, flag: str = "--out", folder: bool = False) -> None:
             pass
     except OSError as e:
         raise ValueError(f"{flag} {out}: cannot write to {where}: {e.strerror or e}") from None
+
+
+KINDS = {".npz": "a model bundle", ".tflite": "a TFLite model", ".pdf": "a PDF", ".html": "an HTML page"}
+
+
+def output_file(out, suffix: str, flag: str = "--out", force: bool | None = None) -> None:
+    """Check an output file before any work: its name ends in ``suffix`` (a model is never
+    written over a picture, a PDF never named .png), its folder takes a file (writable_folder),
+    and with ``force`` False an existing file is refused. ValueError('<flag> <out>: ...')."""
+    if Path(out).suffix.lower() != suffix and not Path(out).is_dir():  # a folder: writable_folder says so
+        raise ValueError(f"{flag} {out}: {KINDS.get(suffix, 'the file')} is written here, so the name must end "
+                         f"in {suffix}")
+    writable_folder(out, flag)
+    if force is False and Path(out).exists():
+        raise ValueError(f"{flag} {out}: exists; choose another name, or add --force to replace it "
+                         f"(and the .tflite and report made from it)")

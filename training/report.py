@@ -285,7 +285,8 @@ def plot_misclassified(bundle: Bundle, val: Validation, path: Path) -> None:
     plt = _plt()
     shown = wrong[:MAX_MISTAKES]
     rows, cols = _grid(len(shown))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.7 * rows + 0.5), dpi=100, squeeze=False)
+    # Wide enough for the title, on two lines, whatever the number of pictures (one was cut to "ctures wrong").
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.45 * cols, 4.0), 1.7 * rows + 0.7), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (kind, i) in zip(axes.flat, shown):
@@ -299,7 +300,7 @@ def plot_misclassified(bundle: Bundle, val: Validation, path: Path) -> None:
             caption = f"{true} \u2192 {bundle.labels[s['pred'][i]]} {s['confidence'][i]:.0%}"
         ax.set_title(caption + ("\n(camera)" if kind == "camera" else "\n(clean)"), fontsize=7)
     more = f", first {MAX_MISTAKES} shown" if len(wrong) > MAX_MISTAKES else ""
-    fig.suptitle(f"{len(wrong)} of {total} validation pictures wrong{more} (true \u2192 predicted, confidence)",
+    fig.suptitle(f"{len(wrong)} of {total} validation pictures wrong{more}\n(true \u2192 predicted, confidence)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -315,7 +316,13 @@ def load_cards(bundle: Bundle, data: str | None = None) -> tuple[CardSet, str]:
         raise DataError(f"{bundle.path or bundle.name}: no task recorded to take validation cards from (use --data)")
     if Path(source).is_dir():
         return load_folder(source), f"the images in {source}"
-    cards, _ = load_task(source)
+    try:
+        cards, _ = load_task(source)
+    except DataError as e:
+        if data is None and source.startswith("folder:"):  # the pictures it was trained on have moved
+            raise DataError(f"{e}; if the pictures moved, name where they are now: cardcam-train report "
+                            f"{bundle.path or bundle.name} --data DIR") from None
+        raise
     return cards, f"task {source}"
 
 
@@ -327,10 +334,13 @@ def write_report(model, cards: CardSet | None = None, data: str | None = None, o
     model = Path(model)
     bundle = bundle or load_bundle(model)
     folder = report_dir(model)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / file for name, (file, _) in PICTURES.items()}
     paths["meta"] = folder / META
     todo = {n for n, p in paths.items() if not (only_missing and p.exists())}
+    description = "the training data"
+    if cards is None and todo & {"confusion", "feature_maps", "misclassified", "meta"}:
+        cards, description = load_cards(bundle, data)  # first: cards that cannot be found leave no half report
+    folder.mkdir(parents=True, exist_ok=True)
     log = read_log(model)
     best = bundle.meta.get("provenance", {}).get("best_epoch")
     if "curves" in todo:
@@ -341,9 +351,6 @@ def write_report(model, cards: CardSet | None = None, data: str | None = None, o
     if "filters" in todo:
         plot_filters(bundle, paths["filters"])
     if todo & {"confusion", "feature_maps", "misclassified", "meta"}:
-        description = "the training data"
-        if cards is None:
-            cards, description = load_cards(bundle, data)
         val = Validation(bundle, cards)
         if "confusion" in todo:
             plot_confusion(val, bundle.labels, paths["confusion"])

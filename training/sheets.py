@@ -14,6 +14,8 @@ OpenCV's dictionary).
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from device.preprocess import ImageError, PreprocessSettings, load_image, paper_brightness, preprocess
 from training.data import DataError
-from training.options import writable_folder
+from training.options import output_file, writable_folder
 
 # --- the page, in millimetres -----------------------------------------------------------------
 PAGE_MM = (210.0, 297.0)               # A4 portrait
@@ -291,28 +293,39 @@ def _write_new(folder: Path, stem: str, cell: np.ndarray) -> Path:
 
 def cmd_make(args) -> int:
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    writable_folder(args.out)
+    output_file(args.out, ".pdf")
     out = make_sheets(labels, args.out, args.rows, args.cols)
     print(f"wrote {out}: {len(labels)} page(s), {args.rows}x{args.cols} cells each, labels {', '.join(labels)}")
     return 0
 
 
 def cmd_cut(args) -> int:
-    import sys
+    from training import extras
 
+    extras.require("sheets", "sheet cut")  # before the folder is made: none is left empty
+    made = not Path(args.out).exists()
     writable_folder(args.out, folder=True)
     failed = 0
-    for photo in args.photos:
-        try:
-            r = cut_photo(photo, args.out)
-        except SheetError as e:
-            print(f"cardcam-train: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        extra = f", {len(r.unusable)} unusable (cells {', '.join(map(str, r.unusable))})" if r.unusable else ""
-        print(f"{photo}: '{r.label}', {len(r.written)} cells written to {Path(args.out) / r.label}, "
-              f"{len(r.empty)} empty{extra}")
+    try:
+        for photo in args.photos:
+            failed += not _cut_one(photo, args.out)
+    finally:
+        if made and not any(p.is_file() for p in Path(args.out).rglob("*")):
+            shutil.rmtree(args.out)  # made by this run, and nothing came of it
     return 1 if failed else 0
+
+
+def _cut_one(photo, out) -> bool:
+    """Cut one photo into out, say what came of it; False when it could not be cut."""
+    try:
+        r = cut_photo(photo, out)
+    except SheetError as e:
+        print(f"cardcam-train: {e}", file=sys.stderr)
+        return False
+    extra = f", {len(r.unusable)} unusable (cells {', '.join(map(str, r.unusable))})" if r.unusable else ""
+    print(f"{photo}: '{r.label}', {len(r.written)} cells written to {Path(out) / r.label}, "
+          f"{len(r.empty)} empty{extra}")
+    return True
 
 
 def add_commands(sub) -> None:
