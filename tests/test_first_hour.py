@@ -324,6 +324,11 @@ def test_capture_in_simulation_says_so(tmp_path):
     assert "simulation: no camera" in result.stdout
 
 
+def test_run_without_gpiozero_is_one_line():
+    line = one_line(run("device", "run", "--simulate", prelude=hide("gpiozero"), timeout=60))
+    assert line == "cardcam: gpiozero is not installed: pip install 'cardcam[pi]' (also needed to simulate)"
+
+
 def test_predict_names_a_bad_file_once(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_text("not a picture")
