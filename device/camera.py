@@ -8,7 +8,9 @@ Every source is a context manager with ``open()``, ``read() -> H x W uint8`` and
 - ``Picamera2Source``: the Pi camera. A small lores YUV420 stream whose Y plane *is* the grey
   picture (no colour conversion), two buffers (a Pi 3 runs short of CMA memory with more).
 - ``OpenCVSource``: a laptop webcam (``pip install cardcam[webcam]``).
-- ``ReplaySource``: a folder of pictures or a video, looping, at a given rate or flat out.
+- ``ReplaySource``: a folder of pictures or a video, looping, at a given rate or flat out. A
+  picture that cannot be read (damaged, a FIFO, a device) is skipped and logged once; a folder
+  with no readable picture is a camera fault.
 - ``samples_source``: the card frames shipped in ``device/samples`` (0, 1, no card), each held
   for a moment as a person would hold a card, so simulation works on a fresh machine.
 """
@@ -17,17 +19,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from device.files import check_regular
 from device.preprocess import ImageError, load_frame
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpeg", ".webm"}
 SOURCES = ("auto", "picamera2", "opencv", "replay", "samples")
+MAX_PICTURE_BYTES = 64 << 20  # a replayed picture file (a 4000x4000 PNG of noise is ~48 MB)
 
 
 class CameraError(RuntimeError):
@@ -191,17 +196,19 @@ class ReplaySource(FrameSource):
 
     ``fps`` paces the frames like a camera (0: as fast as the reader takes them); ``hold`` shows
     each picture that many times in a row; ``loop`` starts again at the end, otherwise ``read``
-    raises ReplayFinished. ``sleep`` is how it waits (the daemon passes one that wakes on a signal).
+    raises ReplayFinished. ``sleep`` is how it waits (the daemon passes one that wakes on a signal);
+    ``log`` takes the line saying which pictures were skipped (default: stderr).
     """
 
     name = "replay"
 
-    def __init__(self, path, fps=30.0, loop=True, hold=1, sleep=time.sleep):
+    def __init__(self, path, fps=30.0, loop=True, hold=1, sleep=time.sleep, log=None):
         self.path = Path(path)
         self.fps = float(fps)
         self.loop = bool(loop)
         self.hold = max(1, int(hold))
         self.sleep = sleep
+        self.log = log or _to_stderr
         self._frames = None
         self._video = None
         self._index = 0
@@ -214,20 +221,32 @@ class ReplaySource(FrameSource):
             files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES)
             if not files:
                 raise CameraError(f"{self.path}: no pictures (.png, .jpg, ...) to replay")
-            frames = []
+            frames, skipped = [], []
             for f in files:
                 try:
+                    check_regular(f, MAX_PICTURE_BYTES)  # a FIFO would block the open, a device never ends
                     frames.append(load_frame(f))
                 except ImageError as e:
-                    raise CameraError(str(e)) from None
+                    skipped.append(str(e))
+                except (OSError, ValueError) as e:
+                    skipped.append(f"{f}: {getattr(e, 'strerror', None) or e}")
+            if not frames:
+                raise CameraError(f"{self.path}: none of its {len(files)} pictures can be read ({skipped[0]}"
+                                  f"{', ...' if len(skipped) > 1 else ''})")
+            if skipped:
+                more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+                self.log(f"replay of {self.path}: skipped {len(skipped)} of {len(files)} pictures: {skipped[0]}{more}")
             self._frames = frames
         elif self.path.suffix.lower() in VIDEO_SUFFIXES:
             self._open_video()
-        elif self.path.is_file():
+        elif self.path.exists():
             try:
+                check_regular(self.path, MAX_PICTURE_BYTES)
                 self._frames = [load_frame(self.path)]
             except ImageError as e:
                 raise CameraError(str(e)) from None
+            except (OSError, ValueError) as e:
+                raise CameraError(f"{self.path}: {getattr(e, 'strerror', None) or e}") from None
         else:
             raise CameraError(f"{self.path}: no such folder or file to replay")
         self._index = 0
@@ -287,23 +306,28 @@ class ReplaySource(FrameSource):
         return f"replay of {self.path} ({rate}{', looping' if self.loop else ''})"
 
 
-def samples_source(fps=30.0, loop=True, sleep=time.sleep) -> ReplaySource:
+def _to_stderr(line: str) -> None:
+    print(f"cardcam: {line}", file=sys.stderr, flush=True)
+
+
+def samples_source(fps=30.0, loop=True, sleep=time.sleep, log=None) -> ReplaySource:
     """The shipped sample frames, each held for about 1.5 s at the given rate."""
     hold = max(1, round(1.5 * fps)) if fps > 0 else 45
-    source = ReplaySource(SAMPLES_DIR, fps=fps, loop=loop, hold=hold, sleep=sleep)
+    source = ReplaySource(SAMPLES_DIR, fps=fps, loop=loop, hold=hold, sleep=sleep, log=log)
     source.name = "samples"
     return source
 
 
 def make_source(kind: str, *, size=(640, 480), fps=30.0, replay="", loop=True, hold=1, buffer_count=2,
-                timeout=2.0, camera_num=0, device=0, sleep=time.sleep) -> FrameSource:
-    """A frame source by name (one of SOURCES other than "auto", which the caller resolves)."""
+                timeout=2.0, camera_num=0, device=0, sleep=time.sleep, log=None) -> FrameSource:
+    """A frame source by name (one of SOURCES other than "auto", which the caller resolves).
+    ``log``: where a replay says which pictures it skipped (default: stderr)."""
     if kind == "picamera2":
         return Picamera2Source(size, buffer_count, timeout, camera_num)
     if kind == "opencv":
         return OpenCVSource(device, size)
     if kind == "replay":
-        return ReplaySource(replay, fps=fps, loop=loop, hold=hold, sleep=sleep)
+        return ReplaySource(replay, fps=fps, loop=loop, hold=hold, sleep=sleep, log=log)
     if kind == "samples":
-        return samples_source(fps=fps, loop=loop, sleep=sleep)
+        return samples_source(fps=fps, loop=loop, sleep=sleep, log=log)
     raise ValueError(f"unknown frame source {kind!r} (choose from {', '.join(SOURCES[1:])})")

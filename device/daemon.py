@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from device.bundle import BundleError, load_bundle
-from device.camera import CameraError, ReplayFinished, make_source
+from device.camera import SAMPLES_DIR, CameraError, ReplayFinished, make_source
 from device.config import DEFAULT_MODEL, Config, ConfigError, load_config
 from device.decision import Decider
 from device.outputs import OutputError, Outputs, TerminalRenderer, mock_pin_factory
-from device.preprocess import ImageError, preprocess
-from device.runtime import RuntimeUnavailable, make_runtime
+from device.preprocess import ImageError, load_frame, preprocess
+from device.runtime import make_runtime
 from device.runtime import describe as describe_runtime
 from device.status import state_file
 
@@ -59,11 +59,11 @@ def choose_source_kind(config: Config, simulate: bool) -> str:
     return "replay" if config.camera.replay else "samples"
 
 
-def open_source(config: Config, simulate: bool, sleep=time.sleep):
+def open_source(config: Config, simulate: bool, sleep=time.sleep, log=None):
     c = config.camera
     return make_source(choose_source_kind(config, simulate), size=(c.width, c.height), fps=c.fps, replay=c.replay,
                        loop=c.loop, hold=c.hold, buffer_count=c.buffer_count, timeout=c.timeout,
-                       camera_num=c.camera_num, device=c.device, sleep=sleep)
+                       camera_num=c.camera_num, device=c.device, sleep=sleep, log=log)
 
 
 def model_path(config: Config, simulate: bool) -> Path:
@@ -89,23 +89,36 @@ class SystemdNotifier:
         elif address.startswith("/"):
             self.address = address
         if self.address:
-            self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a notify socket that nobody reads fills up, and a blocked send would
+            # stop the loop and SIGTERM with it. A message that does not fit is dropped and counted.
+            self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         self.watchdog_interval = None
         usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
         if self.socket and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 1e6 / 2  # twice per period, as sd_watchdog_enabled advises
         self._last_watchdog = 0.0
-        self.error = None
+        self.dropped = 0     # messages dropped because the socket was full
+        self.error = None    # a problem not yet reported (the daemon logs it, then clears it)
+        self._problem = None  # the problem last reported: not reported again while it lasts
 
     def notify(self, *lines: str) -> bool:
         if self.socket is None:
             return False
         try:
             self.socket.sendto("\n".join(lines).encode(), self.address)
-            return True
-        except OSError as e:  # systemd gone or socket removed: keep running, say it once
-            self.error = f"cannot notify systemd at {self.address!r}: {e.strerror or e}"
+        except BlockingIOError:
+            self.dropped += 1
+            self._report(f"systemd's notify socket {self.address!r} is full; dropping messages until it is read")
             return False
+        except OSError as e:  # systemd gone or socket removed: keep running, say it once
+            self._report(f"cannot notify systemd at {self.address!r}: {e.strerror or e}")
+            return False
+        self._problem = None
+        return True
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = self.error = problem
 
     def watchdog(self, now: float) -> None:
         if self.watchdog_interval is not None and now - self._last_watchdog >= self.watchdog_interval:
@@ -183,7 +196,27 @@ def load_model(path, runtime_kind="auto", task="", like=None, threads=1):
         out = runtime.predict(probe)
     if out.shape != (2, len(bundle.labels)) or not np.isfinite(out).all():
         raise ModelRefused(f"{path}: the network gives non-finite or misshaped outputs on a test input")
+    check_on_samples(bundle, runtime, path)
     return bundle, runtime
+
+
+def check_on_samples(bundle, runtime, path) -> None:
+    """The whole frame path (the bundle's preprocessing settings, then the network) on the shipped
+    sample frames, with and without a card: settings that crash on a frame are found here, before
+    the model replaces one that works, not at the first frame without a card."""
+    for sample in sorted(SAMPLES_DIR.glob("*.png")):
+        try:
+            frame = load_frame(sample)
+        except ImageError:  # a damaged installation is not the model's fault
+            continue
+        try:
+            prepared = preprocess(frame, bundle.preprocess, bundle.input_shape)
+            if prepared.found:
+                with np.errstate(all="ignore"):
+                    runtime.predict(prepared.input[None])
+        except Exception as e:
+            raise ModelRefused(f"{path}: the model fails on the sample frame {sample.name} "
+                               f"({type(e).__name__}: {e})") from None
 
 
 # --- one frame -------------------------------------------------------------------------------
@@ -230,10 +263,36 @@ class Pipeline:
         return Result(decision.label, decision.confidence, decision.changed, prepared.reason)
 
 
+class FrameErrors:
+    """Frames the pipeline failed on: counted, and logged at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self.count = 0           # since start
+        self.last = None         # the last error's message
+        self._unlogged = 0
+        self._next_log = 0.0
+
+    def add(self, error: Exception, now: float) -> str | None:
+        """Count one; the line to log, if one is due."""
+        self.count += 1
+        self._unlogged += 1
+        self.last = f"{type(error).__name__}: {error}"
+        if now < self._next_log:
+            return None
+        line = f"frame skipped: {self.last}" if self._unlogged == 1 else \
+            f"{self._unlogged} frames skipped in {self.interval:g} s, the last: {self.last}"
+        self._unlogged, self._next_log = 0, now + self.interval
+        return line
+
+
 # --- the daemon ------------------------------------------------------------------------------
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class _Stop(BaseException):
-    """Raised by the signal handler to leave a blocking camera read at once."""
+    """Raised by the signal handler to leave a blocking call (camera read, file read) at once."""
 
 
 class Daemon:
@@ -248,7 +307,7 @@ class Daemon:
         self.notifier = SystemdNotifier(self.environ)
         self.stopping = False
         self.reload_requested = False
-        self._in_read = False
+        self._interruptible = False  # a stop signal raises _Stop instead of waiting for the loop
         self.outputs = None
         self.source = None
         self.pipeline = None
@@ -258,7 +317,8 @@ class Daemon:
         self.backoff = 0.0
         self.ready = False
         self.started = time.monotonic()
-        self.fps = 0.0
+        self.fps = None  # frames per second, once measured
+        self.frame_errors = FrameErrors()
         self.result = Result(None, 0.0, False, "starting")
         self.live = None  # device.webserver.LiveState while [web] is enabled
         self.web = None
@@ -292,8 +352,20 @@ class Daemon:
             self.reload_requested = True
             return
         self.stopping = True
-        if self._in_read:  # a camera read may block for its timeout: leave it now
+        if self._interruptible:  # a camera or file read may block for long: leave it now
             raise _Stop()
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A stop signal during the body leaves it at once (with _Stop). Only for work that changes
+        nothing the shutdown needs: reading a frame, a model file or the config."""
+        if self.stopping:
+            raise _Stop()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def status_line(self) -> str:
         model = self.pipeline.bundle.name if self.pipeline else "none"
@@ -304,7 +376,8 @@ class Daemon:
         if not self.ready:
             return f"starting: model {model}, waiting for the first frame"
         shown = f"{self.result.label} ({self.result.confidence:.0%})" if self.result.label is not None else "no card"
-        return f"{shown}, {self.fps:.1f} fps, model {model}"
+        fps = f", {self.fps:.1f} fps" if self.fps is not None else ""
+        return f"{shown}{fps}, model {model}"
 
     def write_state(self, state: str) -> None:
         path = state_file(self.config.daemon.state_file, self.environ)
@@ -314,7 +387,7 @@ class Daemon:
             return
         record = {
             "pid": os.getpid(), "state": state, "label": self.result.label,
-            "confidence": round(self.result.confidence, 4), "fps": round(self.fps, 1),
+            "confidence": round(self.result.confidence, 4), "fps": round(self.fps, 1) if self.fps is not None else None,
             "frames": self.pipeline.frames if self.pipeline else 0,
             "model": self.pipeline.bundle.name if self.pipeline else None,
             "model_sha256": self.pipeline.bundle.meta["weights_sha256"] if self.pipeline else None,
@@ -324,6 +397,8 @@ class Daemon:
             "reloads": self.reloads, "refusals": self.refusals,
             "camera_error": self.camera_error if self.fault_since is not None else None,
             "model_error": self.model_error,
+            "frame_errors": self.frame_errors.count, "frame_error": self.frame_errors.last,
+            "notify_dropped": self.notifier.dropped,
         } | self.outputs.snapshot()
         if self.live is not None:
             self.live.set_record(record)
@@ -351,16 +426,19 @@ class Daemon:
         before = file_signature(path)
         running = self.pipeline.bundle if self.pipeline else None
         try:
-            bundle, runtime = load_model(path, self.config.model.runtime, self.config.model.task,
-                                         like=running if reason == "changed" else None,
-                                         threads=self.config.model.threads)
-        except (BundleError, ModelRefused, RuntimeUnavailable, ImageError, ValueError) as e:
+            with self.interruptible():
+                bundle, runtime = load_model(path, self.config.model.runtime, self.config.model.task,
+                                             like=running if reason == "changed" else None,
+                                             threads=self.config.model.threads)
+        except Exception as e:  # whatever a file does to the loader, it is a refusal, never a crash
             if file_signature(path) != before:  # still being written: not a verdict yet
                 return False
             if watcher is not None:
                 watcher.known = before
             self.refusals += running is not None
-            message = str(e)
+            message = str(e) if isinstance(e, (BundleError, ModelRefused)) else \
+                f"{path}: cannot load ({type(e).__name__}: {e})"
+            message = " ".join(message.split())  # one log line, whatever the exception said
             if running is not None:
                 self.log(f"model refused: {message}; still running {running.name}")
             elif message != self.model_error:
@@ -403,14 +481,11 @@ class Daemon:
         """The next frame, or None after a camera fault (logged, paused with backoff)."""
         t0 = time.perf_counter()
         try:
-            if self.source is None:
-                self.source = open_source(self.config, self.simulate, sleep=self.sleep)
-                self.source.open()
-            self._in_read = True
-            try:
+            with self.interruptible():
+                if self.source is None:
+                    self.source = open_source(self.config, self.simulate, sleep=self.sleep, log=self.log)
+                    self.source.open()
                 frame = self.source.read()
-            finally:
-                self._in_read = False
         except CameraError as e:
             self._camera_fault(str(e))
             return None
@@ -478,7 +553,8 @@ class Daemon:
     def reload(self) -> None:
         self.reload_requested = False
         try:
-            config, where = load_config(self.config_path)
+            with self.interruptible():  # the config path might be a FIFO
+                config, where = load_config(self.config_path)
         except ConfigError as e:
             self.log(f"config reload refused: {e}; keeping the running config")
             return
@@ -513,7 +589,7 @@ class Daemon:
     # -- the loop --
 
     def run(self) -> int:
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS + (signal.SIGHUP,)}
         try:
             return self._run()
         except _Stop:
@@ -543,6 +619,9 @@ class Daemon:
             while not self.stopping:
                 now = time.monotonic()
                 self.notifier.watchdog(now)
+                if self.notifier.error:  # each problem once, not at every message
+                    self.log(self.notifier.error)
+                    self.notifier.error = None
                 if self.reload_requested:
                     self.reload()
                 if self.pipeline is None:
@@ -568,7 +647,14 @@ class Daemon:
                     break
                 if frame is None or self.stopping:
                     continue
-                result = self.pipeline.step(frame)
+                try:
+                    result = self.pipeline.step(frame)
+                except Exception as e:  # this frame only: skipped, counted, logged now and then
+                    line = self.frame_errors.add(e, time.monotonic())
+                    if line:
+                        self.log(line)
+                        self.write_state("running" if self.ready else "starting")
+                    continue
                 self.result = result
                 if self.live is not None:
                     self.live.publish(frame, self.pipeline.prepared, self.pipeline.probabilities, result)
@@ -579,6 +665,9 @@ class Daemon:
                     self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
                     self.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
                              f"({self.source.describe()})")
+                    # fps counts from here: the time to load and start is not frame time.
+                    frames_at, fps_since = self.pipeline.frames, time.monotonic()
+                    next_status = fps_since + self.config.daemon.status_interval
                 if result.changed:
                     self.outputs.show(result.label)
                     reason = result.reason or "low confidence"
@@ -595,11 +684,8 @@ class Daemon:
                     next_status = now + self.config.daemon.status_interval
                     self.notifier.notify(f"STATUS={self.status_line()}")
                     self.write_state("running")
-                    if self.notifier.error:
-                        self.log(self.notifier.error)
-                        self.notifier.error = None
                 if self.renderer is not None:
-                    self.renderer.render(self.outputs.snapshot(), result.label, result.confidence, self.fps,
+                    self.renderer.render(self.outputs.snapshot(), result.label, result.confidence, self.fps or 0.0,
                                          self.pipeline.bundle.name)
         return 0
 
@@ -618,8 +704,25 @@ class Daemon:
             self.log("stopped: LEDs off, camera closed")
 
 
+def _stop_at_once(signum, frame):
+    raise _Stop()
+
+
 def run(args) -> int:
     """`cardcam run [--config PATH] [--simulate]`."""
+    # Until the loop takes signals over, a stop signal ends the start-up at once, with nothing
+    # yet to turn off (the config file itself could be a FIFO that never opens).
+    handlers = {s: signal.signal(s, _stop_at_once) for s in STOP_SIGNALS}
+    try:
+        return _make_daemon(args).run()
+    except _Stop:
+        return 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _make_daemon(args) -> "Daemon":
     config, where = load_config(args.config)
     simulate = args.simulate
     kind = choose_source_kind(config, True)
@@ -632,4 +735,4 @@ def run(args) -> int:
     daemon.log(f"{where}; runtime {config.model.runtime}: {describe_runtime(config.model.runtime)}")
     if args.simulate:
         daemon.log(f"simulation: {frames}, GPIO on gpiozero's MockFactory")
-    return daemon.run()
+    return daemon

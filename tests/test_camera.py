@@ -1,6 +1,7 @@
 """Frame sources: replay and samples for real, the Pi camera against the picamera2 stand-in."""
 
 import importlib.util
+import os
 import sys
 import time
 
@@ -89,6 +90,32 @@ def test_replay_of_nothing_is_a_camera_error(tmp_path):
     (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
     with pytest.raises(CameraError, match="x.png"):
         ReplaySource(tmp_path / "bad").open()
+
+
+def test_unreadable_pictures_in_a_replay_folder_are_skipped_and_logged_once(tmp_path):
+    """One damaged picture stalled the daemon for ever (a camera fault at every retry, no frames);
+    a FIFO among the pictures blocked the open itself, and SIGTERM with it."""
+    folder = write(tmp_path / "f", [10, 20, 30])
+    (folder / "001a.png").write_bytes(b"not a png")
+    os.mkfifo(folder / "001b.png")
+    (folder / "001c.png").symlink_to("/dev/zero")
+    logged = []
+    with ReplaySource(folder, fps=0, log=logged.append) as src:
+        got = [int(src.read()[0, 0]) for _ in range(6)]
+    assert got == [10, 20, 30, 10, 20, 30]
+    assert len(logged) == 1 and "skipped 3 of 6 pictures" in logged[0] and "001a.png" in logged[0], logged
+
+
+def test_a_replay_folder_with_no_readable_picture_is_a_camera_error_that_says_so(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    os.mkfifo(folder / "b.png")
+    with pytest.raises(CameraError, match=r"none of its 2 pictures can be read \(.*a.png.*, \.\.\.\)"):
+        ReplaySource(folder).open()
+    os.mkfifo(tmp_path / "one.png")
+    with pytest.raises(CameraError, match="is a FIFO"):
+        ReplaySource(tmp_path / "one.png").open()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cv2") is not None, reason="OpenCV is installed here")
