@@ -39,7 +39,7 @@ class Lines:
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
     def _line(self) -> None:
-        share = f" ({self.n / self.total:.0%})" if self.total else ""
+        share = f" ({100 * self.n // self.total}%)" if self.total else ""  # 99.7 % is not done
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{share}, {time.monotonic() - self.start:.0f} s{extra}",
               file=self.file, flush=True)
