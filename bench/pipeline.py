@@ -45,6 +45,7 @@ from _common import REPO, model_file, random_bundle, simulation_config
 
 from device.bundle import load_bundle, save_bundle
 from device.camera import PICTURE_SUFFIXES, SAMPLES_DIR, ReplaySource
+from device.preprocess import load_frame
 from device.config import defaults
 from device.daemon import STAGES, Pipeline
 from device.outputs import Outputs, mock_pin_factory
@@ -82,7 +83,10 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
     runtime = make_runtime(bundle, runtime_kind)
     config = defaults()
     pipeline = Pipeline(bundle, runtime, config.decision)
-    source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1)
+    # The daemon's default camera configuration: frames at the size preprocessing works at (the
+    # Pi camera's ISP scales for free; a replay reduces its pictures once, on load).
+    source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1, size=(config.camera.width, config.camera.height))
+    full_size = [load_frame(p) for p in sorted(SAMPLES_DIR.iterdir()) if p.suffix.lower() in PICTURE_SUFFIXES]
     outputs = Outputs.from_config(config.outputs, mock_pin_factory())
     outputs.set_status("running")
     with source, outputs:
@@ -125,7 +129,7 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
         work = bundle.preprocess.work_size
         t0 = time.perf_counter()
         for i in range(n_peer):
-            frame = sample[i % len(sample)]
+            frame = full_size[i % len(full_size)]
             Image.fromarray(frame).resize((work, work * frame.shape[0] // frame.shape[1]), Image.Resampling.BOX)
         resize_peer = (time.perf_counter() - t0) / n_peer
     stages = {k: 1000 * v / frames for k, v in pipeline.times.items()}

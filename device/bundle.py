@@ -91,7 +91,7 @@ class Bundle:
 
     @property
     def preprocess(self) -> PreprocessSettings:
-        return PreprocessSettings.from_dict(self.meta["preprocess"])
+        return PreprocessSettings.from_bundle(self.meta["preprocess"])
 
 
 def weights_sha256(weights: dict) -> str:
@@ -355,7 +355,7 @@ def validate_meta(meta, where: str) -> list:
         raise BundleError(f"{where}: meta 'input_shape' must be [height, width, 1] (one grey channel, sides 1 to "
                           f"{MAX_INPUT_SIDE}), got {_show(shape)}")
     try:
-        PreprocessSettings.from_dict(meta["preprocess"])
+        PreprocessSettings.from_bundle(meta["preprocess"])
     except (ValueError, TypeError) as e:
         raise BundleError(f"{where}: meta 'preprocess': {_show(str(e), 200)}") from None
     layers = _check_architecture(meta["architecture"], shape, where)

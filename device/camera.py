@@ -26,13 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from device.files import check_regular
-from device.preprocess import ImageError, load_frame
+from device.preprocess import LOAD_SIDE, ImageError, load_frame
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpeg", ".webm"}
 SOURCES = ("auto", "picamera2", "opencv", "replay", "samples")
 MAX_PICTURE_BYTES = 64 << 20  # a replayed picture file (a 4000x4000 PNG of noise is ~48 MB)
+# The frame size the daemon asks for: the size preprocessing works at (PreprocessSettings'
+# frame_size), so the Pi camera's ISP does the scaling for free.
+FRAME_SIZE = (160, 120)
+# The Pi camera's main stream: it must exist and be at least as large as the lores stream we read.
+MAIN_SIZE = (640, 480)
 
 
 class CameraError(RuntimeError):
@@ -79,7 +84,7 @@ class Picamera2Source(FrameSource):
 
     name = "picamera2"
 
-    def __init__(self, size=(640, 480), buffer_count=2, timeout=2.0, camera_num=0):
+    def __init__(self, size=FRAME_SIZE, buffer_count=2, timeout=2.0, camera_num=0):
         self.size = (int(size[0]), int(size[1]))
         self.buffer_count = int(buffer_count)
         self.timeout = float(timeout)
@@ -101,9 +106,11 @@ class Picamera2Source(FrameSource):
         except Exception as e:  # no camera: IndexError; busy: RuntimeError("Failed to acquire camera ...")
             raise CameraError(f"cannot open camera {self.camera_num}: {_explain(e)}") from None
         try:
-            # The main stream must exist; keep it small. The lores Y plane is all we read.
+            # The main stream must exist and hold the lores one; the lores Y plane, scaled by the
+            # ISP to the size preprocessing works at, is all we read.
+            main = (max(self.size[0], MAIN_SIZE[0]), max(self.size[1], MAIN_SIZE[1]))
             config = camera.create_preview_configuration(
-                main={"size": self.size, "format": "XBGR8888"},
+                main={"size": main, "format": "XBGR8888"},
                 lores={"size": self.size, "format": "YUV420"},
                 buffer_count=self.buffer_count)
             camera.configure(config)
@@ -155,7 +162,7 @@ class OpenCVSource(FrameSource):
 
     name = "opencv"
 
-    def __init__(self, device=0, size=(640, 480)):
+    def __init__(self, device=0, size=FRAME_SIZE):
         self.device = device
         self.size = size
         self._cap = None
@@ -202,8 +209,11 @@ class ReplaySource(FrameSource):
 
     name = "replay"
 
-    def __init__(self, path, fps=30.0, loop=True, hold=1, sleep=time.sleep, log=None):
+    def __init__(self, path, fps=30.0, loop=True, hold=1, sleep=time.sleep, size=None, log=None):
         self.path = Path(path)
+        # Pictures are reduced once, on load, to fit the frame size preprocessing works at (what
+        # the Pi camera's ISP delivers), instead of at every frame.
+        self.longest = max(size) if size else LOAD_SIDE
         self.fps = float(fps)
         self.loop = bool(loop)
         self.hold = max(1, int(hold))
@@ -225,7 +235,7 @@ class ReplaySource(FrameSource):
             for f in files:
                 try:
                     check_regular(f, MAX_PICTURE_BYTES)  # a FIFO would block the open, a device never ends
-                    frames.append(load_frame(f))
+                    frames.append(load_frame(f, self.longest))
                 except ImageError as e:
                     skipped.append(str(e))
                 except (OSError, ValueError) as e:
@@ -242,7 +252,7 @@ class ReplaySource(FrameSource):
         elif self.path.exists():
             try:
                 check_regular(self.path, MAX_PICTURE_BYTES)
-                self._frames = [load_frame(self.path)]
+                self._frames = [load_frame(self.path, self.longest)]
             except ImageError as e:
                 raise CameraError(str(e)) from None
             except (OSError, ValueError) as e:
@@ -310,15 +320,15 @@ def _to_stderr(line: str) -> None:
     print(f"cardcam: {line}", file=sys.stderr, flush=True)
 
 
-def samples_source(fps=30.0, loop=True, sleep=time.sleep, log=None) -> ReplaySource:
+def samples_source(fps=30.0, loop=True, sleep=time.sleep, size=None, log=None) -> ReplaySource:
     """The shipped sample frames, each held for about 1.5 s at the given rate."""
     hold = max(1, round(1.5 * fps)) if fps > 0 else 45
-    source = ReplaySource(SAMPLES_DIR, fps=fps, loop=loop, hold=hold, sleep=sleep, log=log)
+    source = ReplaySource(SAMPLES_DIR, fps=fps, loop=loop, hold=hold, sleep=sleep, size=size, log=log)
     source.name = "samples"
     return source
 
 
-def make_source(kind: str, *, size=(640, 480), fps=30.0, replay="", loop=True, hold=1, buffer_count=2,
+def make_source(kind: str, *, size=FRAME_SIZE, fps=30.0, replay="", loop=True, hold=1, buffer_count=2,
                 timeout=2.0, camera_num=0, device=0, sleep=time.sleep, log=None) -> FrameSource:
     """A frame source by name (one of SOURCES other than "auto", which the caller resolves).
     ``log``: where a replay says which pictures it skipped (default: stderr)."""
@@ -327,7 +337,7 @@ def make_source(kind: str, *, size=(640, 480), fps=30.0, replay="", loop=True, h
     if kind == "opencv":
         return OpenCVSource(device, size)
     if kind == "replay":
-        return ReplaySource(replay, fps=fps, loop=loop, hold=hold, sleep=sleep, log=log)
+        return ReplaySource(replay, fps=fps, loop=loop, hold=hold, sleep=sleep, size=size, log=log)
     if kind == "samples":
-        return samples_source(fps=fps, loop=loop, sleep=sleep, log=log)
+        return samples_source(fps=fps, loop=loop, sleep=sleep, size=size, log=log)
     raise ValueError(f"unknown frame source {kind!r} (choose from {', '.join(SOURCES[1:])})")

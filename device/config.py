@@ -129,8 +129,8 @@ class PinMap(Kind):
 SCHEMA = {
     "camera": {
         "source": Choice("auto", SOURCES, "auto: the Pi camera on a Pi, the bundled samples in simulation"),
-        "width": Number(640, 64, 4056, integer=True),
-        "height": Number(480, 48, 3040, integer=True),
+        "width": Number(160, 64, 4056, integer=True),
+        "height": Number(120, 48, 3040, integer=True),
         "fps": Number(30.0, 0, 240, doc="replay/samples pace; 0 = as fast as possible"),
         "replay": Text("", "folder of pictures or a video file, for source = \"replay\""),
         "loop": Bool(True, "replay: start again at the end (false: stop the daemon)"),
