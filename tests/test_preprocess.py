@@ -13,7 +13,8 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from device.preprocess import MAX_SIDE, ImageError, PreprocessSettings, Prepared, load_image, preprocess
+from device.preprocess import (LOAD_SIDE, MAX_PIXELS, VERSION, ImageError, PreprocessSettings, Prepared, load_image,
+                               preprocess)
 
 SETTINGS = PreprocessSettings()
 SHAPE = (32, 32, 1)
@@ -104,14 +105,10 @@ def test_grey_levels_from_a_file(tmp_path, card_drawer):
 
 # --- sizes -----------------------------------------------------------------------------------
 
-def test_tiny_8x8_works_or_finds_no_ink():
+def test_tiny_8x8_card_is_read():
     card = np.full((8, 8), 230, np.uint8)
     card[2:6, 3:5] = 20
-    p = preprocess(card, SETTINGS, SHAPE)
-    if p.found:
-        assert_valid_input(p, (8, 8))
-    else:
-        assert p.reason and p.input is None
+    assert_valid_input(preprocess(card, SETTINGS, SHAPE), (8, 8))
 
 
 def test_7x7_is_refused(tmp_path):
@@ -123,11 +120,39 @@ def test_7x7_is_refused(tmp_path):
         load_image(path)
 
 
-def test_too_wide_is_refused_naming_the_file(tmp_path):
-    path = tmp_path / "wide.png"
-    Image.new("L", (MAX_SIDE + 1, 10), 200).save(path)
-    with pytest.raises(ImageError, match=re.escape(str(path)) + r": image is 4001x10; the largest accepted is 4000x4000"):
-        load_image(path)
+@pytest.mark.parametrize("size", [(4032, 3024), (8000, 6000), (8160, 6120)])  # 12, 48 and 50 MP phone photos
+def test_phone_photos_are_read_small(tmp_path, card_drawer, size):
+    """A phone photo of any usual size is read (a JPEG decoded at 1/2 to 1/8 scale, reduced to
+    LOAD_SIDE), and its glyph found as in the same picture at a small size."""
+    small = card_drawer("4", size=(400, 300), font_size=200)
+    path = tmp_path / "photo.jpg"
+    small.resize(size, Image.Resampling.BILINEAR).save(path, quality=90)
+    gray = load_image(path)
+    assert max(gray.shape) == LOAD_SIDE and gray.shape[1] / gray.shape[0] == pytest.approx(size[0] / size[1], rel=0.01)
+    p, reference = preprocess(gray, SETTINGS, SHAPE), preprocess(small, SETTINGS, SHAPE)
+    assert_valid_input(p)
+    assert correlation(p.input, reference.input) > 0.9
+
+
+def test_a_png_is_reduced_once_on_load(tmp_path, card_drawer):
+    path = tmp_path / "scan.png"
+    card_drawer("4", size=(400, 300), font_size=200).resize((3000, 2250)).save(path)
+    assert load_image(path).shape == (768, LOAD_SIDE)
+    assert load_image(path, longest=None).shape == (2250, 3000)
+
+
+def test_exif_orientation_is_honoured(tmp_path, card_drawer):
+    """A phone held upright stores its picture sideways with EXIF orientation 6 (turn 90 degrees
+    clockwise to view): the glyph is read upright."""
+    upright = card_drawer("7", size=(300, 400), font_size=200)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor wrote: turned left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, exif=exif, quality=95)
+    gray = load_image(path)
+    assert gray.shape == (400, 300)
+    assert correlation(preprocess(gray, SETTINGS, SHAPE).input, preprocess(upright, SETTINGS, SHAPE).input) > 0.9
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -138,20 +163,22 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("side", [5000, 20000])
+@pytest.mark.parametrize("side", [14200, 20000, 60000])  # 202, 400 and 3600 megapixels declared
 def test_decompression_bomb_header_is_refused(tmp_path, side):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(side, side))
     assert path.stat().st_size < 100
-    with pytest.raises(ImageError, match=re.escape(str(path)) + ": image is larger than|" + re.escape(str(path)) + f": image is {side}x{side}"):
+    with pytest.raises(ImageError) as e:
         load_image(path)
+    declared = f"{side}x{side} ({side * side / 1e6:.0f} megapixels)" if side * side <= 2 * MAX_PIXELS else \
+        f"over {2 * MAX_PIXELS / 1e6:.0f} megapixels"  # Pillow's own guard refuses it first
+    assert str(e.value) == f"{path}: image is {declared}; the most accepted is {MAX_PIXELS / 1e6:.0f} megapixels"
 
 
-def test_huge_bilevel_image_small_on_disk_is_refused(tmp_path):
-    path = tmp_path / "huge.png"
-    Image.new("1", (4100, 4100), 1).save(path)
-    assert path.stat().st_size < 100_000
-    with pytest.raises(ImageError, match=re.escape(str(path))):
+def test_a_header_within_the_limit_is_decoded_and_fails_cleanly(tmp_path):
+    path = tmp_path / "liar.png"
+    path.write_bytes(png_header_only(12000, 9000))  # 108 MP declared, no pixel data
+    with pytest.raises(ImageError, match=re.escape(str(path)) + ": cannot decode image"):
         load_image(path)
 
 
@@ -180,7 +207,7 @@ def test_any_picture_gives_an_input_or_a_reason(picture, ink):
     if p.found:
         assert_valid_input(p, (picture.shape[1], picture.shape[0]))
     else:
-        assert p.reason in ("no ink", "no card", "too dark")
+        assert p.reason in ("no ink", "no card", "too dark", "too much ink")
 
 
 # --- MNIST cards and light ink ---------------------------------------------------------------
@@ -211,7 +238,7 @@ def test_light_ink_setting_reads_white_on_black(mnist):
         light = preprocess(image, PreprocessSettings(ink="light"), SHAPE)
         dark = preprocess(255 - image, PreprocessSettings(ink="dark"), SHAPE)
         assert light.found and dark.found, digit
-        np.testing.assert_allclose(light.input, dark.input, atol=1e-3, err_msg=f"digit {digit}")
+        np.testing.assert_allclose(light.input, dark.input, atol=3e-3, err_msg=f"digit {digit}")
 
 
 def _glyph_centre(card, seed):
@@ -221,7 +248,7 @@ def _glyph_centre(card, seed):
 
     frame = camera_frame(card, np.random.default_rng(seed))
     blank = camera_frame(np.full_like(card, 255), np.random.default_rng(seed))
-    diff = blank.astype(np.float32) - frame.astype(np.float32)
+    diff = (blank.astype(np.float32) - frame.astype(np.float32)).max(axis=2)  # colour pictures
     ys, xs = np.nonzero(diff > 0.5 * diff.max())
     return frame, (float(xs.mean()), float(ys.mean()))
 
@@ -242,10 +269,23 @@ def test_camera_frames_are_found_and_cropped_around_the_card(mnist):
 
 # --- settings --------------------------------------------------------------------------------
 
-def test_settings_round_trip_through_a_dict():
+def test_settings_round_trip_through_a_bundle_dict():
     s = PreprocessSettings(ink="light", work_size=128, fit=0.8)
-    assert PreprocessSettings.from_dict(s.to_dict()) == s
+    assert s.to_dict()["version"] == VERSION
+    assert PreprocessSettings.from_bundle(s.to_dict()) == s
     assert PreprocessSettings.from_dict({}) == PreprocessSettings()
+
+
+@pytest.mark.parametrize("version", [1, 3, None])
+def test_settings_of_another_version_are_refused_saying_what_to_do(version):
+    d = {k: v for k, v in PreprocessSettings().to_dict().items() if k != "version"}
+    if version is not None:  # a bundle with no version is from version 1
+        d["version"] = version
+    with pytest.raises(ValueError) as e:
+        PreprocessSettings.from_bundle(d)
+    assert str(e.value) == (f"the model was made for preprocessing version {version or 1}, and this cardcam has version "
+                            f"{VERSION}: retrain it with this cardcam's cardcam-train (models/README.md gives each "
+                            f"shipped model's command)")
 
 
 @given(key=st.text(min_size=1, max_size=12).filter(lambda k: k not in PreprocessSettings().to_dict()))
