@@ -7,11 +7,17 @@ Standard library only (http.server), on its own daemon thread, started and stopp
   network's output, the decision) under a lock held for a few assignments (``LiveState.publish``);
   the HTTP threads copy those references out under the same lock and do all the work (JSON, PNG
   encoding, thumbnails) outside it, lazily, only when a page asks;
-- ``POST /api/predict`` runs on the server's *own* runtime, made from the running bundle in the
-  HTTP thread and made again when the daemon swaps in a new model. The NumPy runtime writes into
-  preallocated buffers, so sharing the loop's runtime would need a lock the loop waits on; a
-  second instance costs a few hundred kilobytes and no waiting. HTTP threads share it under
-  their own lock (one drawing at a time; the loop is never part of that).
+- ``POST /api/predict`` runs on the server's *own* runtime, made from the running bundle and
+  made again when the daemon swaps in a new model. The NumPy runtime writes into preallocated
+  buffers, so sharing the loop's runtime would need a lock the loop waits on; a second instance
+  costs a few hundred kilobytes and no waiting. The HTTP threads hand drawings to one worker
+  thread that decodes and classifies them one at a time (the loop is never part of that), once
+  the picture's declared size passed a pixel budget: a request's memory is bounded, and so is
+  the number in flight (over MAX_PREDICTS: 503 with Retry-After).
+
+Slow and idle clients cannot lock anyone out: each request has an overall deadline (not only
+one per read), and when every connection slot is taken, a new connection takes the slot of one
+that has been waiting for its client the longest (an idle keep-alive first, then the slowest).
 
 Endpoints (README, "Web page"): ``/`` (the page, device/web/), ``GET /api/status``,
 ``GET /api/model``, ``GET /api/image/frame.png``, ``GET /api/image/input.png``, ``POST /api/predict``.
@@ -23,9 +29,12 @@ import base64
 import io
 import ipaddress
 import json
+import re
+import select
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +49,12 @@ PAGE_DIR = Path(__file__).resolve().parent / "web"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
 MAX_UPLOAD = 1 << 20  # bytes: a drawing is a few kilobytes, a phone photo as JPEG well under this
+# Pixels a picture may declare before it is decoded: 4x the camera's 640x480 frame, plenty for a
+# drawing (the page sends 280x280). A 70 KB PNG can declare 4000x4000, 64 MB once decoded as RGBA.
+MAX_UPLOAD_SIZE = (1280, 960)
+MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIZE[0] * MAX_UPLOAD_SIZE[1]
+MAX_PREDICTS = 8  # predict requests in flight (a body of at most 1 MB each, waiting or running); more: 503
+EVICT_AFTER = 0.5  # seconds a connection must have waited for its client before another may take its slot
 UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 UPLOAD_FORMATS = tuple(dict.fromkeys(UPLOAD_TYPES.values()))  # Pillow's names: ("PNG", "JPEG")
 THUMB_WIDTH = 240
@@ -96,20 +111,35 @@ def is_loopback(host: str) -> bool:
 
 
 class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``."""
+    """A bad request: answered with ``status`` and ``{"error": message}``; a 503 says when to retry."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
 
 
-def decode_upload(body: bytes, content_type: str):
-    """The uploaded picture as a Pillow image (PNG or JPEG only, size checked before decoding)."""
+def check_upload(body: bytes, content_type: str) -> None:
+    """What can be checked of an upload before it is decoded: its type, that it has a body, and
+    the size its header declares (Image.open reads the header only) against MAX_UPLOAD_PIXELS."""
     kind = content_type.split(";")[0].strip().lower()
     if kind not in UPLOAD_TYPES:
         raise RequestError(415, f"Content-Type must be image/png or image/jpeg, got {kind or 'none'!r}")
     if not body:
         raise RequestError(400, "empty body: send the picture as the request body")
+    try:
+        with Image.open(io.BytesIO(body), formats=UPLOAD_FORMATS) as im:
+            w, h = im.size
+    except Exception:  # not a picture, or a damaged header: decode_upload says which, in its words
+        return
+    if w * h > MAX_UPLOAD_PIXELS:
+        raise RequestError(413, f"picture is {w}x{h} pixels; the largest accepted is {MAX_UPLOAD_PIXELS} pixels "
+                                f"({MAX_UPLOAD_SIZE[0]}x{MAX_UPLOAD_SIZE[1]})")
+
+
+def decode_upload(body: bytes, content_type: str):
+    """The uploaded picture as a Pillow image (PNG or JPEG only, sizes checked before decoding)."""
+    check_upload(body, content_type)
     try:
         return open_image(io.BytesIO(body), "picture", formats=UPLOAD_FORMATS)
     except ImageError as e:
@@ -158,7 +188,11 @@ class WebApp:
         self.pages = {path: ((PAGE_DIR / name).read_bytes(), kind) for path, (name, kind) in ASSETS.items()}
         self._image_cache: dict = {}           # kind -> (seq, png bytes)
         self._cache_lock = threading.Lock()
-        self._predict_lock = threading.Lock()  # HTTP threads share one runtime; the frame loop has its own
+        # Drawings are decoded and classified on one thread of their own, one at a time, with one
+        # runtime (the frame loop has its own): decoded pictures never pile up, and their memory is
+        # reused (one thread, one malloc arena; each HTTP thread's own arena kept 12 MB per picture).
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cardcam-predict")
+        self.predict_slots = threading.BoundedSemaphore(MAX_PREDICTS)  # requests in flight, taken by the handler
         self._runtime = None
         self._runtime_for = None               # the (bundle, kind, threads) it was made for
 
@@ -211,35 +245,69 @@ class WebApp:
         return data
 
     def predict(self, body: bytes, content_type: str) -> dict:
-        picture = decode_upload(body, content_type)
+        check_upload(body, content_type)
         _, _, model = self.live.snapshot()
         if model is None:
-            raise RequestError(503, "no model loaded yet")
-        bundle, kind, threads, _ = model
-        if not self._predict_lock.acquire(timeout=10):
-            raise RequestError(503, "busy classifying other drawings; try again")
+            raise RequestError(503, "no model loaded yet", retry_after=5)
+        job = self._worker.submit(self._classify, body, content_type, model)
         try:
-            made_for = self._runtime_for
-            # By identity: a Bundle compares by value (every weight array), and a reload is a new object.
-            if made_for is None or made_for[0] is not bundle or made_for[1:] != (kind, threads):
-                try:
-                    self._runtime = make_runtime(bundle, kind, threads)
-                except RuntimeUnavailable as e:
-                    raise RequestError(503, f"cannot run the model here: {e}") from None
-                self._runtime_for = (bundle, kind, threads)
-            t0 = time.perf_counter()
+            return job.result(timeout=10)
+        except TimeoutError:
+            job.cancel()
+            raise RequestError(503, "busy classifying other drawings; try again", retry_after=1) from None
+
+    def _classify(self, body: bytes, content_type: str, model) -> dict:
+        """On the worker thread: decode, preprocess, run the network."""
+        bundle, kind, threads, _ = model
+        picture = decode_upload(body, content_type)
+        made_for = self._runtime_for
+        # By identity: a Bundle compares by value (every weight array), and a reload is a new object.
+        if made_for is None or made_for[0] is not bundle or made_for[1:] != (kind, threads):
             try:
-                record, prepared = classify(picture, bundle, self._runtime)
-            except ImageError as e:
-                raise RequestError(400, str(e)) from None
-            ms = 1000 * (time.perf_counter() - t0)
-            runtime = self._runtime.description
-        finally:
-            self._predict_lock.release()
+                self._runtime = make_runtime(bundle, kind, threads)
+            except RuntimeUnavailable as e:
+                raise RequestError(503, f"cannot run the model here: {e}") from None
+            self._runtime_for = (bundle, kind, threads)
+        t0 = time.perf_counter()
+        try:
+            record, prepared = classify(picture, bundle, self._runtime)
+        except ImageError as e:
+            raise RequestError(400, str(e)) from None
+        ms = 1000 * (time.perf_counter() - t0)
         record.setdefault("reason", "")
         seen = base64.b64encode(png_bytes(input_picture(prepared, bundle.input_shape))).decode()
-        return record | {"model": bundle.name, "runtime": runtime, "ms": round(ms, 2),
+        return record | {"model": bundle.name, "runtime": self._runtime.description, "ms": round(ms, 2),
                          "input_png": f"data:image/png;base64,{seen}"}
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's input, read only until the handler's deadline for the current request: a
+    client sending a byte just before each read's timeout cannot hold a slot for ever. It notes
+    when the handler waits for its client (``waiting``), which the server needs to pick a slot
+    to free."""
+
+    def __init__(self, handler: "_Handler"):
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        h = self.handler
+        remaining = h.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the request did not arrive within {h.server.request_timeout:g} s")
+        h.connection.settimeout(remaining)
+        h.waiting = True
+        try:
+            n = h.connection.recv_into(buffer)
+        finally:
+            h.waiting = False
+        h.received += n
+        return n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -249,6 +317,43 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.request_timeout  # a client that stalls mid-request is dropped, never waited on
         super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+        self.since = self.deadline = time.monotonic()
+        self.waiting, self.received, self.evicted = False, 0, False
+        self.server.register(self)
+
+    def finish(self):
+        self.server.unregister(self)
+        super().finish()
+
+    def handle_one_request(self):
+        """One request, within request_timeout of the moment the handler is ready for it."""
+        self.since = time.monotonic()
+        self.deadline = self.since + self.server.request_timeout
+        self.received = 0
+        super().handle_one_request()
+
+    def evict(self) -> None:
+        """Free this connection's slot for another (called from the accepting thread, while this
+        one waits for its client): a client in the middle of a request hears why."""
+        self.evicted = True
+        try:
+            # select(), not the socket's own calls: those wait for the handler's timeout first.
+            if self.received and select.select([], [self.connection], [], 0)[1]:
+                body = json.dumps({"error": "too many connections, and this one was the slowest; try again"}).encode()
+                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+                self.connection.send(head + body, socket.MSG_DONTWAIT)
+            self.connection.shutdown(socket.SHUT_RDWR)  # its blocked read returns at once
+        except (OSError, ValueError):
+            pass
+
+    def has_unread_input(self) -> bool:
+        """Whether the client sent what the handler has not read yet (it is about to), or hung up."""
+        try:
+            return bool(select.select([self.connection], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # gone or broken: its own thread finds out; not a slot to take
 
     @property
     def app(self) -> WebApp:
@@ -271,8 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def send_json(self, status: int, obj) -> None:
-        self.send_body(status, json.dumps(obj).encode(), "application/json")
+    def send_json(self, status: int, obj, extra=()) -> None:
+        self.send_body(status, json.dumps(obj).encode(), "application/json", extra)
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (malformed request line, headers too long, ...) as JSON too."""
@@ -285,10 +390,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _guard(self, method) -> None:
+        # Writing the answer has the whole timeout, whatever reading the request left of it.
+        self.connection.settimeout(self.server.request_timeout)
         try:
             method()
         except RequestError as e:
-            self.send_json(e.status, {"error": str(e)})
+            self.send_json(e.status, {"error": str(e)}, e.headers)
         except (ConnectionError, socket.timeout):
             self.close_connection = True
         except Exception as e:  # never let one request take the thread down silently
@@ -323,6 +430,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0]
 
     def _get(self):
+        if self.headers.get("Transfer-Encoding") or self._content_length() > 0:
+            # Read as the next request, the body would be answered too: a request smuggled in.
+            self.close_connection = True
+            raise RequestError(400, f"a {self.command} request has no body")
         path = self._route()
         if path in self.app.pages:
             body, kind = self.app.pages[path]
@@ -339,15 +450,22 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(404, f"no such page: {path}")
 
     def _content_length(self) -> int:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        """The body's length: one Content-Length of plain ASCII digits, no Transfer-Encoding."""
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
             self.close_connection = True
-            raise RequestError(411, "send the picture with a Content-Length (chunked bodies are not accepted)")
-        text = self.headers.get("Content-Length")
-        if text is None:
+            what = "chunked bodies are" if "chunked" in encoding.lower() else f"Transfer-Encoding {encoding!r} is"
+            raise RequestError(411, f"send the picture with a Content-Length ({what} not accepted)")
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            self.close_connection = True
+            raise RequestError(400, f"{len(lengths)} Content-Length headers; send one")
+        if not lengths:
             return 0
-        if not text.strip().isdigit():
+        text = lengths[0].strip(" \t")
+        if not re.fullmatch(r"[0-9]{1,15}", text):  # str.isdigit() takes "²" and other digits int() does not
             self.close_connection = True
-            raise RequestError(400, f"bad Content-Length {text!r}")
+            raise RequestError(400, f"bad Content-Length {lengths[0]!r}")
         return int(text)
 
     def _discard_body(self) -> None:
@@ -357,8 +475,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if length > MAX_UPLOAD:
             self.close_connection = True
-        elif length:
-            self.rfile.read(length)
+            return
+        while length > 0:  # in pieces: a discarded body is never held whole
+            piece = self.rfile.read(min(length, 1 << 16))
+            if not piece:
+                self.close_connection = True
+                return
+            length -= len(piece)
 
     def _linger(self, seconds: float = 2.0) -> None:
         """Read and drop what the client still sends, until it stops or ``seconds`` pass."""
@@ -402,33 +525,71 @@ class _Handler(BaseHTTPRequestHandler):
         if "Content-Length" not in self.headers:
             self.close_connection = True
             raise RequestError(411, "send the picture with a Content-Length")
+        slots = self.app.predict_slots
+        if not slots.acquire(blocking=False):
+            try:
+                self._discard_body()  # so that the connection can carry the next request
+            except (TimeoutError, OSError):
+                self.close_connection = True
+            raise RequestError(503, f"busy: {MAX_PREDICTS} drawings are being classified; try again", retry_after=1)
         try:
-            body = self.rfile.read(length)  # at most the declared length, itself at most the limit
-        except socket.timeout:
-            self.close_connection = True
-            raise RequestError(408, f"the body did not arrive within {self.server.request_timeout:g} s") from None
-        if len(body) != length:
-            self.close_connection = True
-            raise RequestError(400, f"body is {len(body)} bytes, Content-Length said {length}")
-        self.send_json(200, self.app.predict(body, self.headers.get("Content-Type", "")))
+            try:
+                body = self.rfile.read(length)  # at most the declared length, itself at most the limit
+            except TimeoutError:
+                self.close_connection = True
+                raise RequestError(408, f"the body did not arrive within {self.server.request_timeout:g} s") from None
+            if len(body) != length:
+                self.close_connection = True
+                raise RequestError(400, f"body is {len(body)} bytes, Content-Length said {length}")
+            answer = self.app.predict(body, self.headers.get("Content-Type", ""))
+        finally:
+            slots.release()
+        self.send_json(200, answer)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True       # a stalled client never holds up the daemon's exit
     block_on_close = False
     allow_reuse_address = True  # restart at once after a stop (TIME_WAIT)
-    request_queue_size = 16
+    request_queue_size = 128    # a burst of clients waits in the kernel for a slot, rather than being refused
     _slots: threading.BoundedSemaphore  # WebServer.max_connections
+    closing = False
+
+    def server_activate(self):
+        super().server_activate()
+        self._handlers: set = set()
+        self._handlers_lock = threading.Lock()
+
+    def register(self, handler) -> None:
+        with self._handlers_lock:
+            self._handlers.add(handler)
+
+    def unregister(self, handler) -> None:
+        with self._handlers_lock:
+            self._handlers.discard(handler)
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        """A thread for the connection once a slot is free. While none is, the connection that has
+        waited longest for its client (idle first, then slow; for EVICT_AFTER at least) gives its
+        slot up; the rest wait in the kernel's queue."""
+        while not self._slots.acquire(timeout=0.05):
+            if self.closing:
+                self.shutdown_request(request)
+                return
+            self._evict_one()
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
             raise
+
+    def _evict_one(self) -> None:
+        now = time.monotonic()
+        with self._handlers_lock:
+            waiting = [h for h in self._handlers if h.waiting and not h.evicted and now - h.since >= EVICT_AFTER]
+        waiting = [h for h in waiting if not h.has_unread_input()]
+        if waiting:
+            min(waiting, key=lambda h: (h.received > 0, h.since)).evict()
 
     def process_request_thread(self, request, client_address):
         try:
@@ -480,6 +641,8 @@ class WebServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        httpd.closing = True  # a connection waiting for a slot does not hold up the shutdown
         httpd.shutdown()
         httpd.server_close()
+        self.app.close()
         self._thread.join(0.5)
