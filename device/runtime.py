@@ -547,7 +547,8 @@ class TfliteRuntime:
                 self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
                 self._interpreter.allocate_tensors()
         except Exception as e:  # the interpreters raise ValueError/RuntimeError on a bad flatbuffer
-            raise RuntimeUnavailable(f"{where}: the TFLite model cannot be loaded ({str(e).splitlines()[0]})") from None
+            first = (str(e).splitlines() or [type(e).__name__])[0]  # an empty message has no first line
+            raise RuntimeUnavailable(f"{where}: the TFLite model cannot be loaded ({first})") from None
         inp, out = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1 or tuple(inp[0]["shape"]) != (1, *self.input_shape) \
                 or tuple(out[0]["shape"]) != (1, len(self.labels)):

@@ -199,7 +199,8 @@ class WebApp:
     def status(self) -> dict:
         latest, record, model = self.live.snapshot()
         out = {k: record.get(k) for k in ("state", "status", "fps", "reloads", "refusals", "camera_error",
-                                          "model_error", "leds", "status_led", "display")}
+                                          "model_error", "frame_errors", "frame_error", "leds", "status_led",
+                                          "display")}
         out["state"] = out["state"] or "starting"
         out["uptime_s"] = round(time.monotonic() - self.live.started, 1)
         bundle = model[0] if model else None

@@ -103,7 +103,8 @@ def test_status_says_what_the_loop_shows(served, bundle):
     assert s["model_sha256"] == bundle.meta["weights_sha256"]
     assert set(s["probabilities"]) == {"0", "1"} and s["probabilities"]["1"] > 0.9
     assert abs(sum(s["probabilities"].values()) - 1) < 1e-3
-    for key in ("state", "fps", "confidence", "uptime_s", "leds", "camera_error", "model_error", "reloads"):
+    for key in ("state", "fps", "confidence", "uptime_s", "leds", "camera_error", "model_error", "reloads",
+                "frame_errors", "frame_error"):
         assert key in s
     # A new frame: the counter moves and a card taken away shows as no card with its reason.
     blank = np.full_like(served.frame, 90)
