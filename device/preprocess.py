@@ -176,7 +176,8 @@ def open_image(source, where, formats=None, longest: int | None = LOAD_SIDE,
     Anything wrong is an ImageError naming ``where``."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Between MAX_PIXELS and twice that, Pillow only warns: _check_size refuses those.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source, formats=formats) as im:
                 _check_size(im.size, where, max_pixels)
                 orientation = im.getexif().get(0x0112, 1)  # before draft(): EXIF is read from the header
@@ -207,9 +208,9 @@ def open_image(source, where, formats=None, longest: int | None = LOAD_SIDE,
     except UnidentifiedImageError:
         what = f"a {' or '.join(formats)} picture" if formats else "an image Pillow can read"
         raise ImageError(f"{where}: not {what}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{where}: image is larger than {max_pixels // 1_000_000} megapixels, "
-                         f"the most accepted") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice MAX_PIXELS
+        raise ImageError(f"{where}: image is over {2 * MAX_PIXELS / 1e6:.0f} megapixels; the most accepted is "
+                         f"{max_pixels / 1e6:.0f} megapixels") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise ImageError(f"{where}: cannot decode image ({e})") from None
 
@@ -408,19 +409,18 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     paper (see _paper_level)."""
     near_centre = _near_centre(*closed.shape)
     # A step is between two cells of plain paper (a cell with ink in it is darker than its
-    # paper, not a border), on the darker side: strokes never split a card, and the margin
-    # around a glyph stays open.
+    # paper, not a border), one or two cells apart (an edge that falls inside a cell is spread
+    # over two), marked on the darker side: strokes never split a card, and the margin around a
+    # glyph stays open.
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = np.zeros(closed.shape, bool)
-    for a, b in ((coarse[1:, :], coarse[:-1, :]), (coarse[:, 1:], coarse[:, :-1])):
-        both = plain[1:, :] & plain[:-1, :] if a.shape[0] < coarse.shape[0] else plain[:, 1:] & plain[:, :-1]
-        edge = both & (np.abs(a - b) > edge_step * np.maximum(a, b))
-        if a.shape[0] < coarse.shape[0]:
-            step[1:, :] |= edge & (a < b)
-            step[:-1, :] |= edge & (b < a)
-        else:
-            step[:, 1:] |= edge & (a < b)
-            step[:, :-1] |= edge & (b < a)
+    for d in (1, 2):
+        for a, b, pa, pb, sa, sb in (
+                (coarse[d:], coarse[:-d], plain[d:], plain[:-d], step[d:], step[:-d]),
+                (coarse[:, d:], coarse[:, :-d], plain[:, d:], plain[:, :-d], step[:, d:], step[:, :-d])):
+            edge = pa & pb & (np.abs(a - b) > edge_step * np.maximum(a, b))
+            sa |= edge & (a < b)
+            sb |= edge & (b < a)
     open_ground = ~step
     ink = (closed - darkest) > ink_threshold * closed
     score_map = closed * near_centre
@@ -437,7 +437,9 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
             seed = np.unravel_index(int(np.argmax(score_map * open_paper)), coarse.shape)
         allowed[seed] = True
         paper = _connected(seed, allowed)
-        region = _with_strokes(paper, plain & open_ground)
+        # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
+        like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
+        region = _with_strokes(paper, plain & open_ground & ~like)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
         own_ink = ink & _filter(region, 5, np.minimum)
@@ -446,7 +448,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         # A glyph's worth of ink around the centre: the card.
         if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region):
             return region, reference
-        if not _enclosed(region, plain & (np.abs(coarse - reference) <= 0.15 * reference)):
+        if not _enclosed(region, like):
             # Large blank paper at the centre: a blank card, not something to look past.
             if count == 0 and near_centre[seed] > 0.5 and np.count_nonzero(paper) >= 0.05 * paper.size:
                 return region, reference
@@ -473,8 +475,9 @@ def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
 
 def _with_strokes(paper: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """A card: its paper and everything the room does not reach: its strokes and loops, and the
-    strokes that run off a close-up's border. The room starts from plain ``surface`` cells (not
-    ink, not the darker side of a step) at the picture's border that are not this paper."""
+    strokes that run off a close-up's border. The room starts from the ``surface`` cells at the
+    picture's border that are not this paper (plain, not the darker side of a step, and not
+    paper like this: the same sheet, cut by strokes)."""
     return ~_connected(_border(paper.shape) & ~paper & surface, ~paper)
 
 
