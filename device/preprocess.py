@@ -346,11 +346,59 @@ def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray,
     return np.maximum(paper, gray, out=paper), coarse, closed
 
 
-def _run_labels(mask: np.ndarray) -> np.ndarray:
-    """Each row's runs of set pixels numbered 1, 2, ... across the array; 0 where unset."""
-    starts = mask.copy()
-    starts[:, 1:] &= ~mask[:, :-1]
-    return np.cumsum(starts.ravel()).reshape(mask.shape) * mask
+@lru_cache(maxsize=16)
+def _bit_grid(h: int, w: int) -> tuple:
+    """How an h x w mask is held as one Python integer, a bit a cell: rows of ``stride`` bits,
+    the last of them a guard that stays 0 (so a shift along a row never carries into the next).
+    Returns (stride, every cell set, doubling steps that cross a row, that cross a column)."""
+    stride = w + 1
+    valid = _pack(np.ones((h, w), bool), stride)
+    return stride, valid, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length())
+
+
+def _pack(mask: np.ndarray, stride: int) -> int:
+    padded = np.zeros((mask.shape[0], stride), bool)
+    padded[:, :mask.shape[1]] = mask
+    return int.from_bytes(np.packbits(padded, bitorder="little").tobytes(), "little")
+
+
+def _unpack(bits: int, h: int, w: int, stride: int) -> np.ndarray:
+    raw = np.frombuffer(bits.to_bytes((h * stride + 7) // 8, "little"), np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:h * stride].view(bool).reshape(h, stride)[:, :w]
+
+
+def _connected(seed, allowed: np.ndarray) -> np.ndarray:
+    """The cells of ``allowed`` 4-connected to ``seed`` (a (row, column), or a mask).
+
+    The masks are Python integers, a bit a cell (a card's ~1200 cells: a shift or an "and" is a
+    fraction of a microsecond, a NumPy call a microsecond or more). A fill runs along whole rows
+    at once (rightwards by an addition: the carry runs through a row's run of allowed cells and
+    stops at the first that is not), and the other three ways by doubling jumps over allowed
+    cells; it repeats until nothing joins, so it takes as many passes as the path has turns."""
+    h, w = allowed.shape
+    stride, _, row_steps, column_steps = _bit_grid(h, w)
+    free = _pack(allowed, stride)
+    if isinstance(seed, tuple):
+        region = (1 << (int(seed[0]) * stride + int(seed[1]))) & free
+    else:
+        region = _pack(seed, stride) & free
+    if not region:
+        return np.zeros((h, w), bool)
+    fills = []  # per direction: (towards higher bits, [(jump, cells a jump may land on)])
+    for step, steps, up in ((1, row_steps, False), (stride, column_steps, True), (stride, column_steps, False)):
+        through, jumps = free, []
+        for i in range(steps):
+            jumps.append((step << i, through))
+            through &= (through << (step << i)) if up else (through >> (step << i))
+        fills.append((up, jumps))
+    while True:
+        before = region
+        region = (((free + region) ^ free) | region) & free
+        for up, jumps in fills:
+            for jump, through in jumps:
+                region |= through & ((region << jump) if up else (region >> jump))
+        if region == before:
+            return _unpack(region, h, w, stride)
 
 
 @lru_cache(maxsize=16)
@@ -359,28 +407,6 @@ def _border(shape: tuple) -> np.ndarray:
     border[1:-1, 1:-1] = False
     border.flags.writeable = False
     return border
-
-
-def _connected(seed, allowed: np.ndarray) -> np.ndarray:
-    """The pixels of ``allowed`` 4-connected to ``seed`` (a (row, column), or a mask). Whole
-    runs along rows, then along columns, join at once, so this takes as many passes as the path
-    has turns (two or three for a card), not as many as it has pixels."""
-    rows, columns = _run_labels(allowed), _run_labels(allowed.T).T
-    counts = (int(rows.max()) + 1, int(columns.max()) + 1)
-    if isinstance(seed, tuple):
-        region = np.zeros(allowed.shape, bool)
-        region[seed] = allowed[seed]
-    else:
-        region = seed & allowed
-    while True:
-        before = np.count_nonzero(region)
-        for labels, count in zip((rows, columns), counts):
-            joined = np.zeros(count, bool)
-            joined[labels[region]] = True
-            joined[0] = False
-            region = joined[labels]
-        if np.count_nonzero(region) == before:
-            return region
 
 
 @lru_cache(maxsize=16)
@@ -413,14 +439,17 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     # over two), marked on the darker side: strokes never split a card, and the margin around a
     # glyph stays open.
     plain = coarse >= (1.0 - ink_threshold) * closed
+    level = np.log(np.maximum(coarse, np.float32(1e-3)))
+    level[~plain] = np.nan  # comparisons with a cell of ink are all false
+    rise = -math.log(1.0 - edge_step)  # a step: darker by edge_step
     step = np.zeros(closed.shape, bool)
     for d in (1, 2):
-        for a, b, pa, pb, sa, sb in (
-                (coarse[d:], coarse[:-d], plain[d:], plain[:-d], step[d:], step[:-d]),
-                (coarse[:, d:], coarse[:, :-d], plain[:, d:], plain[:, :-d], step[:, d:], step[:, :-d])):
-            edge = pa & pb & (np.abs(a - b) > edge_step * np.maximum(a, b))
-            sa |= edge & (a < b)
-            sb |= edge & (b < a)
+        for a, b, sa, sb in ((level[d:], level[:-d], step[d:], step[:-d]),
+                             (level[:, d:], level[:, :-d], step[:, d:], step[:, :-d])):
+            with np.errstate(invalid="ignore"):
+                difference = a - b
+                sa |= difference < -rise
+                sb |= difference > rise
     open_ground = ~step
     ink = (closed - darkest) > ink_threshold * closed
     score_map = closed * near_centre
@@ -567,7 +596,7 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
     side = settings.fit * min(height, width)
     k = side / max(right - left, bottom - top)
     gw, gh = max(1, round((right - left) * k)), max(1, round((bottom - top) * k))
-    glyph = np.clip(_resize(strength[top:bottom, left:right], (gw, gh)), 0.0, 1.0)
+    glyph = _resize(strength[top:bottom, left:right], (gw, gh))
     glyph[glyph < cut * 0.5] = 0.0
     inked = glyph[glyph > 0]
     peak = _kth_largest(inked, inked.size // 10 + 1) if inked.size else 1.0
@@ -586,10 +615,11 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
 
 
 def _resize(a: np.ndarray, size: tuple) -> np.ndarray:
-    """A float picture resized to (width, height): area averaging down, bilinear up."""
-    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), "F")
+    """Values in [0, 1] resized to (width, height) in 8 bits (what an input keeps): area
+    averaging down, bilinear up. Pillow's 8-bit resize is several times its float one."""
+    im = Image.fromarray(np.round(np.clip(a, 0.0, 1.0) * np.float32(255)).astype(np.uint8), "L")
     down = size[0] < im.width
-    return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.BILINEAR))
+    return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.BILINEAR)) * np.float32(1 / 255)
 
 
 @lru_cache(maxsize=32)
