@@ -79,12 +79,12 @@ def pen_stroke(card: np.ndarray, rng: np.random.Generator, side: int, angle: flo
     (the stroke's core only, 1-2 pixels at the working size), the card's own width, or a bold
     marker (up to a quarter of the glyph)."""
     h, w = card.shape
-    base = min(side, 64)  # the pen works at this size, then the glyph is scaled up: cheap
+    base = min(side, 96)  # the pen works at this size, then the glyph is scaled up: cheap
     k = base / max(h, w)
     ink = Image.fromarray(255 - card).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR)
     kind = rng.random()
-    if kind < 0.3:  # ballpoint: keep the middle of the stroke
-        level = rng.uniform(0.55, 0.85) * 255
+    if kind < 0.3:  # ballpoint: keep the middle of the stroke (of however strong the card's ink is)
+        level = rng.uniform(0.55, 0.85) * max(1, ink.getextrema()[1])
         ink = ink.point(lambda v: 255 if v > level else int(v * 0.3))
     elif kind < 0.65:  # marker: spread the stroke, up to a quarter of the glyph
         ink = ink.filter(ImageFilter.MaxFilter(int(rng.integers(1, max(2, round(base * 0.06)) + 1)) * 2 + 1))
