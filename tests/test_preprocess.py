@@ -348,3 +348,60 @@ def test_unreadable_files_name_the_file(tmp_path, card_drawer):
             load_image(path)
         message = str(e.value)
         assert message.startswith(f"{path}: ") and "\n" not in message, message
+
+
+# --- every setting safe over its whole range -----------------------------------------------------
+
+def _extreme_settings():
+    for key, (lo, hi) in sorted(PreprocessSettings._RANGES.items()):
+        for value in (lo, hi):
+            yield pytest.param(key, value, id=f"{key}={value}")
+
+
+@pytest.mark.parametrize("key,value", list(_extreme_settings()))
+def test_every_setting_at_either_end_of_its_range_is_safe(key, value, card_drawer):
+    """A bundle may carry any value in the documented ranges: every one gives an input or a
+    reason on cards, blank and dark frames, a close-up and the sample frames, never an exception
+    (min_card = 0 on a frame with no card crashed the daemon, issue 20)."""
+    from device.camera import SAMPLES_DIR
+    settings = PreprocessSettings.from_dict({key: value})
+    pictures = [card_drawer("7"), card_drawer("0", size=(640, 480), font_size=400), np.full((120, 160), 230, np.uint8),
+                np.zeros((120, 160), np.uint8), np.random.default_rng(0).integers(0, 256, (120, 160)).astype(np.uint8),
+                np.full((8, 8), 200, np.uint8)]
+    pictures += [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.png"))]
+    for shape in (SHAPE, (110, 110, 1), (8, 5, 1)):
+        for picture in pictures:
+            p = preprocess(picture, settings, shape)
+            assert p.found or p.reason in ("no ink", "no card", "too dark", "too much ink")
+            if p.found:
+                assert p.input.shape == shape and np.isfinite(p.input).all()
+
+
+def test_connected_cells_are_a_breadth_first_fill():
+    """The bitset fill (_connected) against the plain one, on random masks of every shape up to
+    the card search's grid."""
+    from collections import deque
+
+    from device.preprocess import _connected
+
+    def plain_fill(seed, allowed):
+        h, w = allowed.shape
+        out = np.zeros_like(allowed)
+        queue = deque([seed] if isinstance(seed, tuple) else zip(*np.nonzero(seed)))
+        queue = deque(p for p in queue if allowed[p])
+        for p in queue:
+            out[p] = True
+        while queue:
+            r, c = queue.popleft()
+            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= rr < h and 0 <= cc < w and allowed[rr, cc] and not out[rr, cc]:
+                    out[rr, cc] = True
+                    queue.append((rr, cc))
+        return out
+
+    rng = np.random.default_rng(0)
+    for case in range(600):
+        h, w = (int(v) for v in rng.integers(1, 45, 2))
+        allowed = rng.random((h, w)) < rng.uniform(0.3, 0.8)
+        seed = (int(rng.integers(h)), int(rng.integers(w))) if case % 2 else rng.random((h, w)) < 0.02
+        np.testing.assert_array_equal(_connected(seed, allowed), plain_fill(seed, allowed), err_msg=f"case {case}")
