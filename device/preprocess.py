@@ -50,6 +50,8 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Pictures are reduced on load to this longer side: preprocessing works far below it, and a
 # 200 MP JPEG decodes at 1/8 scale straight away.
 LOAD_SIDE = 1024
+# A picture whose grey levels all lie within this of each other is one flat colour.
+FLAT = 2 / 255
 
 
 class ImageError(ValueError):
@@ -146,9 +148,14 @@ class Prepared:
 
 def load_image(path, longest: int = LOAD_SIDE) -> np.ndarray:
     """Grey levels in [0, 1] (float32, H x W) from an image file, reduced to ``longest`` pixels
-    on its longer side; ImageError names the file."""
+    on its longer side; ImageError names the file. A picture of one flat colour (all black, all
+    white) is refused: no camera makes one, and it has nothing to read."""
     path = Path(path)
-    return to_gray(open_image(path, path, longest=longest))
+    gray = to_gray(open_image(path, path, longest=longest))
+    low, high = float(gray.min()), float(gray.max())
+    if high - low < FLAT:
+        raise ImageError(f"{path}: the picture is one flat colour (grey level {low:.0%}), with nothing in it to read")
+    return gray
 
 
 def load_frame(path, longest: int = LOAD_SIDE) -> np.ndarray:

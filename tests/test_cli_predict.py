@@ -46,8 +46,9 @@ def pictures(trained01, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pictures")
     zero = save_card(cards.cards[next(i for i in val if cards.labels[i] == 0)], folder / "zero.png")
     one = save_card(cards.cards[next(i for i in val if cards.labels[i] == 1)], folder / "one.jpg")
-    blank = folder / "blank.png"
-    Image.new("L", (120, 90), 235).save(blank)
+    blank = folder / "blank.png"  # a blank card as a camera sees it: paper with grain, lit unevenly
+    grain = np.random.default_rng(0).normal(0, 2.0, (90, 120)) + np.linspace(225, 240, 120)
+    Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8)).save(blank)
     text = folder / "notes.png"
     text.write_text("shopping list: milk\n")
     return {"zero": zero, "one": one, "blank": blank, "text": text, "missing": folder / "missing.png"}
@@ -90,6 +91,28 @@ def test_predict_exit_status_0_when_every_file_is_read(repo, trained01, pictures
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["label"] for r in records] == ["1", None, "0"]
+
+
+def test_predict_refuses_pictures_with_nothing_in_them_one_line_each(repo, trained01, tmp_path):
+    """Bad pictures (issue 19): unreadable, an absurd declared size, all black, all white, one
+    colour. Each is one line naming the file, and the exit status is 1."""
+    from test_preprocess import png_header_only
+
+    bad = {"black.png": Image.new("L", (640, 480), 0), "white.png": Image.new("L", (640, 480), 255),
+           "blue.png": Image.new("RGB", (640, 480), (40, 90, 200))}
+    for name, picture in bad.items():
+        picture.save(tmp_path / name)
+    (tmp_path / "bomb.png").write_bytes(png_header_only(30000, 30000))
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    files = [str(tmp_path / name) for name in [*bad, "bomb.png", "notes.jpg"]]
+    result = run(repo, "device", "predict", "--model", str(trained01.path), *files)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(files)
+    for path, line in zip(files, lines):
+        assert line.startswith(f"{path}: error: "), line
+    assert "one flat colour" in lines[0] and "one flat colour" in lines[2]
+    assert "image is over 400 megapixels; the most accepted is 200 megapixels" in lines[3]
 
 
 def test_predict_plain_output_one_line_per_file(repo, trained01, pictures):

@@ -405,3 +405,12 @@ def test_connected_cells_are_a_breadth_first_fill():
         allowed = rng.random((h, w)) < rng.uniform(0.3, 0.8)
         seed = (int(rng.integers(h)), int(rng.integers(w))) if case % 2 else rng.random((h, w)) < 0.02
         np.testing.assert_array_equal(_connected(seed, allowed), plain_fill(seed, allowed), err_msg=f"case {case}")
+
+
+@pytest.mark.parametrize("colour", [0, 255, (40, 120, 200)])
+def test_a_picture_of_one_flat_colour_is_refused_naming_the_file(tmp_path, colour):
+    path = tmp_path / "flat.png"
+    Image.new("L" if isinstance(colour, int) else "RGB", (640, 480), colour).save(path)
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    assert str(e.value).startswith(f"{path}: the picture is one flat colour (grey level ") and "\n" not in str(e.value)
