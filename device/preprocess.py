@@ -498,15 +498,13 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
 
 
 def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
-    """Whether the region is the loop of a "0": not on the picture's border, and what is not
-    paper ``like`` its own (the same sheet: the room, or ink) does not reach it from the
-    border, as the room reaches a card."""
-    border = _border(region.shape)
-    if (region & border).any():
+    """Whether the region is the loop of a "0": not on the picture's border, and beyond its
+    ring of ink (two to eight cells out) mostly paper ``like`` its own, where a card has the
+    room around it."""
+    if (region & _border(region.shape)).any():
         return False
-    other = ~like
-    ring = _filter(region, 3, np.maximum) & ~region
-    return not (_connected(border & other, other) & ring).any()
+    around = _filter(region, 17, np.maximum) & ~_filter(region, 5, np.maximum)
+    return np.count_nonzero(around & like) >= 0.4 * np.count_nonzero(around)
 
 
 def _with_strokes(paper: np.ndarray, surface: np.ndarray) -> np.ndarray:
