@@ -169,11 +169,10 @@ def cmd_evaluate(args) -> int:
 
 def judge_task(bundle, runtime, args) -> dict | None:
     """A task's validation split (or every card), clean or through the simulated camera."""
-    if Path(args.data).is_dir():
-        args.data = f"folder:{args.data}"
-    cards, _ = load_task(args.data)
+    folder = Path(args.data).is_dir()  # a plain DIR: every picture, unless --split val
+    cards, _ = load_task(f"folder:{args.data}" if folder else args.data)
     train_idx, val_idx = split(cards)
-    split_name = args.split or "val"
+    split_name = args.split or ("all" if folder else "val")
     idx = val_idx if split_name == "val" else np.arange(len(cards))
     if not _labels_known(cards.names, bundle.labels, args.data):
         return None
@@ -195,13 +194,15 @@ def judge_pictures(bundle, runtime, root) -> dict | None:
     if not _labels_known([f.name for f in folders], bundle.labels, root):
         return None
     outcomes, found, inputs = [], [], []  # found: (place in outcomes, true label, file) of each input
+    errors = {}  # file -> why it could not be read
     for folder in folders:
         true = bundle.labels.index(folder.name)
         for path in label_pictures(folder):
             try:
                 prepared = preprocess(load_image(path), bundle.preprocess, bundle.input_shape)
-            except ImageError:
+            except ImageError as e:  # kept with the file: "one flat colour", "not an image", ...
                 outcomes.append((true, -1, "unreadable", 0.0, str(path)))
+                errors[str(path)] = str(e).removeprefix(f"{path}: ")
                 continue
             if not prepared.found:
                 outcomes.append((true, -1, prepared.reason or "not found", 0.0, str(path)))
@@ -213,7 +214,11 @@ def judge_pictures(bundle, runtime, root) -> dict | None:
         probs = runtime.predict(np.stack(inputs[start:start + 256]))
         for (k, true, path), p in zip(found[start:start + 256], probs):
             outcomes[k] = (true, int(p.argmax()), "", float(p[true]), path)
-    return {"split": "all"} | summarise_outcomes(outcomes, bundle.labels, "clean", runtime)
+    result = {"split": "all"} | summarise_outcomes(outcomes, bundle.labels, "clean", runtime)
+    for f in result["files"]:
+        if f["file"] in errors:
+            f["error"] = errors[f["file"]]
+    return result
 
 
 def summarise_outcomes(outcomes, labels, kind, runtime) -> dict:
@@ -275,6 +280,7 @@ def print_evaluation(result: dict, labels: list, worst: int) -> None:
         for f in shown:
             what = f["reason"] if f["read_as"] is None else "right" if f["read_as"] == f["label"] else \
                 f"read as {f['read_as']}"
+            what += f" ({f['error']})" if f.get("error") else ""
             print(f"  {f['file']}  {f['label']}: {what}, p({f['label']}) {f['p_true']:.1%}")
 
 
@@ -366,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
     p.add_argument("--model", required=True)
     p.add_argument("--split", choices=("val", "all"),
-                   help="val (the default for a task: its validation split) or all (the default for a folder)")
+                   help="val: the validation split (the default for a task, and for folder:DIR with --camera: "
+                        "the model's own training folder) or all (the default for DIR, and folder:DIR without --camera)")
     p.add_argument("--camera", action="store_true", help="judge simulated camera frames instead of clean cards")
     p.add_argument("--frames", type=count(1), default=1, help="with --camera: frames per card (default 1)")
     p.add_argument("--runtime", choices=RUNTIMES, default="numpy",
