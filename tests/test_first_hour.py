@@ -80,7 +80,7 @@ def test_sheet_cut_with_no_usable_photo_leaves_no_folder(tmp_path):
     photo = tmp_path / "page.png"
     Image.new("L", (300, 400), 255).save(photo)
     result = run("training", "sheet", "cut", "--out", str(tmp_path / "data"), str(photo))
-    assert result.returncode == 1 and "corner markers" in result.stderr
+    assert result.returncode == 1 and f"cardcam-train: {photo}: " in result.stderr
     assert not (tmp_path / "data").exists()
 
 

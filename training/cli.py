@@ -37,7 +37,7 @@ DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet", "smiley": "smileynet
 def parse_preprocess(pairs) -> dict:
     """``--preprocess KEY=VALUE`` options -> PreprocessSettings fields (checked there)."""
     defaults, out = PreprocessSettings(), {}
-    known = list(defaults.to_dict())
+    known = [k for k in defaults.to_dict() if k != "version"]  # the version is preprocessing's own, not a setting
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or key not in known:
