@@ -241,7 +241,7 @@ def test_progress_in_a_log_is_plain_lines(mnist01_cards, capsys, monkeypatch, tm
 
 # --- 5: Ctrl-C -----------------------------------------------------------------------------------
 
-def ctrl_c_after(args, ready, env=None, timeout=300):
+def ctrl_c_after(args, ready, env=None, timeout=300, delay=0.5):
     """Start cardcam-train in a process group of its own, wait for a line containing ``ready``
     (stdout or stderr), then send SIGINT to the whole group, as a terminal's Ctrl-C does."""
     proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -253,7 +253,7 @@ def ctrl_c_after(args, ready, env=None, timeout=300):
         seen.append(line)
         if ready in line or time.monotonic() > deadline:
             break
-    time.sleep(0.5)
+    time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     return proc.returncode, "".join(seen) + rest
@@ -451,3 +451,13 @@ def test_ablate_shows_no_spread_where_one_run_measured_none():
     table = ablate.format_table([one, three]).splitlines()
     assert "\u00b1" not in table[2] and "50.00%" in table[2]
     assert "50.00% \u00b1 10.00%" in table[3]
+
+
+def test_ctrl_c_during_ablate_is_one_line_and_keeps_finished_runs(tmp_path):
+    code, output = ctrl_c_after(["ablate", "--task", "smiley:20", "--variants", "baseline,no-dropout", "--runs", "1",
+                                 "--epochs", "400", "--jobs", "2", "--out", str(tmp_path / "lab")], "ablate: 0/2 runs",
+                                delay=4)  # the workers are up and training
+    assert code == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert output.rstrip().endswith("cardcam-train: stopped (Ctrl-C)")
+    assert not list((tmp_path / "lab").glob(".inputs-*"))  # the workers' copy of the inputs is gone
