@@ -461,3 +461,16 @@ def test_ctrl_c_during_ablate_is_one_line_and_keeps_finished_runs(tmp_path):
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert output.rstrip().endswith("cardcam-train: stopped (Ctrl-C)")
     assert not list((tmp_path / "lab").glob(".inputs-*"))  # the workers' copy of the inputs is gone
+
+
+def test_the_cache_keeps_what_was_used_last_within_its_limit(monkeypatch, tmp_path):
+    from training import cache
+
+    monkeypatch.setenv("CARDCAM_CACHE", str(tmp_path))
+    monkeypatch.setattr(cache, "LIMIT", 3 * 2300)  # three entries of 2256 bytes
+    for n, key in enumerate("abc"):
+        cache.save(key, x=np.zeros(2000, np.uint8))
+        os.utime(tmp_path / "inputs" / f"{key}.npz", (1000 + n, 1000 + n))  # written a, b, c in turn
+    assert cache.load("a") is not None  # a is used again: b is now the one used longest ago
+    cache.save("d", x=np.zeros(2000, np.uint8))
+    assert sorted(p.stem for p in cache.entries()) == ["a", "c", "d"]

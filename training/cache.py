@@ -16,13 +16,14 @@ The key is a SHA-256 of everything the inputs depend on:
 
 Where: ``$CARDCAM_CACHE``, else ``$XDG_CACHE_HOME/cardcam``, else ``~/.cache/cardcam``.
 `cardcam-train cache` shows it, `cardcam-train cache clear` empties it, ``--no-cache`` neither
-reads nor writes it. One ``.npz`` per answer (np.load with allow_pickle=False), written under a
+reads nor writes it; past ``LIMIT`` (2 GiB) the entries used longest ago are removed. One ``.npz`` per answer (np.load with allow_pickle=False), written under a
 temporary name and renamed, so a reader never sees half a file; a file that cannot be read is a
 miss and is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ CODE = ("device/__init__.py", "device/preprocess.py", "training/__init__.py", "t
         "training/data.py", "training/smileys.py", "training/cards.py", "training/trainer.py")
 
 enabled = True  # False: --no-cache
+LIMIT = 2 << 30  # bytes kept; past it the entries used longest ago go (digits' inputs are 45 MB)
 
 
 def folder() -> Path:
@@ -88,12 +90,15 @@ def load(key: str) -> dict | None:
     path = _path(key)
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {name: f[name] for name in f.files}
+            arrays = {name: f[name] for name in f.files}
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError, KeyError):  # cut short, or not ours
         path.unlink(missing_ok=True)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the last to go when the cache is trimmed
+    return arrays
 
 
 def save(key: str, **arrays) -> None:
@@ -107,9 +112,30 @@ def save(key: str, **arrays) -> None:
             tmp = Path(f.name)
             np.savez(f, **arrays)
         os.replace(tmp, path)
+        trim(keep=path)
     except OSError:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def trim(keep: Path | None = None, limit: int | None = None) -> None:
+    """Remove the entries used longest ago until the cache holds at most ``limit`` bytes
+    (default LIMIT); ``keep`` (the entry just written) stays whatever its size."""
+    limit = LIMIT if limit is None else limit
+    sized = []
+    for path in entries():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        sized.append((info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in sized)
+    for _, size, path in sorted(sized):
+        if total <= limit:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 def entries() -> list[Path]:
