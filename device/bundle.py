@@ -43,6 +43,7 @@ MAX_META_DEPTH = 16          # lists and objects nested in meta (a real one: 4)
 MAX_PARAMETERS = 1 << 22     # numbers in the weights (16 MiB of float32)
 MAX_LAYER_VALUES = 1 << 22   # numbers one layer makes from one input (a conv's patch matrix included)
 MAX_INPUT_SIDE = 1024
+MAX_CHANNELS = 64
 MAX_LAYERS = 256
 MAX_LAYER_NUMBER = 1 << 16   # filters, units, kernel, pool size
 MAX_LABELS = 1000
@@ -179,7 +180,7 @@ def load_bundle(path) -> Bundle:
         # flag), OverflowError (a garbled offset, on 32-bit Python: found on armv7l), ValueError...
         except Exception as e:
             raise BundleError(f"{where}: not a readable .npz file (truncated or corrupt: "
-                              f"{_show(str(e) or type(e).__name__)})") from None
+                              f"{_cut(str(e) or type(e).__name__)})") from None
 
 
 def _read_archive(archive: zipfile.ZipFile, path: Path) -> Bundle:
@@ -188,7 +189,7 @@ def _read_archive(archive: zipfile.ZipFile, path: Path) -> Bundle:
     for info in archive.infolist():
         name = info.filename.removesuffix(".npy")
         if name in entries:
-            raise BundleError(f"{where}: entry '{_show(info.filename)}' appears twice")
+            raise BundleError(f"{where}: entry {_show(info.filename)} appears twice")
         entries[name] = info
     if "meta" not in entries:
         raise BundleError(f"{where}: no 'meta' entry; not a cardcam model bundle")
@@ -200,7 +201,7 @@ def _read_archive(archive: zipfile.ZipFile, path: Path) -> Bundle:
     expected = nn.weight_names(layers)
     for name, info in entries.items():
         if name not in expected and name != TFLITE_ENTRY or not info.filename.endswith(".npy"):
-            raise BundleError(f"{where}: unexpected array '{_show(name)}' that the architecture does not use")
+            raise BundleError(f"{where}: unexpected array {_show(name)} that the architecture does not use")
     for name in expected:
         if name not in entries:
             raise BundleError(f"{where}: weight '{name}' is missing")
@@ -232,7 +233,7 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, wher
             else:
                 raise ValueError(f".npy format version {version}")
         except (ValueError, TypeError, SyntaxError, EOFError) as e:
-            raise BundleError(f"{where}: {what} is not a readable .npy array ({_show(str(e))})") from None
+            raise BundleError(f"{where}: {what} is not a readable .npy array ({_cut(str(e))})") from None
         if dtype.hasobject:
             raise BundleError(f"{where}: contains pickled objects, which are never loaded")
         if shape is not None:
@@ -267,7 +268,7 @@ def parse_meta(raw: bytes, where: str) -> dict:
     except RecursionError:
         raise BundleError(f"{where}: 'meta' is nested too deeply (at most {MAX_META_DEPTH} levels)") from None
     except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, an integer of too many digits
-        raise BundleError(f"{where}: 'meta' is not valid JSON ({_show(str(e))})") from None
+        raise BundleError(f"{where}: 'meta' is not valid JSON ({_cut(str(e))})") from None
     if _depth(meta) > MAX_META_DEPTH:
         raise BundleError(f"{where}: 'meta' is nested too deeply (at most {MAX_META_DEPTH} levels)")
     return meta
@@ -285,9 +286,13 @@ def _depth(value) -> int:
 
 
 def _show(value, width: int = 80) -> str:
-    """A value for a one-line message: its repr (a string as it is), cut to ``width``."""
-    text = value if isinstance(value, str) else repr(value)
-    text = text.replace("\n", " ").replace("\r", " ")
+    """A value from the file for a one-line message: its repr, cut to ``width``."""
+    return _cut(repr(value), width)
+
+
+def _cut(text: str, width: int = 80) -> str:
+    """A text for a one-line message: on one line, cut to ``width``."""
+    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -350,14 +355,16 @@ def validate_meta(meta, where: str) -> list:
     if not re.fullmatch(r"[0-9a-f]{64}", meta["weights_sha256"]):
         raise BundleError(f"{where}: meta 'weights_sha256' must be 64 hex digits")
     shape = meta["input_shape"]
-    if len(shape) != 3 or not all(type(d) is int for d in shape) or shape[2] != 1 \
-            or not all(1 <= d <= MAX_INPUT_SIDE for d in shape[:2]):
-        raise BundleError(f"{where}: meta 'input_shape' must be [height, width, 1] (one grey channel, sides 1 to "
-                          f"{MAX_INPUT_SIDE}), got {_show(shape)}")
+    # Any number of channels is a valid bundle (the runtimes take them); the daemon's check on the
+    # sample frames refuses a model that preprocessing's one grey channel cannot feed.
+    if len(shape) != 3 or not all(type(d) is int and 1 <= d <= MAX_INPUT_SIDE for d in shape[:2]) \
+            or type(shape[2]) is not int or not 1 <= shape[2] <= MAX_CHANNELS:
+        raise BundleError(f"{where}: meta 'input_shape' must be [height, width, channels] (whole numbers; sides 1 to "
+                          f"{MAX_INPUT_SIDE}, 1 to {MAX_CHANNELS} channels), got {_show(shape)}")
     try:
         PreprocessSettings.from_bundle(meta["preprocess"])
     except (ValueError, TypeError) as e:
-        raise BundleError(f"{where}: meta 'preprocess': {_show(str(e), 200)}") from None
+        raise BundleError(f"{where}: meta 'preprocess': {_cut(str(e), 200)}") from None
     layers = _check_architecture(meta["architecture"], shape, where)
     outputs = layers[-1].output_shape[0]
     if outputs != len(labels):
@@ -403,7 +410,7 @@ def _check_architecture(architecture: list, input_shape: list, where: str) -> li
     try:
         layers = nn.infer_shapes(architecture, input_shape)
     except nn.SpecError as e:
-        raise BundleError(f"{where}: meta 'architecture': {_show(str(e), 200)}") from None
+        raise BundleError(f"{where}: meta 'architecture': {_cut(str(e), 200)}") from None
     for layer in layers:
         kind = layer.spec["type"]
         values = math.prod(layer.output_shape)

@@ -318,6 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.request_timeout  # a client that stalls mid-request is dropped, never waited on
         super().setup()
+        self.rfile.close()  # the plain socket reader StreamRequestHandler made; the socket stays open
         self.rfile = io.BufferedReader(_DeadlineReader(self))
         self.since = self.deadline = time.monotonic()
         self.waiting, self.received, self.evicted = False, 0, False

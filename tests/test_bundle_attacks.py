@@ -113,7 +113,7 @@ def test_any_field_of_any_type_is_refused_or_runs(tmp_path, data):
 @pytest.mark.parametrize("place, value", [
     (("architecture", 2, "type"), []),                   # TypeError: unhashable type: 'list'
     (("input_shape",), [16, 16, True]),                  # TypeError: an integer is required
-    (("input_shape",), [16, 16, 3]),                     # preprocessing gives one channel: a crash at frame 1
+    (("input_shape",), [16, 16, 3]),                     # three channels: the weights no longer fit
     (("architecture", 0, "filters"), 10**30),
     (("architecture", 0, "kernel"), 2.5),
     (("labels", 0), {"a": 1}),
@@ -341,3 +341,14 @@ def test_settings_out_of_range_are_refused(tmp_path):
             path = with_settings(tmp_path, **{name: value})
             with pytest.raises(BundleError, match=f"'preprocess'.*{name}"):
                 load_bundle(path)
+
+
+def test_a_model_that_preprocessing_cannot_feed_is_a_valid_bundle_the_daemon_refuses(tmp_path):
+    """Two input channels: the runtimes take it, but preprocessing gives one grey channel; the
+    daemon's run on the sample frames refuses it before it replaces a working model."""
+    from device.bundle import save_bundle
+
+    path = save_bundle(make_bundle(input_shape=(16, 16, 2)), tmp_path / "two.npz")
+    assert load_bundle(path).input_shape == (16, 16, 2)
+    with pytest.raises(ModelRefused, match=r"fails on the sample frame a-0-1.png \(ValueError: input shape"):
+        load_model(path, "numpy")

@@ -40,6 +40,7 @@ def browser_or_skip():
 
 @pytest.fixture
 def daemon(tmp_path):
+    browser_or_skip()  # before the daemon starts: a skip would SIGTERM it while it is still importing
     frames = tmp_path / "frames"
     frames.mkdir()
     for i, name in enumerate(["c-1-1.png", "c-1-2.png"]):
