@@ -81,6 +81,27 @@ class NumpyRuntime:
         return out.copy()  # the buffers are reused by the next call
 
 
+def last_hidden_layer(bundle: Bundle):
+    """The NumPy forward pass up to the input of the output layer (the last dense one): a
+    function from (N, H, W, C) inputs to (N, D) float64 features, run one input at a time, as
+    the frame path runs, so that each product stays on one BLAS thread. device.teach's frozen
+    network; the bundle must have a layer with weights before its output layer."""
+    ops = _plan(bundle)
+    last = max(i for i, op in enumerate(ops) if op[0] == "affine" and op[1] == "dense")
+    first, steps, out = _compile(ops[:last], 1, bundle.input_shape)
+
+    def features(batch) -> np.ndarray:
+        x = as_batch(batch, bundle.input_shape)
+        rows = np.empty((len(x), out.shape[1]))
+        for i, one in enumerate(x):
+            np.copyto(first, one[None].transpose(3, 0, 1, 2))
+            for step in steps:
+                step()
+            rows[i] = out[0]
+        return rows
+    return features
+
+
 def _plan(bundle: Bundle) -> list:
     """The forward pass as fused ops: ("affine", kind, kernel, bias, padding, pool sizes, relu),
     ("scale", scale, shift), ("pool", size), ("relu",), ("flatten",), ("softmax",)."""

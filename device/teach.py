@@ -1,0 +1,248 @@
+"""Teaching on the device: a new output layer for a model, learnt from a folder of examples.
+
+``EXAMPLES/<label>/*.png|jpg`` holds camera pictures of cards, one folder per label. The base
+model's network up to its last hidden layer is kept, frozen, as a feature extractor; each example
+goes through the bundle's own preprocessing and that network; a new dense + softmax layer for the
+folder's labels is fitted to the features. The result is a normal bundle: same format, same
+preprocessing, the base's layers and weights, a new last layer, and provenance saying how it was
+made. Every picture the camera will show it goes through exactly the path its examples did.
+
+The output layer is softmax regression on standardised features (of each example and its copies
+moved by a pixel), fitted by full-batch gradient descent from the class means (bench/teach.py measures it against a closed-form ridge fit and class
+means with a learnt scale: see notes/issue23.md). It takes milliseconds; reading and preprocessing
+the pictures and the frozen network's forward pass take the rest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device import nn
+from device.bundle import Bundle, BundleError, make_meta, sha256
+from device.files import check_regular
+from device.preprocess import ImageError, load_image, preprocess
+from device.runtime import last_hidden_layer
+
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")  # a folder name, a log word, a web label
+MIN_EXAMPLES = 2          # per label
+MAX_EXAMPLES = 2000       # in all: a teach stays interactive on a Pi and fits its memory
+MAX_EXAMPLE_BYTES = 32 << 20
+# The fit: softmax regression, L2 on the weights, STEPS full-batch gradient steps.
+STEPS = 300
+L2 = 1e-2
+
+
+class TeachError(ValueError):
+    """Examples or a base model that cannot be taught from; the message names the file or folder."""
+
+
+@dataclass
+class Examples:
+    """The network inputs made from an examples folder, and what provenance says of them."""
+    labels: list[str]
+    inputs: np.ndarray        # (N, H, W, C) float32
+    targets: np.ndarray       # (N,) index into labels
+    counts: dict              # label -> examples
+    sha256: str               # of the labels, file names and file bytes, in order
+
+
+def check_label(label: str, where) -> None:
+    """A label is a plain word: it names a folder, a log line and a web page button."""
+    if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+        raise TeachError(f"{where}: label {label!r} must be 1 to 40 letters, digits, '-', '_' or '+' "
+                         "(starting with a letter or digit)")
+
+
+def label_folders(root) -> list[Path]:
+    """The label folders of ``root`` (hidden ones left out), sorted, their names checked."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TeachError(f"{root}: not a folder of examples (expected {root}/<label>/*.png)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        check_label(folder.name, folder)
+    if len(folders) < 2:
+        raise TeachError(f"{root}: needs at least 2 label folders ({root}/<label>/*.png), found {len(folders)}")
+    return folders
+
+
+def example_files(folder: Path) -> list[Path]:
+    """A label folder's pictures, sorted. Sub-folders (``seen/``) and hidden files (a picture
+    being written) are left out; any other file is refused, so nothing is silently ignored."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if p.suffix.lower() not in EXAMPLE_SUFFIXES:
+            raise TeachError(f"{p}: unknown file type {p.suffix or '(none)'!r}; examples are "
+                             f"{', '.join(EXAMPLE_SUFFIXES)} pictures")
+        files.append(p)
+    if len(files) < MIN_EXAMPLES:
+        raise TeachError(f"{folder}: label '{folder.name}' has {len(files)} example{'' if len(files) == 1 else 's'}; "
+                         f"each label needs at least {MIN_EXAMPLES}")
+    return files
+
+
+def read_examples(root, base: Bundle) -> Examples:
+    """Every example through the base's preprocessing. A picture that cannot be read, or in
+    which preprocessing finds no card or no ink, is refused by name: a model taught on blanks
+    learns that blanks are a label."""
+    folders = label_folders(root)
+    settings, shape = base.preprocess, base.input_shape
+    digest = sha256()
+    inputs, targets, counts = [], [], {}
+    for index, folder in enumerate(folders):
+        files = example_files(folder)
+        counts[folder.name] = len(files)
+        if sum(counts.values()) > MAX_EXAMPLES:
+            raise TeachError(f"{root}: more than {MAX_EXAMPLES} examples; teach from fewer "
+                             "(or train on a laptop: cardcam-train train --task folder:DIR)")
+        for path in files:
+            try:
+                check_regular(path, MAX_EXAMPLE_BYTES)
+                data = path.read_bytes()
+                picture = load_image(path)
+            except (OSError, ValueError) as e:  # ImageError is a ValueError
+                text = str(e) if isinstance(e, ImageError) else f"{path}: {getattr(e, 'strerror', None) or e}"
+                raise TeachError(text) from None
+            prepared = preprocess(picture, settings, shape)
+            if not prepared.found:
+                raise TeachError(f"{path}: no card to learn from ({prepared.reason}); remove the picture "
+                                 "or take it again")
+            digest.update(f"{folder.name}/{path.name}:{len(data)};".encode())
+            digest.update(data)
+            inputs.append(prepared.input)
+            targets.append(index)
+    return Examples([f.name for f in folders], np.stack(inputs).astype(np.float32), np.array(targets),
+                    counts, digest.hexdigest())
+
+
+# --- the frozen network ----------------------------------------------------------------------
+
+def output_layer(base: Bundle, where="base model") -> int:
+    """The index of the base's output layer (its last dense layer). What comes before it is
+    kept; it must hold a layer with weights, or there is nothing to keep."""
+    layers = nn.infer_shapes(base.architecture, base.input_shape)
+    dense = [l.index for l in layers if l.spec["type"] == "dense"]
+    if not dense:
+        raise TeachError(f"{where}: has no dense output layer to replace")
+    last = dense[-1]
+    if not any(l.weights for l in layers[:last]):
+        raise TeachError(f"{where}: has no hidden layer to keep (its only layer with weights is the output "
+                         "layer); teach from a model with conv or dense layers before its last one")
+    return last
+
+
+def features(base: Bundle, inputs: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) inputs -> (N, D): the base's network up to its output layer, in inference
+    mode (device.runtime's NumPy forward pass, stopped there)."""
+    output_layer(base, str(base.path or "base model"))
+    return last_hidden_layer(base)(inputs)
+
+
+# --- the new output layer --------------------------------------------------------------------
+
+SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shifted(inputs: np.ndarray) -> np.ndarray:
+    """Each input and its copies moved one pixel up, down, left and right (SHIFTS, in that
+    order, whole copies of the batch after each other): the camera never centres a card twice
+    alike, and a few examples must stand for every frame. The border is background, so rolling
+    is moving."""
+    return np.concatenate([np.roll(inputs, shift, axis=(1, 2)) for shift in SHIFTS])
+
+
+def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int = STEPS, l2: float = L2):
+    """A dense layer (kernel (D, K), bias (K,)) whose softmax fits ``targets``.
+
+    The features are standardised (each to mean 0, spread 1 over the examples; a feature that
+    never varies is left out), the weights start at the class means, and gradient descent on
+    the mean cross-entropy + l2 * |W|^2 / 2 takes ``steps`` full-batch steps of 1 / (its
+    smoothness bound). The standardisation is folded into the returned kernel and bias."""
+    n = len(feats)
+    mean = feats.mean(axis=0)
+    spread = feats.std(axis=0)
+    used = spread > 1e-6 * max(float(spread.max()), 1e-12)
+    scale = np.where(used, 1.0 / np.where(used, spread, 1.0), 0.0)
+    x = (feats - mean) * scale
+    onehot = np.eye(classes)[targets]
+    counts = onehot.sum(axis=0)
+    w = (x.T @ onehot) / counts / max(x.shape[1], 1) ** 0.5   # class means, small
+    b = np.zeros(classes)
+    # Softmax cross-entropy's Hessian is at most 1/2 * X'X / n (plus l2): a safe, fast step.
+    step = 1.0 / (0.5 * _top_eigenvalue(x.T @ x) / n + 0.5 + l2)
+    for _ in range(steps):
+        z = x @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / n
+        w -= step * (x.T @ g + l2 * w)
+        b -= step * g.sum(axis=0)
+    kernel = scale[:, None] * w
+    bias = b - mean @ kernel
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _top_eigenvalue(gram: np.ndarray, iterations: int = 30) -> float:
+    """The largest eigenvalue of a symmetric positive semi-definite matrix, by power iteration
+    (an SVD of the features took 0.1 s on 2 busy cores), rounded up by 10 % for safety."""
+    v = np.ones(len(gram)) / max(len(gram), 1) ** 0.5
+    value = 0.0
+    for _ in range(iterations):
+        w = gram @ v
+        value = float(np.linalg.norm(w))
+        if value == 0.0:
+            return 0.0
+        v = w / value
+    return 1.1 * value
+
+
+# --- the new bundle --------------------------------------------------------------------------
+
+def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> Bundle:
+    """A bundle for ``examples.labels``: the base's network to its output layer, then a new
+    dense layer fitted here and softmax. Not saved (device.bundle.save_bundle)."""
+    last = output_layer(base, str(base.path or "base model"))
+    kernel, bias = fit_output(features(base, shifted(examples.inputs)), np.tile(examples.targets, len(SHIFTS)),
+                              len(examples.labels))
+    architecture = [dict(spec) for spec in base.architecture[:last]] + [
+        {"type": "dense", "units": len(examples.labels)}, {"type": "softmax"}]
+    weights = {name: a for name, a in base.weights.items() if int(name[1:].split(".")[0]) < last}
+    weights[f"L{last}.kernel"], weights[f"L{last}.bias"] = kernel, bias
+    base_name = base_name or (base.path.name if base.path else base.name)
+    provenance = {
+        "taught": "taught on the device (cardcam teach): the base model's layers frozen, a new output layer "
+                  "fitted to the examples",
+        "base_model": base_name,
+        "base_name": base.name,
+        "base_weights_sha256": base.meta["weights_sha256"],
+        "examples": {"counts": dict(examples.counts), "sha256": examples.sha256},
+        "fit": f"softmax regression on standardised features of the examples and their 1-pixel shifts, "
+               f"{STEPS} full-batch steps, l2 {L2}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": f"{sum(examples.counts.values())} examples taught on the device "
+                f"({', '.join(f'{l}: {c}' for l, c in examples.counts.items())})",
+    }
+    name = f"{base.name}-taught"
+    meta = make_meta(name=name[:200], task=f"taught:{','.join(examples.labels)}"[:1000], labels=examples.labels,
+                     input_shape=base.input_shape, preprocess=base.meta["preprocess"],
+                     architecture=architecture, provenance=provenance, weights=weights)
+    return Bundle(meta, weights)
+
+
+def teach_folder(base: Bundle, root, *, base_name: str | None = None) -> Bundle:
+    """read_examples + teach: the whole of ``cardcam teach`` but the saving."""
+    output_layer(base, str(base.path or "base model"))  # before reading any picture
+    return teach(base, read_examples(root, base), base_name=base_name)
+
+
+__all__ = ["TeachError", "Examples", "BundleError", "check_label", "read_examples", "features", "fit_output",
+           "output_layer", "teach", "teach_folder"]
