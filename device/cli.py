@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from device.bundle import BundleError, load_bundle
 from device.preprocess import ImageError, Prepared, load_image, preprocess
@@ -59,6 +60,46 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_teach(args) -> int:
+    """A new bundle from BASE and a folder of examples. Exit 2: the base, --out or the saving is
+    wrong (nothing written); 1: the examples cannot be taught from (nothing written)."""
+    import time
+
+    from device.bundle import save_bundle
+    from device.teach import TeachError, output_layer, read_examples, teach
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".npz":
+        return _fail(f"--out {out}: a model bundle is written here, so the name must end in .npz", 2)
+    if out.is_dir():
+        return _fail(f"--out {out}: is a folder; name the bundle file, e.g. {out}/taught.npz", 2)
+    if out.exists() and not args.force:
+        return _fail(f"--out {out}: exists; choose another name, or add --force to replace it", 2)
+    start = time.perf_counter()
+    try:
+        base = load_bundle(args.model)
+        output_layer(base, args.model)
+    except (BundleError, TeachError) as e:
+        return _fail(str(e), 2)
+    try:
+        examples = read_examples(args.examples, base)
+        bundle = teach(base, examples, base_name=Path(args.model).name)
+    except TeachError as e:
+        return _fail(str(e), 1)
+    try:
+        save_bundle(bundle, out)  # a temporary file renamed into place: a failed save leaves --out as it was
+    except BundleError as e:
+        return _fail(str(e), 2)
+    counts = ", ".join(f"{label} ({count})" for label, count in examples.counts.items())
+    print(f"saved {out}: {counts} taught on {Path(args.model).name} in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"cardcam: {message}", file=sys.stderr)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam", description="Read a card held in front of the camera.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (default 1)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("teach", help="teach a model new labels from a folder of examples, in seconds",
+                       description="Keep MODEL's network up to its last hidden layer and learn a new output "
+                                   "layer for the labels of EXAMPLES/<label>/*.png|jpg (camera pictures of cards, "
+                                   "at least 2 per label), each read through MODEL's preprocessing. Writes a "
+                                   "normal bundle. Exit 0: saved; 1: the examples cannot be taught from; "
+                                   "2: the model, --out or the saving failed. Nothing is written unless it "
+                                   "all worked.")
+    p.add_argument("--model", required=True, help="the base model bundle (.npz)")
+    p.add_argument("--examples", required=True, metavar="DIR", help="DIR/<label>/*.png|jpg, one folder per label")
+    p.add_argument("--out", required=True, help="the new bundle (.npz); an existing file only with --force")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_teach)
 
     p = sub.add_parser("run", help="run the appliance: camera -> model -> LEDs (simulated off a Pi)")
     p.add_argument("--config", help="config file (default: /etc/cardcam/config.toml, or built-in defaults)")

@@ -50,6 +50,7 @@ class Examples:
     targets: np.ndarray       # (N,) index into labels
     counts: dict              # label -> examples
     sha256: str               # of the labels, file names and file bytes, in order
+    root: Path | None = None  # the folder they came from
 
 
 def check_label(label: str, where) -> None:
@@ -120,7 +121,7 @@ def read_examples(root, base: Bundle) -> Examples:
             inputs.append(prepared.input)
             targets.append(index)
     return Examples([f.name for f in folders], np.stack(inputs).astype(np.float32), np.array(targets),
-                    counts, digest.hexdigest())
+                    counts, digest.hexdigest(), Path(root).resolve())
 
 
 # --- the frozen network ----------------------------------------------------------------------
@@ -231,8 +232,10 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
         "data": f"{sum(examples.counts.values())} examples taught on the device "
                 f"({', '.join(f'{l}: {c}' for l, c in examples.counts.items())})",
     }
-    name = f"{base.name}-taught"
-    meta = make_meta(name=name[:200], task=f"taught:{','.join(examples.labels)}"[:1000], labels=examples.labels,
+    # The task names the examples as a training folder: `cardcam-train report` and `export` judge
+    # and calibrate on them by default, and `train --task` takes the same words.
+    task = f"folder:{examples.root}" if examples.root and len(str(examples.root)) < 1000 else "taught"
+    meta = make_meta(name=f"{base.name[:200]}-taught", task=task, labels=examples.labels,
                      input_shape=base.input_shape, preprocess=base.meta["preprocess"],
                      architecture=architecture, provenance=provenance, weights=weights)
     return Bundle(meta, weights)
