@@ -444,25 +444,30 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     # A step is between two cells of plain paper (a cell with ink in it is darker than its
     # paper, not a border), one or two cells apart (an edge that falls inside a cell is spread
     # over two), marked on the darker side: strokes never split a card, and the margin around a
-    # glyph stays open.
+    # glyph stays open. Shading is not a step.
     plain = coarse >= (1.0 - ink_threshold) * closed
     level = np.log(np.maximum(coarse, np.float32(1e-3)))
     level[~plain] = np.nan  # comparisons with a cell of ink are all false
     rise = -math.log(1.0 - edge_step)  # a step: darker by edge_step
     step = np.zeros(closed.shape, bool)
-    for d in (1, 2):
-        for a, b, sa, sb in ((level[d:], level[:-d], step[d:], step[:-d]),
-                             (level[:, d:], level[:, :-d], step[:, d:], step[:, :-d])):
-            with np.errstate(invalid="ignore"):
-                difference = a - b
-                sa |= difference < -rise
-                sb |= difference > rise
+    with np.errstate(invalid="ignore"):
+        for lv, st in ((level, step), (level.T, step.T)):  # down the columns, then along the rows
+            for d in (1, 2):
+                # A step stands out from the level differences just before and after it; a light
+                # gradient, however steep, does not.
+                difference = lv[d:] - lv[:-d]
+                size = np.nan_to_num(np.abs(difference))
+                before, after = np.zeros_like(size), np.zeros_like(size)
+                before[d:], after[:-d] = size[:-d], size[d:]
+                sharp = (size > rise) & (size > 2.0 * np.minimum(before, after))
+                st[d:] |= sharp & (difference < 0)
+                st[:-d] |= sharp & (difference > 0)
     open_ground = ~step
     ink = (closed - darkest) > ink_threshold * closed
     score_map = closed * near_centre
     free = np.ones(coarse.shape, bool)
     best, best_score, best_reference = None, -1.0, 0.0
-    for _ in range(candidates):
+    for candidate in range(candidates):
         seed = np.unravel_index(int(np.argmax(score_map * free)), coarse.shape)
         reference = float(closed[seed])
         if reference <= 0.0:
@@ -485,8 +490,8 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region):
             return region, reference
         if not _enclosed(region, like):
-            # Large blank paper at the centre: a blank card, not something to look past.
-            if count == 0 and near_centre[seed] > 0.5 and np.count_nonzero(paper) >= 0.05 * paper.size:
+            # Large blank paper at the centre, first found: a blank card, not something to look past.
+            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and np.count_nonzero(paper) >= 0.05 * paper.size:
                 return region, reference
             score = count * (0.05 + centrality) ** 2
             if score > best_score:

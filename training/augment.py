@@ -86,13 +86,23 @@ def pen_stroke(card: np.ndarray, rng: np.random.Generator, side: int, angle: flo
     if kind < 0.3:  # ballpoint: keep the middle of the stroke (of however strong the card's ink is)
         level = rng.uniform(0.55, 0.85) * max(1, ink.getextrema()[1])
         ink = ink.point(lambda v: 255 if v > level else int(v * 0.3))
-    elif kind < 0.65:  # marker: spread the stroke, up to a quarter of the glyph
-        ink = ink.filter(ImageFilter.MaxFilter(int(rng.integers(1, max(2, round(base * 0.06)) + 1)) * 2 + 1))
+    elif kind < 0.65:  # marker: spread the stroke, up to three times its width and a quarter of the glyph
+        reach = max(1, round(min(base * 0.06, _stroke_width(np.asarray(ink)))))
+        ink = ink.filter(ImageFilter.MaxFilter(int(rng.integers(1, reach + 1)) * 2 + 1))
     k = side / base
     ink = ink.resize((max(1, round(ink.width * k)), max(1, round(ink.height * k))), Image.Resampling.BILINEAR)
     if angle:
         ink = ink.rotate(angle, Image.Resampling.BILINEAR, expand=True)
     return np.asarray(ink, np.float32) / 255.0
+
+
+def _stroke_width(ink: np.ndarray) -> float:
+    """The mean width of the strokes in a coverage picture (ink bright): twice their area over
+    their outline's length, in pixels."""
+    mask = ink > 127
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    edge = np.count_nonzero(mask) - np.count_nonzero(inner)
+    return 2.0 * np.count_nonzero(mask) / max(1, edge)
 
 
 # --- the paper -------------------------------------------------------------------------------
