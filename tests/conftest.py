@@ -49,6 +49,14 @@ def mnist():
         return SimpleNamespace(images=f["images"], labels=f["labels"])
 
 
+def blank_paper(size=(160, 120), level=230, seed=0) -> Image.Image:
+    """Blank paper as a camera sees it: grain and uneven light, no ink (a picture of one flat
+    colour is refused as a file, not read as blank)."""
+    w, h = size
+    grain = np.random.default_rng(seed).normal(0.0, 2.0, (h, w)) + np.linspace(level - 6, level + 6, w)
+    return Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))
+
+
 def draw_card(text: str = "7", size=(160, 120), paper=228, ink=24, font_size=90, mode="L"):
     """A dark glyph on light paper, drawn with Pillow's built-in font (the same on every machine).
     ``paper``/``ink`` are grey levels, or colour tuples for mode "RGB"/"RGBA"."""

@@ -13,6 +13,8 @@ from device.preprocess import PreprocessSettings, preprocess
 from training import cards
 from training.cli import main
 
+from conftest import blank_paper
+
 
 def _pdf_pages(path) -> int:
     data = path.read_bytes()
@@ -72,7 +74,7 @@ def test_each_cut_out_card_shows_the_camera_its_glyph_only(examples):
 def test_cards_reads_the_users_examples_or_names_the_folder(tmp_path, capsys):
     root = tmp_path / "mine"
     (root / "blank").mkdir(parents=True)
-    Image.new("L", (60, 60), 255).save(root / "blank" / "a.png")
+    blank_paper((60, 60)).save(root / "blank" / "a.png")
     assert main(["cards", "--out", str(tmp_path / "c.pdf"), "--examples", str(root)]) == 2
     err = capsys.readouterr().err
     assert "blank" in err and "no example in which ink can be found" in err and err.count("\n") == 1

@@ -18,6 +18,8 @@ from training.cli import main
 from training.data import load_folder
 from training.smileys import draw_smiley
 
+from conftest import blank_paper
+
 cv2 = pytest.importorskip("cv2")
 
 ROWS, COLS = 6, 4
@@ -159,7 +161,7 @@ def test_photographed_sheets_come_back_cell_by_cell(tmp_path, photos, capsys):
 def test_a_photo_that_cannot_be_cut_is_named_and_the_others_go_through(tmp_path, photos, capsys):
     _, paths = photos
     blank = tmp_path / "desk.jpg"
-    Image.new("L", (800, 600), 128).save(blank)
+    blank_paper((800, 600), level=128).save(blank)  # a desk with no sheet on it
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a picture")
     out = tmp_path / "data"

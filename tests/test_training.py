@@ -17,6 +17,8 @@ from training.nets import ARCHS, Network
 from training.optim import SGD, Adam
 from training.trainer import TrainConfig, as_float, make_inputs, train, validation_inputs
 
+from conftest import blank_paper
+
 
 # --- reproducibility -------------------------------------------------------------------------
 
@@ -272,7 +274,7 @@ def test_train_refuses_pictures_with_no_glyph_to_find_in_one_line(tmp_path, caps
     for label in ("cat", "dog"):
         (root / label).mkdir(parents=True)
         for k in range(3):
-            Image.new("L", (60, 40), 230).save(root / label / f"{k}.png")
+            blank_paper((60, 40), seed=k).save(root / label / f"{k}.png")
     out = tmp_path / "m.npz"
     assert main(["train", "--task", f"folder:{root}", "--epochs", "1", "--camera", "0", "--jitter", "0",
                  "--processes", "1", "--out", str(out)]) == 2
@@ -284,7 +286,7 @@ def test_train_refuses_pictures_with_no_glyph_to_find_in_one_line(tmp_path, caps
 
 @pytest.mark.parametrize("args, message", [
     (["--preprocess", "wrok_size=64"], "--preprocess wrok_size=64: expected KEY=VALUE with KEY one of ink, work_size, "),
-    (["--preprocess", "work_size=5"], "--preprocess: 'work_size' must be a number in [16, 1024], got 5"),
+    (["--preprocess", "work_size=5"], "--preprocess: 'work_size' must be a number in [32, 640], got 5"),
     (["--task", "folder:"], "task 'folder:': name the folder, folder:DIR (DIR/<label>/*.png)"),
 ])
 def test_train_settings_and_tasks_are_refused_naming_the_option(args, message, tmp_path, capsys):
