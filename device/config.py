@@ -19,6 +19,7 @@ from device.runtime import RUNTIMES
 
 DEFAULT_CONFIG = Path("/etc/cardcam/config.toml")
 DEFAULT_MODEL = "/var/lib/cardcam/models/digits01.npz"
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,39}")  # device.teach.LABEL_PATTERN: a folder name
 _PIN = re.compile(r"^(GPIO|BCM|BOARD|J8:|WPI)?\d{1,2}$", re.IGNORECASE)
 
 
@@ -126,6 +127,13 @@ class PinMap(Kind):
         return out
 
 
+class LabelList(Kind):
+    def check(self, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'must be a list of labels in quotes, like ["cat", "dog"], got {value!r}')
+        return list(value)
+
+
 SCHEMA = {
     "camera": {
         "source": Choice("auto", SOURCES, "auto: the Pi camera on a Pi, the bundled samples in simulation"),
@@ -166,6 +174,15 @@ SCHEMA = {
     },
     "capture": {
         "button": Pin("", "press to capture (cardcam capture); Enter on the keyboard off a Pi"),
+    },
+    "teach": {
+        "enabled": Bool(False, "teach mode: buttons, keys (simulation) or the web page add examples and learn"),
+        "labels": LabelList([], "labels to teach (with the buttons' labels); keys 1-9 in simulation"),
+        "buttons": PinMap({}, 'one button per label, like { "cat" = 5, "dog" = 6 }: adds the card in view'),
+        "learn_button": Pin("", "learns a new model from the examples and switches to it"),
+        "undo_button": Pin("", "goes back to the model that ran before the last learn"),
+        "examples": Text("/var/lib/cardcam/examples", "EXAMPLES/<label>/*.png: camera frames, with seen/"),
+        "base": Text("", "the model to teach from; \"\": the running model"),
     },
     "daemon": {
         "state_file": Text("", "JSON file with the LED states, rewritten on every change; \"\": none, "
@@ -237,6 +254,15 @@ def _check_together(config: Config, where: str) -> None:
     pins = [(f"leds.\"{k}\"", v) for k, v in o.leds.items()] + [("status_led", o.status_led), ("buzzer", o.buzzer),
                                                                ("capture.button", config.capture.button)]
     pins += [(f"display[{i}]", p) for i, p in enumerate(o.display)]
+    t = config.teach
+    pins += [(f"teach.buttons.\"{k}\"", v) for k, v in t.buttons.items()]
+    pins += [("teach.learn_button", t.learn_button), ("teach.undo_button", t.undo_button)]
+    labels = teach_labels(t)
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise ConfigError(f"{where}: [teach] label {label!r} must be 1 to 40 letters, digits, '-', '_' or '+'")
+    if t.enabled and len(labels) < 2:
+        raise ConfigError(f"{where}: [teach] needs at least 2 labels (labels or buttons) when enabled")
     for name, pin in pins:
         if pin is None:
             continue
@@ -244,6 +270,11 @@ def _check_together(config: Config, where: str) -> None:
         if key in used:
             raise ConfigError(f"{where}: [outputs] {name} uses pin {pin!r}, already used by {used[key]}")
         used[key] = name
+
+
+def teach_labels(teach) -> list[str]:
+    """[teach] labels, then the buttons' labels not among them, in order."""
+    return list(teach.labels) + [label for label in teach.buttons if label not in teach.labels]
 
 
 def load_config(path=None) -> tuple[Config, str]:

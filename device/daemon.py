@@ -321,6 +321,8 @@ class Daemon:
         self.frame_errors = FrameErrors()
         self.result = Result(None, 0.0, False, "starting")
         self.live = None  # device.webserver.LiveState while [web] is enabled
+        self.teaching = None  # device.teachmode.TeachMode while [teach] is enabled
+        self._keys = None
         self.web = None
         self.reloads = 0
         self.refusals = 0
@@ -548,6 +550,30 @@ class Daemon:
         if web is not None:
             web.stop()
 
+    # -- teach mode --
+
+    def start_teach(self) -> None:
+        """[teach]: its buttons, and in simulation the keyboard (device/teachmode.py). Buttons that
+        cannot be had are logged, and the appliance runs on without teach mode."""
+        if not self.config.teach.enabled:
+            return
+        from device.teachmode import KEYS, TeachMode, read_keys
+
+        try:
+            self.teaching = TeachMode(self.config.teach, self.log, self.pin_factory)
+        except OutputError as e:
+            self.log(f"teach mode off: {e}; fix [teach] and send SIGHUP")
+            return
+        self.log(f"teach mode: labels {' '.join(self.teaching.labels)}, examples in {self.teaching.examples}")
+        if self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
+            self._keys = read_keys(sys.stdin, lambda: self.teaching)
+            self.log(f"teach keys: {KEYS}")
+
+    def stop_teach(self) -> None:
+        teaching, self.teaching = self.teaching, None
+        if teaching is not None:
+            teaching.close()
+
     # -- reload on SIGHUP --
 
     def reload(self) -> None:
@@ -581,6 +607,9 @@ class Daemon:
                 if old.web.enabled:
                     self.log("web page off")
             self.start_web()
+        if config.teach != old.teach:
+            self.stop_teach()
+            self.start_teach()
         self._watcher = ModelWatcher(model_path(config, self.simulate), config.model.stable_time)
         if self.try_load_model("sighup") and config.decision != old.decision:
             self.pipeline.decider = Decider(self.pipeline.bundle.labels, config.decision.window,
@@ -608,6 +637,8 @@ class Daemon:
         with contextlib.ExitStack() as stack:
             stack.callback(self._shutdown)
             stack.callback(self.stop_web)  # first out: the page stops before the LEDs go off
+            stack.callback(self.stop_teach)
+            self.start_teach()
             self.start_web()
             self.set_status("starting")
             self.outputs.show(None)
@@ -658,6 +689,8 @@ class Daemon:
                 self.result = result
                 if self.live is not None:
                     self.live.publish(frame, self.pipeline.prepared, self.pipeline.probabilities, result)
+                if self.teaching is not None:  # presses since the last frame, with this frame
+                    self.teaching.serve(self, frame, self.pipeline.prepared)
                 t0 = time.perf_counter()
                 if not self.ready:
                     self.ready = True

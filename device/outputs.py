@@ -109,6 +109,33 @@ class Outputs:
         else:
             self.status_led.blink(*pattern)
 
+    def flash(self, label=None, times: int = 3, on_time: float = 0.1) -> float:
+        """Blink ``label``'s LED (None, or a label without one: the status LED) ``times`` times in
+        the background, with the label on the display; returns how long that takes, after which
+        refresh() puts back what is shown. Teach mode's way to say "stored", "learned", "refused"."""
+        if self.display is not None and label is not None:
+            with contextlib.suppress(ValueError):  # no glyph for it: the display keeps what it shows
+                self.display.value = label if len(label) == 1 else " "
+        led = self.leds.get(label) if label is not None else None
+        led = led or self.status_led
+        if led is None:
+            return 0.0
+        led.blink(on_time, on_time, n=times, background=True)
+        return 2 * on_time * times
+
+    def refresh(self) -> None:
+        """Show again the label and status last set (after a flash)."""
+        status, self.status = self.status, None
+        self.set_status(status)
+        label, self.label = self.label, None
+        for name, led in self.leds.items():
+            led.value = name == label
+        self.label = label
+        if self.display is not None:
+            char = label if label is not None and len(label) == 1 else " "
+            with contextlib.suppress(ValueError):
+                self.display.value = char
+
     def off(self) -> None:
         """Every LED, segment and buzzer off (blinking stopped)."""
         self.show(None)

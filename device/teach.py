@@ -90,11 +90,21 @@ def example_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_examples(root, base: Bundle) -> Examples:
+def read_examples(root, base: Bundle, labels=None) -> Examples:
     """Every example through the base's preprocessing. A picture that cannot be read, or in
     which preprocessing finds no card or no ink, is refused by name: a model taught on blanks
-    learns that blanks are a label."""
-    folders = label_folders(root)
+    learns that blanks are a label. ``labels``: only these label folders, in this order (the
+    appliance's configured labels); by default every label folder, sorted."""
+    if labels is None:
+        folders = label_folders(root)
+    else:
+        for label in labels:
+            check_label(label, root)
+        folders = [Path(root) / label for label in labels]
+        for folder in folders:
+            if not folder.is_dir():
+                raise TeachError(f"{folder}: label '{folder.name}' has 0 examples; each label needs at least "
+                                 f"{MIN_EXAMPLES}")
     settings, shape = base.preprocess, base.input_shape
     digest = sha256()
     inputs, targets, counts = [], [], {}
@@ -241,10 +251,10 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
     return Bundle(meta, weights)
 
 
-def teach_folder(base: Bundle, root, *, base_name: str | None = None) -> Bundle:
+def teach_folder(base: Bundle, root, *, labels=None, base_name: str | None = None) -> Bundle:
     """read_examples + teach: the whole of ``cardcam teach`` but the saving."""
     output_layer(base, str(base.path or "base model"))  # before reading any picture
-    return teach(base, read_examples(root, base), base_name=base_name)
+    return teach(base, read_examples(root, base, labels), base_name=base_name)
 
 
 __all__ = ["TeachError", "Examples", "BundleError", "check_label", "read_examples", "features", "fit_output",
