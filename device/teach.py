@@ -74,8 +74,11 @@ def label_folders(root) -> list[Path]:
 
 
 def example_files(folder: Path) -> list[Path]:
-    """A label folder's pictures, sorted. Sub-folders (``seen/``) and hidden files (a picture
-    being written) are left out; any other file is refused, so nothing is silently ignored."""
+    """A label folder's pictures, sorted (none if there is no folder). Sub-folders (``seen/``)
+    and hidden files (a picture being written) are left out; any other file is refused, so
+    nothing is silently ignored."""
+    if not folder.is_dir():
+        return []
     files = []
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.is_dir():
@@ -84,10 +87,21 @@ def example_files(folder: Path) -> list[Path]:
             raise TeachError(f"{p}: unknown file type {p.suffix or '(none)'!r}; examples are "
                              f"{', '.join(EXAMPLE_SUFFIXES)} pictures")
         files.append(p)
-    if len(files) < MIN_EXAMPLES:
-        raise TeachError(f"{folder}: label '{folder.name}' has {len(files)} example{'' if len(files) == 1 else 's'}; "
-                         f"each label needs at least {MIN_EXAMPLES}")
     return files
+
+
+def _check_counts(root, files: dict) -> None:
+    """Every label needs MIN_EXAMPLES; one line names each label short of them."""
+    short = {folder: len(found) for folder, found in files.items() if len(found) < MIN_EXAMPLES}
+    if not short:
+        return
+    words = [f"'{folder.name}' {count}" for folder, count in short.items()]
+    if len(short) == 1:
+        folder, count = next(iter(short.items()))
+        raise TeachError(f"{folder}: label '{folder.name}' has {count} example{'' if count == 1 else 's'}; "
+                         f"each label needs at least {MIN_EXAMPLES}")
+    raise TeachError(f"{root}: labels with too few examples: {', '.join(words)}; each label needs at least "
+                     f"{MIN_EXAMPLES}")
 
 
 def read_examples(root, base: Bundle, labels=None) -> Examples:
@@ -101,20 +115,17 @@ def read_examples(root, base: Bundle, labels=None) -> Examples:
         for label in labels:
             check_label(label, root)
         folders = [Path(root) / label for label in labels]
-        for folder in folders:
-            if not folder.is_dir():
-                raise TeachError(f"{folder}: label '{folder.name}' has 0 examples; each label needs at least "
-                                 f"{MIN_EXAMPLES}")
     settings, shape = base.preprocess, base.input_shape
     digest = sha256()
     inputs, targets, counts = [], [], {}
+    files = {folder: example_files(folder) for folder in folders}
+    _check_counts(root, files)
+    if sum(map(len, files.values())) > MAX_EXAMPLES:
+        raise TeachError(f"{root}: more than {MAX_EXAMPLES} examples; teach from fewer "
+                         "(or train on a laptop: cardcam-train train --task folder:DIR)")
     for index, folder in enumerate(folders):
-        files = example_files(folder)
-        counts[folder.name] = len(files)
-        if sum(counts.values()) > MAX_EXAMPLES:
-            raise TeachError(f"{root}: more than {MAX_EXAMPLES} examples; teach from fewer "
-                             "(or train on a laptop: cardcam-train train --task folder:DIR)")
-        for path in files:
+        counts[folder.name] = len(files[folder])
+        for path in files[folder]:
             try:
                 check_regular(path, MAX_EXAMPLE_BYTES)
                 data = path.read_bytes()

@@ -147,7 +147,8 @@ def test_buttons_add_examples_learn_switch_and_undo(model, tmp_path):
         app.press(LEARN)
         app.press(LEARN)
         app.wait(lambda: app.logged("teach: learned A, K, R from 9 examples", mark), "learned")
-        assert app.logged("learn refused: already learning", mark)
+        app.wait(lambda: app.logged("teach: learn refused: already learning", mark), "the second press refused")
+        assert app.log()[mark:].count("teach: learned") == 1
         assert app.daemon.pipeline.bundle.labels == list(LABELS)
         taught = load_bundle(model)
         assert taught.labels == list(LABELS) and "taught on the device" in taught.meta["provenance"]["taught"]
@@ -167,3 +168,127 @@ def test_buttons_add_examples_learn_switch_and_undo(model, tmp_path):
         app.wait(lambda: app.logged("undo refused: nothing to undo", mark), "nothing to undo")
 
     app.run(script)
+
+
+def test_learn_with_too_few_examples_keeps_the_running_model(model, tmp_path):
+    cards = card_folders(tmp_path / "cards")
+    before = model.read_bytes()
+    app = Running(teach_config(tmp_path, model, cards / "A"))
+
+    def script(app):
+        app.press(BUTTONS["A"])
+        app.wait(lambda: app.logged("example 1 of 'A' stored"), "an example")
+        app.press(LEARN)
+        app.wait(lambda: app.logged("teach: learn refused:"), "the refusal")
+        assert app.logged("labels with too few examples: 'A' 1, 'K' 0, 'R' 0; each label needs at least 2")
+        assert app.logged(f"still running {load_bundle(model).name}")
+        assert app.daemon.pipeline.bundle.labels == ["0", "1"]
+
+    app.run(script)
+    assert model.read_bytes() == before
+    assert not model.with_name("current.previous.npz").exists()
+
+
+def test_a_taught_model_the_config_refuses_is_put_back(model, tmp_path):
+    """[model] task pins the task: the taught bundle (task folder:...) is refused by the daemon's
+    own check, and the file that was there goes back in place."""
+    cards = card_folders(tmp_path / "cards")
+    before = model.read_bytes()
+    config = teach_config(tmp_path, model, cards / "A")
+    config.write_text(config.read_text().replace("[model]\n", '[model]\ntask = "digits01"\n'))
+    app = Running(config)
+
+    def script(app):
+        for label in ("A", "K", "R"):
+            app.show(cards / label)
+            for n in (1, 2):
+                app.press(BUTTONS[label])
+                app.wait(lambda: app.logged(f"example {n} of '{label}' stored"), f"example {n} of {label}")
+        app.press(LEARN)
+        app.wait(lambda: app.logged("teach: learn failed: the new model was refused"), "the refusal")
+        assert app.logged("the config asks for 'digits01'")
+        assert app.daemon.pipeline.bundle.labels == ["0", "1"]
+
+    app.run(script)
+    assert model.read_bytes() == before
+    assert not model.with_name("current.previous.npz").exists()
+
+
+def test_keys_in_the_terminal_simulation(model, tmp_path):
+    """`cardcam run --simulate` as a subprocess: keys 1, 2, l and Enter on its stdin teach it."""
+    cards = card_folders(tmp_path / "cards")
+    config = write_config(
+        tmp_path / "config.toml",
+        camera={"source": "replay", "replay": str(cards / "A"), "fps": 60},
+        model={"path": str(model)},
+        outputs={"leds": {"A": 17, "K": 27}},
+        teach={"enabled": True, "labels": ["A", "K"], "examples": str(tmp_path / "examples")})
+    proc = subprocess.Popen([sys.executable, "-m", "device", "run", "--simulate", "--config", str(config)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stdout), daemon=True)
+    reader.start()
+
+    def wait(text, count=1):
+        end = time.monotonic() + 30
+        while sum(text in line for line in lines) < count:
+            assert time.monotonic() < end and proc.poll() is None, f"no {text!r} in:\n" + "\n".join(lines)
+            time.sleep(0.02)
+
+    try:
+        wait("ready: first frame classified")
+        assert any("teach keys: 1-9" in line for line in lines)
+        for n in (1, 2):
+            proc.stdin.write("1\n")
+            proc.stdin.flush()
+            wait(f"example {n} of 'A' stored")
+        config.write_text(config.read_text().replace(str(cards / "A"), str(cards / "K")))
+        proc.send_signal(1)  # SIGHUP: the camera now sees K
+        wait("reloading")
+        time.sleep(0.3)
+        for n in (1, 2):
+            proc.stdin.write("2\n")
+            proc.stdin.flush()
+            wait(f"example {n} of 'K' stored")
+        proc.stdin.write("l\n")
+        proc.stdin.flush()
+        wait("teach: learned A, K from 4 examples")
+        wait("shows K")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
+    assert load_bundle(model).labels == ["A", "K"]
+
+
+def test_outputs_flash_a_label_then_show_what_they_showed():
+    factory = mock_pin_factory()
+    with Outputs({"A": 17, "K": 27}, status_led=4, pin_factory=factory) as outputs:
+        outputs.set_status("running")
+        outputs.show("K")
+        took = outputs.flash("A", times=2, on_time=0.01)
+        assert took == pytest.approx(0.04)
+        time.sleep(0.2)
+        assert [s.state for s in factory.pin(17).states].count(True) == 2  # blinked twice
+        outputs.refresh()
+        assert outputs.snapshot()["leds"] == {"A": 0, "K": 1} and outputs.snapshot()["status_led"] == 1
+        outputs.flash(None, times=1, on_time=0.01)  # no label: the status LED
+        time.sleep(0.1)
+        outputs.refresh()
+        assert outputs.snapshot()["status_led"] == 1
+
+
+@pytest.mark.parametrize("teach,words", [
+    ({"enabled": True, "labels": ["A"]}, "at least 2 labels"),
+    ({"labels": ["A", "two words"]}, "'two words'"),
+    ({"labels": ["A", "../etc"]}, "'../etc'"),
+    ({"buttons": {"A": 17}}, "already used by leds"),
+    ({"learn_button": 5, "undo_button": 5}, "teach.undo_button uses pin 5"),
+    ({"labels": "A"}, "must be a list of labels"),
+])
+def test_teach_config_mistakes_are_one_line(tmp_path, teach, words):
+    path = write_config(tmp_path / "c.toml", teach=teach)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
