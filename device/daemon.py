@@ -532,6 +532,7 @@ class Daemon:
 
         if self.live is None:
             self.live = LiveState()
+            self.live.teaching = self.teaching
         self.write_state("running" if self.ready else "starting")  # the page's status from the start
         self._show_model()
         try:
@@ -564,6 +565,8 @@ class Daemon:
         except OutputError as e:
             self.log(f"teach mode off: {e}; fix [teach] and send SIGHUP")
             return
+        if self.live is not None:
+            self.live.teaching = self.teaching
         self.log(f"teach mode: labels {' '.join(self.teaching.labels)}, examples in {self.teaching.examples}")
         if self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
             self._keys = read_keys(sys.stdin, lambda: self.teaching)
@@ -571,6 +574,8 @@ class Daemon:
 
     def stop_teach(self) -> None:
         teaching, self.teaching = self.teaching, None
+        if self.live is not None:
+            self.live.teaching = None
         if teaching is not None:
             teaching.close()
 

@@ -42,6 +42,8 @@ class Request:
     """One press: what was asked, and once the loop has served it, whether it worked and why."""
     action: str
     label: str | None = None
+    frame: np.ndarray | None = None   # an example from elsewhere (the web page), not the camera
+    prepared: object = None           # ... and what preprocessing made of it
     ok: bool = False
     message: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -99,10 +101,15 @@ class TeachMode:
 
     # -- asking (any thread) --
 
-    def ask(self, action: str, label: str | None = None) -> Request:
+    @property
+    def learning(self) -> bool:
+        return self._learning
+
+    def ask(self, action: str, label: str | None = None, frame=None, prepared=None) -> Request:
         """Queue a request for the loop. A second "learn" while one waits or runs is queued
-        already refused, so the loop logs it and blinks."""
-        request = Request(action, label)
+        already refused, so the loop logs it and blinks. ``frame``/``prepared``: an example
+        picture from elsewhere than the camera (an upload), already preprocessed."""
+        request = Request(action, label, frame, prepared)
         if action not in ACTIONS:
             request.message = f"unknown action {action!r}"
         elif action == "example" and label not in self.labels:
@@ -130,6 +137,8 @@ class TeachMode:
             try:
                 if message:
                     pass  # refused when asked
+                elif request.action == "example" and request.frame is not None:
+                    ok, message = self._add(request.label, request.frame, request.prepared, daemon)
                 elif request.action == "example":
                     ok, message = self._add(request.label, frame, prepared, daemon)
                 elif request.action == "learn":

@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw
 from device.cli import classify
 from device.preprocess import ImageError, open_image, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
+from device.webteach import TEACH_POSTS, seen_png, teach_post, teach_state
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -74,6 +75,7 @@ class LiveState:
         self._seq = 0
         self._record: dict = {}  # the daemon's state record: status, fps, LEDs, errors, ...
         self._model = None       # (bundle, runtime kind, threads, runtime description)
+        self.teaching = None     # device.teachmode.TeachMode while [teach] is on (device/webteach.py)
         self.started = time.monotonic()
 
     def publish(self, frame, prepared, probabilities, result) -> None:
@@ -424,7 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self):
         self._discard_body()
-        allowed = "POST" if self._route() == "/api/predict" else "GET, HEAD"
+        allowed = "POST" if self._route() in ("/api/predict",) + TEACH_POSTS else "GET, HEAD"
         self.send_body(405, json.dumps({"error": f"{self.command} is not allowed here; use {allowed}"}).encode(),
                        "application/json", [("Allow", allowed)])
 
@@ -446,7 +448,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(200, self.app.model())
         elif path in ("/api/image/frame.png", "/api/image/input.png"):
             self.send_body(200, self.app.image(path.rsplit("/", 1)[1][:-4]), "image/png")
-        elif path == "/api/predict":
+        elif path == "/api/teach":
+            self.send_json(200, teach_state(self.app.live.teaching))
+        elif path.startswith("/api/teach/seen/"):
+            self.send_body(200, seen_png(self.app.live.teaching, path), "image/png")
+        elif path in ("/api/predict",) + TEACH_POSTS:
             self._not_allowed()
         else:
             raise RequestError(404, f"no such page: {path}")
@@ -514,7 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit{detail}"})
 
     def _post(self):
-        if self._route() != "/api/predict":
+        if self._route() not in ("/api/predict",) + TEACH_POSTS:
             self._not_allowed()
             return
         length = self._content_length()
@@ -543,7 +549,11 @@ class _Handler(BaseHTTPRequestHandler):
             if len(body) != length:
                 self.close_connection = True
                 raise RequestError(400, f"body is {len(body)} bytes, Content-Length said {length}")
-            answer = self.app.predict(body, self.headers.get("Content-Type", ""))
+            if self._route() == "/api/predict":
+                answer = self.app.predict(body, self.headers.get("Content-Type", ""))
+            else:  # the teach panel's presses: an empty body is the card in view
+                answer = teach_post(self.app.live.teaching, self._route(), self.path.partition("?")[2], body,
+                                    self.headers.get("Content-Type", ""), self.app.live.snapshot()[2])
         finally:
             slots.release()
         self.send_json(200, answer)

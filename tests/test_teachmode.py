@@ -292,3 +292,86 @@ def test_teach_config_mistakes_are_one_line(tmp_path, teach, words):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def http(url, method="GET", body=None, content_type=None):
+    """(status, parsed JSON or bytes) of one request, errors included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, data, kind = answer.status, answer.read(), answer.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        status, data, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+    return status, json.loads(data) if kind.startswith("application/json") else data
+
+
+def png(array) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_web_teach_panel_api_adds_learns_and_refuses(model, tmp_path):
+    cards = card_folders(tmp_path / "cards")
+    config = teach_config(tmp_path, model, cards / "blank")
+    config.write_text(config.read_text() + "[web]\nenabled = true\nport = 0\n")
+    app = Running(config)
+    rng = np.random.default_rng(11)
+
+    def script(app):
+        app.wait(lambda: app.daemon.web is not None, "the web page")
+        url = app.daemon.web.url + "api/teach"
+        status, state = http(url)
+        assert status == 200 and state["labels"] == list(LABELS) and state["counts"] == {"A": 0, "K": 0, "R": 0}
+        # The camera sees blank paper: refused, with the log's words.
+        status, answer = http(url + "/example?label=A", "POST", b"")
+        assert status == 409 and "no card in view" in answer["error"]
+        # Uploaded pictures, under /api/predict's rules.
+        for label in LABELS:
+            for _ in range(2):
+                status, answer = http(url + f"/example?label={label}", "POST", png(frame(label, rng)), "image/png")
+                assert status == 200, answer
+        assert answer["counts"] == {"A": 2, "K": 2, "R": 2} and len(answer["thumbnails"]["R"]) == 2
+        status, thumb = http(app.daemon.web.url + answer["thumbnails"]["R"][0])
+        assert status == 200 and Image.open(io.BytesIO(thumb)).size == (32, 32)
+        assert http(url + "/example?label=A", "POST", png(np.full((60, 80), 200, np.uint8) +
+                                                          np.uint8(1)), "image/png")[0] == 409  # no ink
+        assert http(url + "/example?label=A", "POST", b"GIF89a", "image/gif")[0] == 415
+        assert http(url + "/example?label=A", "POST", b"x" * (2 << 20), "image/png")[0] == 413
+        assert http(url + "/example?label=nope", "POST", b"")[0] == 400
+        assert http(url + "/seen/A/..%2F..%2Fmodels%2Fcurrent.png")[0] == 404
+        assert http(url + "/learn")[0] == 405
+        # The camera's card, then learn and undo.
+        app.show(cards / "K")
+        status, answer = http(url + "/example?label=K", "POST", b"")
+        assert status == 200 and answer["counts"]["K"] == 3
+        status, answer = http(url + "/learn", "POST", b"")
+        assert status == 200 and answer["message"].startswith("learned A, K, R from 7 examples")
+        status, model_info = http(app.daemon.web.url + "api/model")
+        assert model_info["labels"] == list(LABELS) and model_info["provenance"]["examples"]["counts"]["K"] == 3
+        status, answer = http(url + "/undo", "POST", b"")
+        assert status == 200 and answer["message"].startswith("undone")
+        assert http(app.daemon.web.url + "api/model")[1]["labels"] == ["0", "1"]
+
+    app.run(script)
+
+
+def test_web_teach_api_is_off_without_teach_mode(model, tmp_path):
+    cards = card_folders(tmp_path / "cards")
+    config = teach_config(tmp_path, model, cards / "A", enabled=False)
+    config.write_text(config.read_text() + "[web]\nenabled = true\nport = 0\n")
+    app = Running(config)
+
+    def script(app):
+        app.wait(lambda: app.daemon.web is not None, "the web page")
+        status, answer = http(app.daemon.web.url + "api/teach")
+        assert status == 404 and "teach mode is off" in answer["error"]
+        assert http(app.daemon.web.url + "api/teach/learn", "POST", b"")[0] == 404
+
+    app.run(script)

@@ -156,5 +156,69 @@ async function classify() {
 
 $("classify").addEventListener("click", classify);
 $("clear").addEventListener("click", clearCanvas);
+
+// --- teach panel: only when the appliance's teach mode is on (GET api/teach answers) ---
+const TEACH_MS = 2000;
+let teachShown = "";
+
+function teachButton(text, kind, label, action) {
+  const b = document.createElement("button");
+  b.type = "button"; b.className = "secondary " + kind; b.textContent = text; b.dataset.label = label;
+  b.addEventListener("click", action);
+  return b;
+}
+
+function showTeach(t) {
+  $("teach").hidden = false;
+  const shown = JSON.stringify([t.labels, t.counts, t.thumbnails]);
+  if (shown === teachShown) return;
+  teachShown = shown;
+  $("teach-labels").replaceChildren(...t.labels.map((label) => {
+    const row = document.createElement("div"); row.className = "teach-row"; row.dataset.label = label;
+    const name = document.createElement("span"); name.className = "label"; name.textContent = label;
+    const count = document.createElement("span"); count.className = "count";
+    count.textContent = t.counts[label] + (t.counts[label] === 1 ? " example" : " examples");
+    const thumbs = document.createElement("span"); thumbs.className = "thumbs";
+    for (const url of t.thumbnails[label]) {
+      const img = document.createElement("img"); img.className = "pixels"; img.alt = ""; img.src = url;
+      thumbs.append(img);
+    }
+    const url = "api/teach/example?label=" + encodeURIComponent(label);
+    row.append(name, count, thumbs,
+               teachButton("camera", "camera", label, () => teachPress(url, "")),
+               teachButton("drawing", "drawing", label,
+                           async () => teachPress(url, await new Promise((r) => canvas.toBlob(r, "image/png")))));
+    return row;
+  }));
+}
+
+async function loadTeach() {
+  try {
+    const r = await fetch("api/teach", { cache: "no-store" });
+    if (r.ok) showTeach(await r.json()); else $("teach").hidden = true;
+  } catch (e) { /* the status poll says the appliance is gone */ }
+  setTimeout(loadTeach, TEACH_MS);
+}
+
+async function teachPress(url, body) {
+  const buttons = document.querySelectorAll("#teach button");
+  buttons.forEach((b) => { b.disabled = true; });
+  const message = $("teach-message");
+  message.className = "detail"; message.textContent = "…";
+  try {
+    const headers = body ? { "Content-Type": "image/png" } : {};
+    const r = await fetch(url, { method: "POST", headers, body });
+    const answer = await r.json();
+    message.textContent = r.ok ? answer.message : answer.error;
+    message.className = "detail" + (r.ok ? "" : " refused");
+    if (r.ok) showTeach(answer);
+  } catch (e) {
+    message.textContent = String(e.message || e); message.className = "detail refused";
+  } finally { buttons.forEach((b) => { b.disabled = false; }); }
+}
+
+$("learn").addEventListener("click", () => teachPress("api/teach/learn", ""));
+$("undo").addEventListener("click", () => teachPress("api/teach/undo", ""));
 clearCanvas();
 poll();
+loadTeach();
