@@ -415,11 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="the prepared inputs kept between runs: where, how big; clear")
     p.add_argument("action", nargs="?", choices=("show", "clear"), default="show")
     p.set_defaults(func=cmd_cache)
-    from training import cards, deploy, sheets  # printing, sheet cutting and deploying live with their code
+    from training import cards, deploy, fetch, sheets  # printing, sheet cutting and deploying live with their code
 
     sheets.add_commands(sub)
     cards.add_command(sub)
     deploy.add_command(sub)
+    fetch.add_command(sub)
     return parser
 
 
