@@ -221,6 +221,8 @@ def test_cardcam_train_reports_and_exports_a_taught_bundle(trained01, examples, 
     from conftest import keras_available
     from training import cli as train_cli
 
+    pytest.importorskip("matplotlib", reason="cardcam-train report needs the train extra (matplotlib)")
+
     out = tmp_path / "taught.npz"
     assert run("teach", "--model", trained01.path, "--examples", examples, "--out", out, capsys=capsys)[0] == 0
     assert load_bundle(out).meta["task"] == f"folder:{examples.resolve()}"
