@@ -540,13 +540,15 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         return Prepared(None, "no card")
     if reference < settings.min_paper:
         return Prepared(None, "too dark")
-    # The card in pixels, shaved by a cell where the room's darkness bleeds into its paper
-    # estimate (a cell on a card's edge has the card's paper). The picture's border is
-    # replicated, so a close-up is not shaved.
-    shaved = _filter(card_coarse, 3, np.minimum)
+    if np.count_nonzero(card_coarse) < max(1.0, settings.min_card * card_coarse.size):
+        return Prepared(None, "no card")
+    # The card in pixels, shaved by two cells where the room's darkness bleeds into its paper
+    # estimate and a card's edge casts its shadow, or things held against it overlap it. The
+    # picture's border is replicated, so a close-up is not shaved.
+    shaved = _filter(card_coarse, 5, np.minimum)
     card = _to_pixels(shaved, h, w)
     card_count = np.count_nonzero(card)
-    if card_count == 0 or card_count < settings.min_card * card.size:
+    if card_count == 0:
         return Prepared(None, "no card")
     strength = (paper - gray) / np.maximum(paper, np.float32(1e-3))
     # The strongest ink on the card: its third darkest cell, by its darkest pixel (a thin pen's
