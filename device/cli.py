@@ -66,7 +66,7 @@ def cmd_teach(args) -> int:
     import time
 
     from device.bundle import save_bundle
-    from device.teach import TeachError, output_layer, read_examples, teach
+    from device.teach import TeachError, kept_layers, read_examples, teach
 
     out = Path(args.out)
     if out.suffix.lower() != ".npz":
@@ -78,7 +78,7 @@ def cmd_teach(args) -> int:
     start = time.perf_counter()
     try:
         base = load_bundle(args.model)
-        output_layer(base, args.model)
+        kept_layers(base, args.model)
     except (BundleError, TeachError) as e:
         return _fail(str(e), 2)
     try:

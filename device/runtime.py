@@ -82,13 +82,19 @@ class NumpyRuntime:
 
 
 def last_hidden_layer(bundle: Bundle):
-    """The NumPy forward pass up to the input of the output layer (the last dense one): a
-    function from (N, H, W, C) inputs to (N, D) float64 features, run one input at a time, as
-    the frame path runs, so that each product stays on one BLAS thread. device.teach's frozen
-    network; the bundle must have a layer with weights before its output layer."""
+    """The NumPy forward pass up to the output layer (the last dense one), stopped before the
+    ReLU that follows the last hidden layer, if one does: a function from (N, H, W, C) inputs to
+    (N, D) float64 features, run one input at a time, as the frame path runs, so that each
+    product stays on one BLAS thread. device.teach's frozen network (device.teach.kept_layers
+    keeps the same layers); the bundle must have a layer with weights before its output layer."""
     ops = _plan(bundle)
     last = max(i for i, op in enumerate(ops) if op[0] == "affine" and op[1] == "dense")
-    first, steps, out = _compile(ops[:last], 1, bundle.input_shape)
+    kept = ops[:last]
+    if kept[-1][0] == "relu":
+        kept = kept[:-1]
+    elif kept[-1][0] == "affine" and kept[-1][6]:
+        kept[-1] = kept[-1][:6] + [False]
+    first, steps, out = _compile(kept, 1, bundle.input_shape)
 
     def features(batch) -> np.ndarray:
         x = as_batch(batch, bundle.input_shape)

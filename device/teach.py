@@ -148,24 +148,30 @@ def read_examples(root, base: Bundle, labels=None) -> Examples:
 
 # --- the frozen network ----------------------------------------------------------------------
 
-def output_layer(base: Bundle, where="base model") -> int:
-    """The index of the base's output layer (its last dense layer). What comes before it is
-    kept; it must hold a layer with weights, or there is nothing to keep."""
+def kept_layers(base: Bundle, where="base model") -> int:
+    """How many of the base's layers a taught model keeps: those before its output layer (the
+    last dense one), but for the ReLU (and dropout) right before it. The new output layer reads
+    the last hidden layer's values before its ReLU: what the ReLU zeroes was of no use to the
+    base's labels but may tell new ones apart (bench/teach.py: 96.6 % instead of 93.7 % on
+    further pictures of a taught card, 78 % instead of 73 % of other cards). They must include
+    a layer with weights, or there is nothing to keep."""
     layers = nn.infer_shapes(base.architecture, base.input_shape)
     dense = [l.index for l in layers if l.spec["type"] == "dense"]
     if not dense:
         raise TeachError(f"{where}: has no dense output layer to replace")
-    last = dense[-1]
-    if not any(l.weights for l in layers[:last]):
+    cut = dense[-1]
+    if not any(l.weights for l in layers[:cut]):
         raise TeachError(f"{where}: has no hidden layer to keep (its only layer with weights is the output "
                          "layer); teach from a model with conv or dense layers before its last one")
-    return last
+    while layers[cut - 1].spec["type"] in ("relu", "dropout"):
+        cut -= 1
+    return cut
 
 
 def features(base: Bundle, inputs: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) inputs -> (N, D): the base's network up to its output layer, in inference
-    mode (device.runtime's NumPy forward pass, stopped there)."""
-    output_layer(base, str(base.path or "base model"))
+    """(N, H, W, C) inputs -> (N, D): the base's kept layers (kept_layers), in inference mode
+    (device.runtime's NumPy forward pass, stopped there)."""
+    kept_layers(base, str(base.path or "base model"))
     return last_hidden_layer(base)(inputs)
 
 
@@ -237,7 +243,7 @@ def _top_eigenvalue(gram: np.ndarray, iterations: int = 30) -> float:
 def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> Bundle:
     """A bundle for ``examples.labels``: the base's network to its output layer, then a new
     dense layer fitted here and softmax. Not saved (device.bundle.save_bundle)."""
-    last = output_layer(base, str(base.path or "base model"))
+    last = kept_layers(base, str(base.path or "base model"))
     kernel, bias = fit_output(features(base, shifted(examples.inputs)), np.tile(examples.targets, len(SHIFTS)),
                               len(examples.labels))
     architecture = [dict(spec) for spec in base.architecture[:last]] + [
@@ -269,9 +275,9 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
 
 def teach_folder(base: Bundle, root, *, labels=None, base_name: str | None = None) -> Bundle:
     """read_examples + teach: the whole of ``cardcam teach`` but the saving."""
-    output_layer(base, str(base.path or "base model"))  # before reading any picture
+    kept_layers(base, str(base.path or "base model"))  # before reading any picture
     return teach(base, read_examples(root, base, labels), base_name=base_name)
 
 
 __all__ = ["TeachError", "Examples", "BundleError", "check_label", "read_examples", "features", "fit_output",
-           "output_layer", "teach", "teach_folder"]
+           "kept_layers", "teach", "teach_folder"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, draw_card, make_bundle
-from device import cli, teach
+from device import cli, nn, teach
 from device.bundle import load_bundle, save_bundle
 from device.preprocess import load_image, preprocess
 from device.runtime import NumpyRuntime
@@ -60,12 +60,19 @@ def test_taught_bundle_loads_keeps_the_base_and_reads_the_new_labels(trained01, 
     taught, base = load_bundle(out), load_bundle(trained01.path)
     assert taught.labels == list(NEW_LABELS)
     assert taught.meta["preprocess"] == base.meta["preprocess"] and taught.input_shape == base.input_shape
-    # Frozen: every layer before the output layer is the base's, weight for weight.
-    last = teach.output_layer(base)
-    assert taught.architecture[:last] == base.architecture[:last]
+    # Frozen: every layer kept is the base's, weight for weight; the last hidden layer is read before its ReLU.
+    kept = teach.kept_layers(base)
+    assert taught.architecture[:kept] == base.architecture[:kept]
+    assert base.architecture[kept]["type"] == "relu" and taught.architecture[kept:] == [
+        {"type": "dense", "units": 3}, {"type": "softmax"}]
     for name, array in base.weights.items():
-        if int(name[1:].split(".")[0]) < last:
+        if int(name[1:].split(".")[0]) < kept:
             np.testing.assert_array_equal(taught.weights[name], array)
+    # What the fit saw is what the saved network computes.
+    inputs = teach.read_examples(examples, base).inputs
+    last = taught.weights[f"L{kept}.kernel"], taught.weights[f"L{kept}.bias"]
+    np.testing.assert_allclose(NumpyRuntime(taught).predict(inputs),
+                               nn.softmax(teach.features(base, inputs) @ last[0] + last[1]), atol=1e-5)
     p = taught.meta["provenance"]
     assert "taught on the device" in p["taught"]
     assert p["base_model"] == trained01.path.name and p["base_weights_sha256"] == base.meta["weights_sha256"]
