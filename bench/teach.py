@@ -9,6 +9,7 @@ MNIST 0/1 cards (a weak base). New labels, none of which a digits01 base has see
   mnist-237  MNIST 2, 3 and 7 (other writers' digits for the test pictures)
   font-AKR   the letters A, K and R in the DejaVu fonts, sizes, weights and slants
   faces      training.smileys' happy and sad faces
+  new-faces  surprised, neutral and sleepy faces (new_face), which no smiley model has seen
 Every example and test picture is a simulated camera frame of its card (training.augment: close-ups
 and cards held up in a room), read through the base's preprocessing, as on the Pi.
 
@@ -66,6 +67,47 @@ def letter_card(letter: str, rng) -> np.ndarray:
     return np.asarray(im.resize((56, 56), Image.Resampling.BOX), np.uint8)
 
 
+NEW_FACES = ("surprised", "neutral", "sleepy")
+
+
+def new_face(label: str, rng) -> np.ndarray:
+    """A face no smiley model has seen (uint8, dark on light, 112 x 112): "surprised" (round eyes,
+    an O for a mouth), "neutral" (dot eyes, a straight mouth), "sleepy" (closed-eye arcs, a small
+    flat mouth); outline, size, place, turn and pen width vary."""
+    big = 336
+    im = Image.new("L", (big, big), int(rng.uniform(235, 256)))
+    draw = ImageDraw.Draw(im)
+    r = rng.uniform(0.28, 0.42) * big
+    cx, cy = big / 2 + rng.uniform(-0.04, 0.04) * big, big / 2 + rng.uniform(-0.04, 0.04) * big
+    pen = max(2, int(rng.uniform(0.035, 0.08) * r * 2))
+    ink = int(rng.uniform(0, 60))
+    if rng.random() < 0.8:
+        squash = rng.uniform(0.85, 1.15)
+        draw.ellipse((cx - r, cy - r * squash, cx + r, cy + r * squash), outline=ink, width=pen)
+    ey, dx = cy - r * rng.uniform(0.2, 0.35), r * rng.uniform(0.3, 0.45)
+    for side in (-1, 1):
+        ex = cx + side * dx
+        if label == "surprised":
+            e = r * rng.uniform(0.12, 0.18)
+            draw.ellipse((ex - e, ey - e, ex + e, ey + e), outline=ink, width=max(2, pen * 2 // 3))
+        elif label == "neutral":
+            e = r * rng.uniform(0.06, 0.1)
+            draw.ellipse((ex - e, ey - e, ex + e, ey + e), fill=ink)
+        else:
+            e = r * rng.uniform(0.14, 0.2)
+            draw.arc((ex - e, ey - e, ex + e, ey + e), 20, 160, fill=ink, width=pen)
+    my = cy + r * rng.uniform(0.3, 0.5)
+    if label == "surprised":
+        m = r * rng.uniform(0.12, 0.22)
+        draw.ellipse((cx - m, my - m * 1.2, cx + m, my + m * 1.2), outline=ink, width=pen)
+    else:
+        half = r * (rng.uniform(0.3, 0.5) if label == "neutral" else rng.uniform(0.12, 0.2))
+        tilt = r * rng.uniform(-0.05, 0.05)
+        draw.line((cx - half, my - tilt, cx + half, my + tilt), fill=ink, width=pen)
+    im = im.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=255)
+    return np.asarray(im.resize((112, 112), Image.Resampling.BOX), np.uint8)
+
+
 def label_sets(per_label: int, seed: int = 0) -> dict:
     """name -> (labels, cards per label): ``per_label`` cards of each label, dark on light."""
     from training.data import load_mnist
@@ -78,6 +120,7 @@ def label_sets(per_label: int, seed: int = 0) -> dict:
     from training.smileys import draw_smiley
     sets["faces"] = (["happy", "sad"], [[draw_smiley(l, np.random.default_rng([seed, c, i, 23]))
                                          for i in range(per_label)] for c, l in enumerate(("happy", "sad"))])
+    sets["new-faces"] = (list(NEW_FACES), [[new_face(l, rng) for _ in range(per_label)] for l in NEW_FACES])
     return sets
 
 
