@@ -39,7 +39,15 @@ from device.runtime import make_runtime
 from device.runtime import describe as describe_runtime
 from device.status import state_file
 
-CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits01.npz"
+def _shipped_model(name: str = "digits01.npz") -> Path:
+    """A shipped model: the checkout's models/, or, in an installed package, device/models (the
+    wheel carries models/ there)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "models" / name
+    return installed if installed.exists() else here.parent / "models" / name
+
+
+CHECKOUT_MODEL = _shipped_model()
 
 
 def is_raspberry_pi() -> bool:
@@ -67,8 +75,9 @@ def open_source(config: Config, simulate: bool, sleep=time.sleep, log=None):
 
 
 def model_path(config: Config, simulate: bool) -> Path:
-    """The configured model; in simulation, a checkout's models/digits01.npz stands in for a
-    default path that does not exist (a laptop has no /var/lib/cardcam)."""
+    """The configured model; in simulation, the shipped models/digits01.npz (a checkout's, or an
+    installed package's) stands in for a default path that does not exist (a laptop has no
+    /var/lib/cardcam)."""
     path = Path(config.model.path)
     if simulate and config.model.path == DEFAULT_MODEL and not path.exists() and CHECKOUT_MODEL.exists():
         return CHECKOUT_MODEL

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,19 @@ def test_install_for_real_idempotent_and_uninstall_keeps_models_and_config(tmp_p
 
     run("bash", INSTALL, "--uninstall", "--purge", "--prefix", prefix, check_rc=0)
     assert not (prefix / "var/lib/cardcam").exists() and not (prefix / "etc/cardcam").exists()
+
+
+def test_a_wheel_carries_the_samples_the_page_and_the_shipped_models(tmp_path, repo):
+    """Installed from a wheel (as from a package index), cardcam simulates out of the box: the
+    wheel holds device/samples, device/web and the shipped models as device/models, which the
+    daemon finds when /var/lib/cardcam has none (issue 21)."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(repo)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("cardcam-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("device/models/digits01.npz", "device/models/digits.npz", "device/models/smiley.npz",
+                 "device/samples/a-0-1.png", "device/web/index.html"):
+        assert name in names, name
+    assert not any(name.startswith("models/") for name in names)
