@@ -136,7 +136,13 @@ def save_bundle(bundle: Bundle, path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            # np.savez_compressed's layout, written here so that a failed write (a full disk)
+            # closes the archive at once: NumPy 1.x leaves it to the garbage collector, which
+            # then prints a traceback of its own.
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name, a in arrays.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                        np.lib.format.write_array(entry, a, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
