@@ -15,6 +15,8 @@ from training.cli import main
 
 from conftest import blank_paper
 
+pytestmark = pytest.mark.laptop  # cardcam-train on the laptop, not the Pi
+
 
 def _pdf_pages(path) -> int:
     data = path.read_bytes()

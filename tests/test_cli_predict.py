@@ -156,6 +156,7 @@ def folder_dataset(trained01, tmp_path_factory):
     return root
 
 
+@pytest.mark.laptop
 def test_evaluate_prints_accuracy(repo, trained01, folder_dataset):
     result = run(repo, "training", "evaluate", "--model", str(trained01.path), "--json", str(folder_dataset))
     assert result.returncode == 0, result.stderr
@@ -169,6 +170,7 @@ def test_evaluate_prints_accuracy(repo, trained01, folder_dataset):
     assert f"accuracy {report['accuracy']:.2%}" in plain.stdout
 
 
+@pytest.mark.laptop
 @pytest.mark.parametrize("damage", ["missing", "garbage"])
 def test_evaluate_with_a_bad_model_gives_one_line(repo, folder_dataset, tmp_path, damage):
     model = tmp_path / "model.npz"

@@ -22,9 +22,9 @@ from device.bundle import load_bundle, save_bundle
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 NEED = [SSHD, shutil.which("ssh"), shutil.which("scp"), shutil.which("ssh-keygen")]
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.laptop, pytest.mark.skipif(
     not all(p and os.path.exists(p) for p in NEED) and not os.environ.get("CI"),
-    reason="needs OpenSSH (apt install openssh-server openssh-client); CI installs it")
+    reason="needs OpenSSH (apt install openssh-server openssh-client); CI installs it")]
 
 
 def _free_port() -> int:

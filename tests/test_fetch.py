@@ -11,7 +11,8 @@ import pytest
 from test_deploy import NEED, REPO, sshd  # noqa: F401  (the fixture)
 from test_teach import write_examples
 
-pytestmark = pytest.mark.skipif(not all(NEED), reason="needs OpenSSH (apt install openssh-server openssh-client)")
+pytestmark = [pytest.mark.laptop,
+              pytest.mark.skipif(not all(NEED), reason="needs OpenSSH (apt install openssh-server openssh-client)")]
 
 
 def fetch(sshd, path, out, *extra):

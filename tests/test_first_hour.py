@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.laptop  # cardcam-train on the laptop, not the Pi
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -208,6 +208,7 @@ def test_install_for_real_idempotent_and_uninstall_keeps_models_and_config(tmp_p
     assert not (prefix / "var/lib/cardcam").exists() and not (prefix / "etc/cardcam").exists()
 
 
+@pytest.mark.laptop
 def test_a_wheel_carries_the_samples_the_page_and_the_shipped_models(tmp_path, repo):
     """Installed from a wheel (as from a package index), cardcam simulates out of the box: the
     wheel holds device/samples, device/web and the shipped models as device/models, which the

@@ -79,6 +79,7 @@ def test_the_thread_count_comes_from_the_environment(threads, monkeypatch):
         threads(0)
 
 
+@pytest.mark.laptop
 def test_cardcam_train_refuses_a_bad_thread_count_before_preparing_data(threads, monkeypatch, tmp_path, capsys):
     from training.cli import main
 

@@ -48,7 +48,7 @@ def draw(digit: str, size, box, width: float, paper=(248, 248, 245), ink=(20, 20
         for y in range(step // 2, size[1], step):
             pen.line([(0, y), (size[0], y)], fill=(160, 185, 230), width=max(1, max(size) // 400))
     glyph = Image.new("L", size, 0)
-    for line in glyph_strokes(digit, box, width):
+    for line in glyph_strokes(digit, box, width) if digit else []:  # None: blank paper
         ImageDraw.Draw(glyph).line(line, fill=255, width=round(width), joint="curve")
     if angle:
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
@@ -191,8 +191,8 @@ def test_card_in_a_room_as_light_as_the_card():
 @pytest.mark.parametrize("name,picture", [
     ("blank close-up with a shadow", camera(Image.new("RGB", (640, 480), PAPERS["white"]), shadow=0.5, noise=0.01)),
     ("blank yellow paper, a gradient", camera(Image.new("RGB", (640, 480), PAPERS["yellow"]), gradient=0.4, jpeg=50)),
-    ("blank squared paper", camera(close_up(width=0, squared=True), noise=0.01)),
-    ("a blank card in a room", camera(room_with_card(width=0, hand=False, clutter=False), noise=0.01)),
+    ("blank squared paper", camera(close_up(None, squared=True), noise=0.01)),
+    ("a blank card in a room", camera(room_with_card(None, hand=False, clutter=False), noise=0.01)),
     ("all black", Image.new("RGB", (640, 480), (0, 0, 0))),
     ("all white", Image.new("RGB", (640, 480), (255, 255, 255))),
     ("one colour", Image.new("RGB", (640, 480), (40, 120, 200))),

@@ -20,6 +20,8 @@ from training.smileys import draw_smiley
 
 from conftest import blank_paper
 
+pytestmark = pytest.mark.laptop  # cardcam-train on the laptop, not the Pi
+
 cv2 = pytest.importorskip("cv2")
 
 ROWS, COLS = 6, 4

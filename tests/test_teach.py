@@ -222,6 +222,7 @@ def test_examples_go_through_the_bundles_preprocessing(trained01, examples):
     assert read.labels == list(NEW_LABELS) and list(read.targets[:10]) == [0] * 10
 
 
+@pytest.mark.laptop
 def test_cardcam_train_reports_and_exports_a_taught_bundle(trained01, examples, tmp_path, capsys):
     """The laptop side takes a taught bundle like any other; its task names the examples folder,
     so report and export judge and calibrate on the examples without being told."""

@@ -665,7 +665,9 @@ def test_big_pictures_cost_the_daemon_little_memory(tmp_path, tiny_model):
         decoded = peak_mb()
         print(f"daemon peak RSS {before:.1f} MB; after 8 concurrent 4000x4000 PNGs {refused:.1f} MB; "
               f"after 8 concurrent 1280x960 RGBA PNGs {decoded:.1f} MB")
-        assert refused - before < 4 and decoded - before < 32
+        # Decoded, the eight 4000x4000 pictures would take ~500 MB; refused from their headers they
+        # cost the request threads only (5.3 MB under qemu's arm64 emulation, ~1 MB on x86).
+        assert refused - before < 8 and decoded - before < 32
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=5) == 0
     finally:
