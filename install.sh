@@ -355,7 +355,9 @@ EOF
 # install_project DIGEST: pip-install a copy of the sources (the build leaves the checkout clean).
 install_project() {
     mkdir -p "$WORK/src"
-    (cd "$SRC" && cp -r pyproject.toml README.md device training "$WORK/src/")
+    # The package carries the shipped models as device.models (pyproject's package-dir: models/).
+    (cd "$SRC" && cp -r pyproject.toml README.md device training "$WORK/src/" \
+        && mkdir "$WORK/src/models" && cp models/README.md models/*.npz "$WORK/src/models/")
     find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
     # --no-deps: numpy and Pillow are apt's; gpiozero and the TFLite runtime are installed below.
     pip_in_venv --no-deps --force-reinstall "$WORK/src"
@@ -363,7 +365,7 @@ install_project() {
 }
 
 source_digest() {
-    (cd "$SRC" && find pyproject.toml README.md device training -type f ! -name '*.pyc' \
+    (cd "$SRC" && find pyproject.toml README.md device training models/README.md models/*.npz -type f ! -name '*.pyc' \
         ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-64
 }
 
