@@ -278,6 +278,14 @@ def test_sighup_with_a_fifo_for_the_config_and_then_sigterm(tmp_path, model_copy
         daemon.stop()
 
 
+def _waits_in(pid: int) -> str:
+    """The kernel function a process sleeps in ('' where /proc does not say)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_during_start_up_is_a_clean_exit(tmp_path, model_copy, signum):
     """The config file is a FIFO: start-up waits in our own code, where the signal must act."""
@@ -285,7 +293,12 @@ def test_a_stop_signal_during_start_up_is_a_clean_exit(tmp_path, model_copy, sig
     os.mkfifo(config)
     daemon = start(tmp_path, config)
     try:
-        time.sleep(1.0)  # well past the imports: waiting to open the config
+        # Past the imports, waiting in open() for the FIFO to get a writer (the kernel says where
+        # the process waits; a fixed sleep was too short under a Pi CPU's emulation).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and daemon.proc.poll() is None and _waits_in(daemon.proc.pid) not in (
+                "wait_for_partner", "fifo_open"):
+            time.sleep(0.05)
         assert daemon.proc.poll() is None
         daemon.signal(signum)
         assert daemon.wait(timeout=5) == 0, daemon.output
