@@ -33,8 +33,8 @@ PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpeg", ".webm"}
 SOURCES = ("auto", "picamera2", "opencv", "replay", "samples")
 MAX_PICTURE_BYTES = 64 << 20  # a replayed picture file (a 4000x4000 PNG of noise is ~48 MB)
-# The frame size the daemon asks for: the size preprocessing works at (PreprocessSettings'
-# frame_size), so the Pi camera's ISP does the scaling for free.
+# The frame size the daemon asks for: the size preprocessing works at (4:3 at the shipped models'
+# work_size, 160), so the Pi camera's ISP does the scaling for free.
 FRAME_SIZE = (160, 120)
 # The Pi camera's main stream: it must exist and be at least as large as the lores stream we read.
 MAIN_SIZE = (640, 480)

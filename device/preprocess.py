@@ -3,9 +3,9 @@
 A card is dark ink on light paper: a card held up in a room, or (the commonest photo of a
 drawing) a close-up in which the paper fills the picture. The steps:
 
-1. the picture, small: grey levels at most ``work_size`` pixels on the longer side. The Pi
-   camera's ISP delivers frames at that size; a larger frame or photo is reduced once (JPEGs are
-   decoded small in the first place, see open_image);
+1. the picture, small: grey levels at ``work_size`` pixels on the longer side. The Pi camera's
+   ISP delivers frames at that size; a larger frame or photo is reduced once (JPEGs are decoded
+   small in the first place, see open_image), a smaller card enlarged;
 2. the paper's own brightness at every pixel: a grey closing (a max filter then a min filter wider
    than any stroke) at coarse resolution, so shadows and light gradients are followed and strokes,
    however bold, are not;
@@ -13,9 +13,10 @@ drawing) a close-up in which the paper fills the picture. The steps:
    corner and a lit corner give the same stroke. Ink is what stands out: above
    ``ink_threshold`` and above ``ink_relative`` of the strongest ink on the card, so faint
    texture (squared paper, grain, JPEG noise) drops out next to a real stroke;
-4. the card is the paper that is bright enough (``card_contrast`` of the brightest paper near
-   the centre; the room behind, where clearly darker, is not card), shaved at its edges where the
-   room's darkness bleeds in. The picture's own border is not an edge: a close-up keeps its ink;
+4. the card is paper grown from the brightest open paper near the centre (at least
+   ``card_contrast`` of it, and not across a step in brightness), with the strokes on it, shaved
+   at its edges where the room's darkness and the card's shadow bleed in (_card). The picture's
+   own border is not an edge: a close-up keeps its ink;
 5. the ink's main cluster (projections along rows and columns, nearest the centre when stray
    marks compete) gives the crop; too little ink there is the outcome "no ink", not a guess;
 6. the crop is scaled to fit ``fit`` of the input keeping its aspect ratio, ink normalised to
@@ -118,11 +119,6 @@ class PreprocessSettings:
         if unknown:
             raise ValueError(f"unknown setting {unknown[0]!r}")
         return cls(**d)
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        """The 4:3 camera frame (width, height) preprocessing works at: what to ask the camera for."""
-        return self.work_size, self.work_size * 3 // 4
 
 
 @dataclass
@@ -357,10 +353,8 @@ def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray,
 def _bit_grid(h: int, w: int) -> tuple:
     """How an h x w mask is held as one Python integer, a bit a cell: rows of ``stride`` bits,
     the last of them a guard that stays 0 (so a shift along a row never carries into the next).
-    Returns (stride, every cell set, doubling steps that cross a row, that cross a column)."""
-    stride = w + 1
-    valid = _pack(np.ones((h, w), bool), stride)
-    return stride, valid, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length())
+    Returns (stride, doubling steps that cross a row, that cross a column)."""
+    return w + 1, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length())
 
 
 def _pack(mask: np.ndarray, stride: int) -> int:
@@ -383,7 +377,7 @@ def _connected(seed, allowed: np.ndarray) -> np.ndarray:
     stops at the first that is not), and the other three ways by doubling jumps over allowed
     cells; it repeats until nothing joins, so it takes as many passes as the path has turns."""
     h, w = allowed.shape
-    stride, _, row_steps, column_steps = _bit_grid(h, w)
+    stride, row_steps, column_steps = _bit_grid(h, w)
     free = _pack(allowed, stride)
     if isinstance(seed, tuple):
         region = (1 << (int(seed[0]) * stride + int(seed[1]))) & free
