@@ -8,33 +8,18 @@ import sys
 from pathlib import Path
 
 from device.bundle import BundleError, load_bundle
-from device.preprocess import ImageError, Prepared, load_image, preprocess
+from device.classify import classify
+from device.preprocess import ImageError, load_image
 from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime
-
-
-def classify(picture, bundle, runtime) -> tuple[dict, Prepared]:
-    """One picture through the bundle's preprocessing and the runtime: the predict --json fields
-    (label, confidence, probabilities, and the reason when there is nothing to read), and what
-    preprocessing made of it. Also what the web page's /api/predict answers."""
-    prepared = preprocess(picture, bundle.preprocess, bundle.input_shape)
-    if not prepared.found:
-        return {"label": None, "confidence": None, "probabilities": None, "reason": prepared.reason}, prepared
-    probs = runtime.predict(prepared.input[None])[0]
-    best = int(probs.argmax())
-    return {
-        "label": bundle.labels[best],
-        "confidence": round(float(probs[best]), 6),
-        "probabilities": {l: round(float(p), 6) for l, p in zip(bundle.labels, probs)},
-    }, prepared
 
 
 def _classify_file(path: str, bundle, runtime) -> dict:
     """One predict --json record for one file."""
     try:
-        record, _ = classify(load_image(path), bundle, runtime)
+        result = classify(load_image(path), bundle, runtime)
     except ImageError as e:
         return {"file": path, "error": str(e)}
-    return {"file": path} | record
+    return {"file": path} | result.record(bundle.labels)
 
 
 def cmd_predict(args) -> int:

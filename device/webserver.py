@@ -41,7 +41,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from device.cli import classify
+from device.classify import classify
 from device.preprocess import ImageError, open_image, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
 from device.webteach import TEACH_POSTS, seen_png, teach_post, teach_state
@@ -273,12 +273,12 @@ class WebApp:
             self._runtime_for = (bundle, kind, threads)
         t0 = time.perf_counter()
         try:
-            record, prepared = classify(picture, bundle, self._runtime)
+            result = classify(picture, bundle, self._runtime)
         except ImageError as e:
             raise RequestError(400, str(e)) from None
         ms = 1000 * (time.perf_counter() - t0)
-        record.setdefault("reason", "")
-        seen = base64.b64encode(png_bytes(input_picture(prepared, bundle.input_shape))).decode()
+        record = {"reason": ""} | result.record(bundle.labels)
+        seen = base64.b64encode(png_bytes(input_picture(result.prepared, bundle.input_shape))).decode()
         return record | {"model": bundle.name, "runtime": self._runtime.description, "ms": round(ms, 2),
                          "input_png": f"data:image/png;base64,{seen}"}
 

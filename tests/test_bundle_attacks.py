@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import make_bundle
 from device.bundle import MAX_FILE_BYTES, BundleError, load_bundle
 from device.camera import SAMPLES_DIR
-from device.cli import classify
+from device.classify import classify
 from device.config import defaults
 from device.daemon import ModelRefused, Pipeline, load_model
 from device.preprocess import PreprocessSettings, load_frame, load_image

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from daemon_fixtures import REPO, Daemon, tiny_model, write_config  # noqa: F401
 from device.bundle import load_bundle
 from device.camera import SAMPLES_DIR
-from device.cli import classify
+from device.classify import classify
 from device.config import ConfigError, defaults, load_config
 from device.daemon import Pipeline
 from device.runtime import make_runtime
@@ -163,7 +163,8 @@ def test_predict_classifies_a_drawing_through_the_same_preprocessing(served, bun
     assert answer["label"] == digit and answer["confidence"] > 0.9 and answer["reason"] == ""
     assert answer["model"] == "digits01" and answer["runtime"] == "numpy"
     # The same answer `cardcam predict --json` gives for this picture.
-    expected, prepared = classify(Image.open(io.BytesIO(body)), bundle, make_runtime(bundle, "numpy"))
+    result = classify(Image.open(io.BytesIO(body)), bundle, make_runtime(bundle, "numpy"))
+    expected, prepared = result.record(bundle.labels), result.prepared
     assert {k: answer[k] for k in expected} == expected
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["input_png"].split(",", 1)[1]))))
     assert seen.shape == (32, 32) and np.abs(seen / 255.0 - prepared.input[:, :, 0]).max() < 0.01
