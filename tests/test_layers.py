@@ -85,13 +85,13 @@ def conv_reference(x, kernel, bias, padding):
 
 
 # Conv2D's two forms, whatever the shape: row patches from kernel rows of one number on, or never.
-CONV_FORMS = {"im2col": 1 << 30, "row-patches": 1}
+CONV_FORMS = {"im2col": L.Tuning(row_patches_from=1 << 30), "row-patches": L.Tuning(row_patches_from=1)}
 
 
 @pytest.fixture(params=list(CONV_FORMS))
-def conv_form(request, monkeypatch):
-    monkeypatch.setattr(L, "_ROW_PATCHES_FROM", CONV_FORMS[request.param])
-    return request.param
+def conv_form(request):
+    """The Tuning that makes Conv2D take one of its two forms."""
+    return CONV_FORMS[request.param]
 
 
 @pytest.mark.parametrize("padding,k,cin,cout,h,w", [
@@ -104,7 +104,7 @@ def conv_form(request, monkeypatch):
 ])
 def test_conv2d_gradients(padding, k, cin, cout, h, w, conv_form):
     rng = np.random.default_rng(k * 100 + cin)
-    layer = L.Conv2D(rng.standard_normal((k, k, cin, cout)), rng.standard_normal(cout), padding)
+    layer = L.Conv2D(rng.standard_normal((k, k, cin, cout)), rng.standard_normal(cout), padding, tuning=conv_form)
     check_layer(layer, rng.standard_normal((2, h, w, cin)))
 
 
@@ -117,9 +117,7 @@ def test_conv2d_forward_matches_loops(form, n, h, w, cin, cout, k, padding, seed
     x = rng.standard_normal((n, h, w, cin))
     kernel, bias = rng.standard_normal((k, k, cin, cout)), rng.standard_normal(cout)
     expected = conv_reference(x, kernel, bias, padding)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(L, "_ROW_PATCHES_FROM", CONV_FORMS[form])
-        out = L.Conv2D(kernel, bias, padding).forward(x)
+    out = L.Conv2D(kernel, bias, padding, tuning=CONV_FORMS[form]).forward(x)
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(nn.conv2d(x.astype(np.float32), kernel.astype(np.float32),
                                          bias.astype(np.float32), padding), expected, rtol=1e-4, atol=1e-4)
@@ -127,7 +125,7 @@ def test_conv2d_forward_matches_loops(form, n, h, w, cin, cout, k, padding, seed
         assert out.shape == (n, h, w, cout)
 
 
-def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
+def test_conv2d_in_groups_of_images_is_the_whole_product():
     """Patches built and multiplied a few images at a time (7 images in groups of 2, 2, 3):
     the same output and gradients as in one piece."""
     rng = np.random.default_rng(5)
@@ -136,8 +134,7 @@ def test_conv2d_in_groups_of_images_is_the_whole_product(monkeypatch):
     dout = rng.standard_normal((7, 9, 9, 4))
     results = []
     for group_bytes in (1 << 40, 3 * 81 * 27 * 8):
-        monkeypatch.setattr(L, "_PATCH_GROUP_BYTES", group_bytes)
-        layer = L.Conv2D(kernel, bias, "same")
+        layer = L.Conv2D(kernel, bias, "same", tuning=L.Tuning(patch_group_bytes=group_bytes))
         out = layer.forward(x, True)
         results.append((out, layer.backward(dout), layer.grads["kernel"]))
     np.testing.assert_allclose(results[1][0], conv_reference(x, kernel, bias, "same"), rtol=1e-10, atol=1e-10)
@@ -154,7 +151,7 @@ def test_conv2d_form_follows_the_kernel_row_length():
         assert layer.cache[2] is by_rows, cin
 
 
-def test_layers_cut_into_pieces_give_the_numbers_of_one_piece(monkeypatch):
+def test_layers_cut_into_pieces_give_the_numbers_of_one_piece():
     """A row-patch conv, BatchNorm and max-pool with their maps cut into pieces for the threads
     (7 pictures, 4 pieces): the outputs and gradients of one piece."""
     rng = np.random.default_rng(7)
@@ -162,12 +159,13 @@ def test_layers_cut_into_pieces_give_the_numbers_of_one_piece(monkeypatch):
     kernel, bias = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
     gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
     dout = rng.standard_normal((7, 4, 4, 4))
-    monkeypatch.setattr(L, "_ROW_PATCHES_FROM", 1)
     results = []
     for split in (1 << 40, 1):
-        monkeypatch.setattr(L, "_MAP_SPLIT", split)
-        assert len(L.map_pieces(7, x.size)) == (1 if split > 1 else 4)
-        conv, bn, pool = L.Conv2D(kernel, bias, "same"), L.BatchNorm(gamma, beta, np.zeros(4), np.ones(4)), L.MaxPool2D(2)
+        tuning = L.Tuning(row_patches_from=1, map_split=split)
+        assert len(L.map_pieces(7, x.size, tuning)) == (1 if split > 1 else 4)
+        conv = L.Conv2D(kernel, bias, "same", tuning=tuning)
+        bn = L.BatchNorm(gamma, beta, np.zeros(4), np.ones(4), tuning=tuning)
+        pool = L.MaxPool2D(2, tuning=tuning)
         out = pool.forward(bn.forward(conv.forward(x, True), True), True)
         dx = conv.backward(bn.backward(pool.backward(dout)))
         results.append([out, dx, conv.grads["kernel"], conv.grads["bias"], bn.grads["gamma"], bn.grads["beta"],
@@ -279,10 +277,10 @@ def test_flatten_gradient():
 
 
 @pytest.mark.parametrize("side_by_side", [False, True], ids=["in-turn", "side-by-side"])
-def test_dense_gradient(side_by_side, monkeypatch):
-    monkeypatch.setattr(L, "_DENSE_SPLIT", 1 if side_by_side else 1 << 40)
+def test_dense_gradient(side_by_side):
     rng = np.random.default_rng(3)
-    layer = L.Dense(rng.standard_normal((6, 4)), rng.standard_normal(4))
+    tuning = L.Tuning(dense_split=1 if side_by_side else 1 << 40)
+    layer = L.Dense(rng.standard_normal((6, 4)), rng.standard_normal(4), tuning=tuning)
     check_layer(layer, rng.standard_normal((5, 6)))
 
 

@@ -14,11 +14,9 @@ from training.nets import ARCHS, Network
 
 @pytest.fixture
 def threads():
-    """parallel.set_threads for one test; the process's own setting afterwards."""
-    saved = parallel._threads
+    """parallel.set_threads for one test; the process's own setting (from the environment) afterwards."""
     yield parallel.set_threads
-    parallel.set_threads(1)
-    parallel._threads = saved
+    parallel.set_threads(None)
 
 
 def test_each_runs_every_piece_once(threads):
@@ -69,10 +67,10 @@ def test_a_training_step_gives_the_same_numbers_on_one_and_two_threads(threads):
 
 def test_the_thread_count_comes_from_the_environment(threads, monkeypatch):
     monkeypatch.setenv(parallel.ENV, "3")
-    parallel._threads = None
+    threads(None)
     assert parallel.threads() == 3
     monkeypatch.setenv(parallel.ENV, "many")
-    parallel._threads = None
+    threads(None)
     with pytest.raises(ValueError, match=f"{parallel.ENV}: must be a whole number >= 1, got 'many'"):
         parallel.threads()
     with pytest.raises(ValueError, match="got 0"):
@@ -84,7 +82,7 @@ def test_cardcam_train_refuses_a_bad_thread_count_before_preparing_data(threads,
     from training.cli import main
 
     monkeypatch.setenv(parallel.ENV, "0")
-    parallel._threads = None
+    threads(None)
     assert main(["train", "--task", "digits01", "--epochs", "1", "--out", str(tmp_path / "m.npz")]) == 2
     err = capsys.readouterr().err
     assert err == f"cardcam-train: {parallel.ENV}: must be a whole number >= 1, got '0'\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -41,14 +42,25 @@ class Layer:
 _ROWS_MAX = 65536 * 4 - 1  # multiply-adds per block of rows (cache-sized: faster than one call)
 _INNER_BLOCK = 1024  # length of the inner axis per block
 _BLOCKS_PER_PIECE = 4  # inner blocks per piece of work for training.parallel's threads
-_PATCH_GROUP_BYTES = 4 << 20  # a conv's patches are built and multiplied this much at a time
-_ROW_PATCHES_FROM = 64  # numbers in a kernel row (k * C) from which a conv uses row patches
-# A dense layer's two backward products run side by side from this many multiply-adds each:
-# digitnet's 2048x128 at batch 64 (16.8M) 0.91 -> 0.54 ms; lenet5's 400x120 (3M) lost more to
-# the hand-over than it gained, 0.17 -> 0.21 ms.
-_DENSE_SPLIT = 1 << 23
-_MAP_SPLIT, _MAP_PIECES = 1 << 18, 4  # BatchNorm and max-pool maps: cut from this many numbers, so many pieces
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Where the layers cut their work into pieces and which form they take: how fast they run,
+    never what they compute beyond the order of float additions. Tests pass other values to
+    reach every form on small arrays."""
+
+    patch_group_bytes: int = 4 << 20  # a conv's patches are built and multiplied this much at a time
+    row_patches_from: int = 64  # numbers in a kernel row (k * C) from which a conv uses row patches
+    # A dense layer's two backward products run side by side from this many multiply-adds each
+    # (digitnet's 2048x128 at batch 64 gains; lenet5's 400x120 loses more to the hand-over).
+    dense_split: int = 1 << 23
+    map_split: int = 1 << 18  # BatchNorm and max-pool maps: cut from this many numbers ...
+    map_pieces: int = 4  # ... into so many pieces
+
+
+TUNING = Tuning()
 
 
 @cache
@@ -114,7 +126,7 @@ class Conv2D(Layer):
     the layer's shape, both on training.parallel's threads:
     - im2col (k*k*C numbers a patch), a group of pictures at a time (image_groups): each group's
       patches are multiplied while they are still in the cache;
-    - row patches, where a kernel row holds _ROW_PATCHES_FROM numbers or more (digitnet's second
+    - row patches, where a kernel row holds tuning.row_patches_from numbers or more (digitnet's second
       conv, 5 x 16): one kernel row's patch (k*C numbers) per pixel, k products summed. The
       patches are k times fewer than im2col's (5 instead of 25 copies of the input); with the
       pictures' rows outermost, each kernel row's patches are one matrix, so each product and
@@ -123,10 +135,11 @@ class Conv2D(Layer):
       rows make the products too thin: slower (lenet5's 5 x 6, dwengo's 3 x 8).
     The input gradient is the same for both: per group of pictures, each kernel offset's share."""
 
-    def __init__(self, kernel, bias, padding="valid"):
+    def __init__(self, kernel, bias, padding="valid", tuning: Tuning = TUNING):
         super().__init__()
         self.params = {"kernel": kernel, "bias": bias}
         self.padding = padding
+        self.tuning = tuning
 
     def forward(self, x, training=False):
         k = self.params["kernel"]
@@ -135,8 +148,8 @@ class Conv2D(Layer):
         n, hp, wp, _ = xp.shape
         ho, wo = hp - ksize + 1, wp - ksize + 1
         out = np.empty((n, ho, wo, cout), np.result_type(xp, k))
-        groups = image_groups(n, ho * wo * ksize * ksize * cin * xp.itemsize)
-        by_rows = ksize * cin >= _ROW_PATCHES_FROM
+        groups = image_groups(n, ho * wo * ksize * ksize * cin * xp.itemsize, self.tuning.patch_group_bytes)
+        by_rows = ksize * cin >= self.tuning.row_patches_from
         patches = self._row_patches(xp, out) if by_rows else self._im2col(xp, out, groups)
         self.cache = (x.shape, xp.shape, by_rows, patches, groups)
         return out
@@ -181,7 +194,7 @@ class Conv2D(Layer):
         s = xp.strides  # in NHWC a kernel row's patch is k*C numbers in a row of xp
         view = np.lib.stride_tricks.as_strided(xp, (hp, n, wo, kc), (s[1], s[0], s[2], s[3]), writeable=False)
         patches = np.empty((hp, n, wo, kc), xp.dtype)
-        parallel.each(lambda ys: np.copyto(patches[ys], view[ys]), map_pieces(hp, patches.size))
+        parallel.each(lambda ys: np.copyto(patches[ys], view[ys]), map_pieces(hp, patches.size, self.tuning))
         kernel_rows = k.reshape(ksize, kc, cout)
 
         def piece(ys: slice):  # a range of output rows
@@ -194,7 +207,7 @@ class Conv2D(Layer):
                     total += term
             total += self.params["bias"]
             out[:, ys] = part.transpose(1, 0, 2, 3)
-        parallel.each(piece, map_pieces(ho, out.size))
+        parallel.each(piece, map_pieces(ho, out.size, self.tuning))
         return patches
 
     def backward(self, dout, need_dx=True):
@@ -209,7 +222,7 @@ class Conv2D(Layer):
             def piece(ys: slice):  # a range of output rows: its share of each kernel row's gradient
                 d_rows = np.ascontiguousarray(dout[:, ys].transpose(1, 0, 2, 3)).reshape(-1, cout)
                 return np.stack([d_rows.T @ patches[ys.start + i:ys.stop + i].reshape(-1, kc) for i in range(ksize)])
-            grad_rows = _sum(parallel.each(piece, map_pieces(ho, dout.size)))  # (k, cout, k*C)
+            grad_rows = _sum(parallel.each(piece, map_pieces(ho, dout.size, self.tuning)))  # (k, cout, k*C)
             self.grads["kernel"] = np.ascontiguousarray(grad_rows.transpose(0, 2, 1)).reshape(k.shape)
         else:
             self.grads["kernel"] = matmul(patches.T, d2).reshape(k.shape)
@@ -237,14 +250,14 @@ class Conv2D(Layer):
         return dxp
 
 
-def image_groups(n: int, bytes_per_image: int) -> list[slice]:
+def image_groups(n: int, bytes_per_image: int, group_bytes: int = TUNING.patch_group_bytes) -> list[slice]:
     """A batch of n pictures cut into groups of about equal size, each with at most
-    _PATCH_GROUP_BYTES of patches (building them, then multiplying them while they are still in
+    group_bytes of patches (building them, then multiplying them while they are still in
     the cache: digitnet's second conv forward 8.6 ms instead of 10.3 per step), and in at least
-    two groups from _PATCH_GROUP_BYTES / 4 on (work for a second thread). The cut depends on the
+    two groups from group_bytes / 4 on (work for a second thread). The cut depends on the
     sizes only, never on the threads."""
     total = n * bytes_per_image
-    count = min(n, max(-(-total // _PATCH_GROUP_BYTES), 2 if 4 * total >= _PATCH_GROUP_BYTES else 1))
+    count = min(n, max(-(-total // group_bytes), 2 if 4 * total >= group_bytes else 1))
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -265,9 +278,10 @@ class MaxPool2D(Layer):
     views; backward: each view's share of dout through a boolean mask, no index arithmetic.
     Both in pieces of the batch (map_pieces) on training.parallel's threads."""
 
-    def __init__(self, size=2):
+    def __init__(self, size=2, tuning: Tuning = TUNING):
         super().__init__()
         self.size = size
+        self.tuning = tuning
 
     def forward(self, x, training=False):
         s = self.size
@@ -287,7 +301,7 @@ class MaxPool2D(Layer):
                 np.equal(v, top, out=hit)
                 hit &= free
                 free ^= hit
-        parallel.each(piece, map_pieces(n, x.size))
+        parallel.each(piece, map_pieces(n, x.size, self.tuning))
         self.cache = (x.shape, masks)
         return out
 
@@ -302,7 +316,7 @@ class MaxPool2D(Layer):
         def piece(images: slice):
             for (i, j), hit in zip(offsets, masks[:, images]):
                 np.multiply(dout[images], hit, out=dx[images, i:ho * s:s, j:wo * s:s, :])
-        parallel.each(piece, map_pieces(n, dx.size))
+        parallel.each(piece, map_pieces(n, dx.size, self.tuning))
         return dx
 
 
@@ -311,17 +325,18 @@ class BatchNorm(Layer):
     statistics (Keras-style momentum update) at inference. Its passes run in pieces of rows
     (map_pieces) on training.parallel's threads; the statistics are sums of the pieces' sums."""
 
-    def __init__(self, gamma, beta, mean, var, epsilon=1e-3, momentum=0.99):
+    def __init__(self, gamma, beta, mean, var, epsilon=1e-3, momentum=0.99, tuning: Tuning = TUNING):
         super().__init__()
         self.params = {"gamma": gamma, "beta": beta}
         self.state = {"mean": mean, "var": var}
         self.epsilon, self.momentum = epsilon, momentum
+        self.tuning = tuning
 
     def forward(self, x, training=False):
         c = x.shape[-1]
         flat = x.reshape(-1, c)
         wide, r = _wide(flat)
-        rows = map_pieces(len(wide), x.size)
+        rows = map_pieces(len(wide), x.size, self.tuning)
         if training:
             mu = _sum(parallel.each(lambda p: _column_sums(wide[p].reshape(-1, c)), rows)) / len(flat)
         else:
@@ -359,7 +374,7 @@ class BatchNorm(Layer):
         c = dout.shape[-1]
         d = dout.reshape(xhat.shape)
         m = xhat.size // c
-        rows = map_pieces(len(d), d.size)
+        rows = map_pieces(len(d), d.size, self.tuning)
         sums = parallel.each(lambda p: (_column_sums(d[p].reshape(-1, c), xhat[p].reshape(-1, c)),
                                         _column_sums(d[p].reshape(-1, c))), rows)
         dgamma, dbeta = _sum([g for g, _ in sums]), _sum([b for _, b in sums])
@@ -378,12 +393,12 @@ class BatchNorm(Layer):
         return dx.reshape(dout.shape)
 
 
-def map_pieces(count: int, numbers: int) -> list[slice]:
+def map_pieces(count: int, numbers: int, tuning: Tuning = TUNING) -> list[slice]:
     """count pictures (or rows of a _wide view) cut into ranges for training.parallel's threads,
-    for a memory-bound layer's passes over a map of ``numbers`` numbers: _MAP_PIECES from
-    _MAP_SPLIT on (more than two, so a helper thread that starts late finds work left), else
-    one. By the shapes only, as every cut in this module."""
-    k = min(count, _MAP_PIECES) if numbers >= _MAP_SPLIT else 1
+    for a memory-bound layer's passes over a map of ``numbers`` numbers: tuning.map_pieces from
+    tuning.map_split on (more than two, so a helper thread that starts late finds work left),
+    else one. By the shapes only, as every cut in this module."""
+    k = min(count, tuning.map_pieces) if numbers >= tuning.map_split else 1
     bounds = [count * i // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -456,9 +471,10 @@ class Flatten(Layer):
 
 
 class Dense(Layer):
-    def __init__(self, kernel, bias):
+    def __init__(self, kernel, bias, tuning: Tuning = TUNING):
         super().__init__()
         self.params = {"kernel": kernel, "bias": bias}
+        self.tuning = tuning
 
     def forward(self, x, training=False):
         self.x = x
@@ -469,7 +485,7 @@ class Dense(Layer):
     def backward(self, dout, need_dx=True):
         x, kernel = self.x, self.params["kernel"]
         products = [lambda: matmul(x.T, dout)] + ([lambda: matmul(dout, kernel.T)] if need_dx else [])
-        if x.size * dout.shape[1] >= _DENSE_SPLIT:  # the two products side by side on the threads
+        if x.size * dout.shape[1] >= self.tuning.dense_split:  # the two products side by side on the threads
             results = parallel.each(lambda product: product(), products)
         else:
             results = [product() for product in products]

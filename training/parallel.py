@@ -52,15 +52,16 @@ def threads() -> int:
     return _threads
 
 
-def set_threads(n: int) -> None:
-    """Use n threads from now on (1: everything on the calling thread)."""
+def set_threads(n: int | None) -> None:
+    """Use n threads from now on (1: everything on the calling thread); None: as many as
+    ``CARDCAM_TRAIN_THREADS`` or the cores say, read again on next use."""
     global _threads, _pool
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"trainer threads must be a whole number >= 1, got {n!r}")
     if _pool is not None:
         _pool.shutdown()
         _pool = None
-    _threads = min(n, MAX_THREADS)
+    _threads = None if n is None else min(n, MAX_THREADS)
 
 
 def _forget_pool():  # a forked child (the data preparation's workers) has none of the threads
