@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 
@@ -517,11 +518,24 @@ def stderr_without_delegate_notice():
     return stderr_without(lambda line: line == DELEGATE_NOTICE)
 
 
+# fd 2 belongs to the whole process: two redirects that interleave (the web page making a runtime
+# while the loop reloads a model) would restore each other's temporary file. One at a time, then;
+# re-entrant, so a redirect inside another in the same thread nests (it saves and restores the
+# outer one's file).
+_STDERR_REDIRECT = threading.RLock()
+
+
 @contextlib.contextmanager
 def stderr_without(unwanted):
     """fd 2 goes to a temporary file while the body runs; afterwards every line written there
     for which unwanted(line) (without its newline) is false is written to stderr: only those
-    lines are lost. Where there is no stderr, fd 2 or temporary file, the body runs as is."""
+    lines are lost. Where there is no stderr, fd 2 or temporary file, the body runs as is.
+    Redirects in other threads wait for this one to end."""
+    with _STDERR_REDIRECT:
+        yield from _stderr_redirected(unwanted)
+
+
+def _stderr_redirected(unwanted):
     try:
         sys.stderr.flush()
         caught = tempfile.TemporaryFile()

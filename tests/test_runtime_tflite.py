@@ -16,7 +16,7 @@ import pytest
 
 from device.bundle import Bundle, BundleError, load_bundle, save_bundle
 from device.runtime import (DELEGATE_NOTICE, NumpyRuntime, RuntimeUnavailable, TfliteRuntime, make_runtime,
-                            stderr_without_delegate_notice, tflite_interpreter)
+                            stderr_without, stderr_without_delegate_notice, tflite_interpreter)
 
 from conftest import skip_or_fail  # noqa: E402
 
@@ -197,3 +197,37 @@ def test_loading_a_model_writes_nothing_to_stderr_but_what_is_not_the_delegate_n
         sys.stderr.write("and from Python\n")
     # (pytest's own sys.stderr is not fd 2, so the two lines may come in either order)
     assert sorted(capfd.readouterr().err.splitlines()) == ["and from Python", "something else"]
+
+
+def test_runtimes_made_at_once_in_threads_leave_fd_2_where_it_was(int8_model, capfd):
+    """The web page may make a TFLite runtime while the loop reloads a model: two redirects of fd 2
+    at once must neither leave fd 2 on a temporary file nor let an unwanted line through, nested
+    ones included (the delegate notice of the inner runtime, the outer one's own line)."""
+    import threading
+
+    before = os.fstat(2)
+    start = threading.Barrier(4)
+    failures = []
+
+    def load(n):
+        try:
+            start.wait()
+            for _ in range(n):
+                TfliteRuntime(int8_model.bundle)
+                with stderr_without(lambda line: line == "unwanted"):  # a redirect inside another
+                    TfliteRuntime(int8_model.bundle)
+                    os.write(2, b"unwanted\n")
+        except Exception as e:  # noqa: BLE001 -- reported below, in the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=load, args=(15,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert not failures
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    with stderr_without_delegate_notice():
+        os.write(2, b"still shown\n")
+    assert capfd.readouterr().err == "still shown\n"
