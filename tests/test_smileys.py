@@ -5,6 +5,7 @@ drawn in another, independently written style (tools/heldout_smileys.py)."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 
 import numpy as np
@@ -14,7 +15,8 @@ from device.bundle import load_bundle
 from device.preprocess import PreprocessSettings, preprocess
 from device.runtime import make_runtime
 from training import smileys
-from training.data import DataError, load_task
+from training.data import DataError
+from training.tasks import load_task
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,8 @@ def test_preprocessing_finds_nearly_every_face(faces):
 
 
 def test_smiley_task_and_its_provenance():
+    # one default count: the "smiley" task's and make_smileys'
+    assert inspect.signature(smileys.make_smileys).parameters["per_class"].default == smileys.DEFAULT_PER_CLASS
     cards, description = load_task("smiley:3")
     assert cards.names == ["happy", "sad"] and len(cards) == 6
     assert "smiley" in description and "generator version" in description
@@ -131,7 +135,7 @@ def test_shipped_smiley_model_reads_faces_drawn_another_way(repo, heldout, name)
     probs = runtime.predict(np.stack([p.input for p in inputs if p.found]))
     accuracy = float((probs.argmax(axis=1) == labels[found]).mean())
     assert found.mean() >= 0.95 and accuracy >= 0.85, (found.mean(), accuracy)
-    assert json.dumps(provenance)  # plain JSON, recorded with the model
+    assert json.loads(json.dumps(provenance)) == provenance  # plain JSON, recorded with the model
 
 
 def test_a_smiley_model_keeps_its_own_preprocessing_settings(tmp_path, capsys):
@@ -151,3 +155,10 @@ def test_a_smiley_model_keeps_its_own_preprocessing_settings(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.npz").exists()
+    # Without --preprocess a smiley task trains with its own settings (training.tasks, as the
+    # shipped smiley models); a --preprocess setting goes over them.
+    out = tmp_path / "own.npz"
+    assert main(["train", "--task", "smiley:12", "--arch", "lenet5", "--epochs", "1", "--jitter", "0", "--camera", "0",
+                 "--processes", "1", "--preprocess", "ink_threshold=0.3", "--out", str(out), "--quiet"]) == 0
+    settings = load_bundle(out).preprocess
+    assert (settings.paper_window, settings.ink_threshold) == (0.35, 0.3)

@@ -45,14 +45,13 @@ from device.preprocess import PreprocessSettings
 from device.runtime import make_runtime
 from training import parallel
 from training.progress import bar as progress_bar
-from training.data import CardSet, load_task, split
+from training.data import CardSet, split
+from training.tasks import load_task, task_preprocess
 from training.nets import ARCHS, conv_blocks
 from training.trainer import TrainConfig, as_float, epoch_score, make_learner, prepare_inputs, run_epochs
 
 RESULTS = "runs.jsonl"
 RESULT_VERSION = 1  # bump when what a run measures changes, so old lines are not reused
-# The smiley models' preprocessing (models/README.md): a face is several marks, keep them together.
-TASK_PREPROCESS = {"smiley": {"paper_window": 0.35}}
 SIMPLE = {
     "baseline": "the architecture as it is",
     "no-convs": "no conv blocks: flatten straight into the dense layers",
@@ -384,8 +383,7 @@ def ablate(task: str = "smiley:300", arch: str = "dwengo", variants=None, runs: 
         cards, _ = load_task(task)
     architecture = architecture or ARCHS[arch](len(cards.names))
     input_shape = tuple(architecture["input_shape"])
-    if preprocess is None:
-        preprocess = TASK_PREPROCESS.get(task.split(":")[0], {})
+    preprocess = task_preprocess(task, preprocess)
     settings = Settings(task, arch, trainer, epochs, batch_size, optimizer, lr, jitter, camera,
                         tuple(sorted(preprocess.items())))
     plan = plan_variants(architecture["layers"], input_shape, variants)

@@ -24,15 +24,12 @@ from device.preprocess import ImageError, PreprocessSettings, load_image, prepro
 from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime  # noqa: E402
 from training import cache, parallel, progress  # noqa: E402
 from training.keras_model import KerasMissing  # noqa: E402
-from training.data import DataError, label_folders, label_pictures, load_task, split  # noqa: E402
+from training.data import DataError, label_folders, label_pictures, split  # noqa: E402
 from training.nets import ARCHS  # noqa: E402
 from training.optim import OPTIMISERS  # noqa: E402
 from training.options import count, output_file, positive, writable_folder  # noqa: E402
+from training.tasks import TASKS, default_arch, load_task, task_preprocess  # noqa: E402
 from training.trainer import TrainConfig, as_float, confusion_matrix, make_inputs, predict_labels, train  # noqa: E402
-
-# The defaults that give the shipped models (models/README.md).
-DEFAULT_ARCH = {"digits01": "lenet5", "digits": "digitnet", "smiley": "smileynet"}
-
 
 def parse_preprocess(pairs) -> dict:
     """``--preprocess KEY=VALUE`` options -> PreprocessSettings fields (checked there)."""
@@ -89,11 +86,12 @@ def cmd_train(args) -> int:
     parallel.threads()  # a bad CARDCAM_TRAIN_THREADS stops here, not after the data is prepared
     if args.trainer == "keras":
         extras.require("keras", "--trainer keras")
-    cfg = TrainConfig(task=args.task, arch=args.arch or DEFAULT_ARCH.get(args.task.split(":")[0], "lenet5"),
+    # The task's own network and preprocessing (training.tasks), unless --arch or --preprocess says otherwise.
+    preprocess = task_preprocess(args.task, parse_preprocess(args.preprocess))
+    cfg = TrainConfig(task=args.task, arch=args.arch or default_arch(args.task),
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, jitter_variants=args.jitter, camera_variants=args.camera,
-                      processes=args.processes, trainer=args.trainer,
-                      preprocess=parse_preprocess(args.preprocess) or None)
+                      processes=args.processes, trainer=args.trainer, preprocess=preprocess or None)
     # A practice run never replaces a model: without --out the next free name, with an --out
     # that exists only with --force.
     out = args.out or free_name(default_out(args.task))
@@ -340,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardcam-train", description="Train and check cardcam models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model (NumPy trainer, or --trainer keras)")
-    p.add_argument("--task", default="digits", help="digits01, digits, smiley[:N] or folder:DIR (default: digits)")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: lenet5 for digits01, digitnet for digits, smileynet for smiley)")
+    p.add_argument("--task", default="digits", help="; ".join(f"{t.usage}: {t.description}" for t in TASKS.values())
+                   + " (default: digits)")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default: "
+                   + ", ".join(f"{t.arch} for {t.name}" for t in TASKS.values()) + ")")
     p.add_argument("--epochs", type=count(1), default=12)
     p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--batch-size", type=count(1), default=64)
@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace --out if it exists (its .tflite and report, made from the old model, are removed)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
-                   help="a preprocessing setting for this model (kept in its bundle), e.g. paper_window=0.35")
+                   help="a preprocessing setting for this model (kept in its bundle), over the task's own "
+                        "(smiley: paper_window=0.35, as the shipped models), e.g. ink_threshold=0.3")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--trainer", choices=("numpy", "keras"), default="numpy",
                    help="numpy (default) or keras (pip install 'cardcam[keras]'); same specs, data and bundle")
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=count(0), default=1, help="handwriting-jitter variants per card (default 1)")
     p.add_argument("--camera", type=count(0), default=1, help="simulated camera frames per card (default 1)")
     p.add_argument("--preprocess", action="append", metavar="KEY=VALUE",
-                   help="a preprocessing setting (default for smiley tasks: paper_window=0.35, as the shipped models)")
+                   help="a preprocessing setting, over the task's own as for train (smiley: paper_window=0.35)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_no_cache(p)
     p.set_defaults(func=cmd_ablate)

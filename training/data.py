@@ -124,29 +124,6 @@ def concat(*sets: CardSet) -> CardSet:
                    [src for s in sets for src in s.sources])
 
 
-def load_task(task: str, mnist_path=MNIST_PATH) -> tuple[CardSet, str]:
-    """Cards for a task name, and a sentence saying where they came from (for provenance)."""
-    if task == "digits01":
-        return concat(load_mnist(mnist_path, (0, 1)), render_font_digits((0, 1))), \
-            f"{MNIST_CREDIT}, digits 0 and 1, inverted to dark-on-light cards; digits 0 and 1 rendered with Pillow's built-in font"
-    if task == "digits":
-        return concat(load_mnist(mnist_path), render_font_digits()), \
-            f"{MNIST_CREDIT}, inverted to dark-on-light cards; digits rendered with Pillow's built-in font"
-    if task.startswith("folder:"):
-        root = task.split(":", 1)[1]
-        if not root:
-            raise DataError(f"task {task!r}: name the folder, folder:DIR (DIR/<label>/*.png)")
-        return load_folder(root), f"user images from {root}"
-    if task == "smiley" or task.startswith("smiley:"):
-        from training import smileys  # imports CardSet from here
-
-        count = task.split(":", 1)[1] if ":" in task else str(smileys.DEFAULT_PER_CLASS)
-        if not count.isdigit() or not 1 <= int(count) <= 100_000:
-            raise DataError(f"task {task!r}: smiley:N needs N, the cards per class, in 1..100000")
-        return smileys.make_smileys(int(count)), smileys.describe(int(count), 0)
-    raise DataError(f"unknown task {task!r} (choose digits01, digits, smiley[:N] or folder:DIR)")
-
-
 def split(cards: CardSet, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation indices, the same for every training seed: val_fraction of
     each label's cards, at least one, go to validation. A label needs two cards or more."""

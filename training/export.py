@@ -22,7 +22,8 @@ import numpy as np
 
 from device.bundle import Bundle, BundleError, load_bundle, save_bundle
 from device.runtime import NumpyRuntime, TfliteRuntime, tflite_interpreter
-from training.data import CardSet, DataError, load_task, split
+from training.data import CardSet, DataError, split
+from training.tasks import load_task
 from training.keras_model import keras, model_from_bundle
 from training.trainer import as_float, make_inputs
 

@@ -29,7 +29,8 @@ import numpy as np
 from device import nn
 from device.bundle import Bundle, load_bundle
 from device.runtime import make_runtime
-from training.data import CardSet, DataError, load_folder, load_task, split
+from training.data import CardSet, DataError, load_folder, split
+from training.tasks import load_task
 from training.trainer import as_float, confusion_matrix, epoch_log, predict_labels, validation_inputs
 
 PICTURES = {

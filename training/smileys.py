@@ -348,7 +348,7 @@ def draw_smiley(label: str, rng: np.random.Generator, size: int = CARD_SIZE) -> 
     return np.asarray(im.resize((size, size), Image.Resampling.BOX), np.uint8)
 
 
-def make_smileys(per_class: int = 2000, seed: int = 0, size: int = CARD_SIZE) -> CardSet:
+def make_smileys(per_class: int = DEFAULT_PER_CLASS, seed: int = 0, size: int = CARD_SIZE) -> CardSet:
     """``per_class`` happy and as many sad cards; card i of a class depends only on (seed, i)."""
     cards, labels = [], []
     for c, label in enumerate(LABELS):

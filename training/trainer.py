@@ -18,7 +18,8 @@ from device.bundle import Bundle, make_meta, save_bundle
 from device.preprocess import PreprocessSettings, preprocess
 from training import augment, cache, progress
 from training.layers import softmax_cross_entropy
-from training.data import CardSet, DataError, load_task, split
+from training.data import CardSet, DataError, split
+from training.tasks import load_task
 from training.nets import ARCHS, Network
 from training.optim import OPTIMISERS
 
