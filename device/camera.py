@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from device.config import SOURCES  # the names [camera] source accepts (re-exported)
 from device.files import check_regular
 from device.preprocess import LOAD_SIDE, ImageError, load_frame
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpeg", ".webm"}
-SOURCES = ("auto", "picamera2", "opencv", "replay", "samples")
 MAX_PICTURE_BYTES = 64 << 20  # a replayed picture file (a 4000x4000 PNG of noise is ~48 MB)
 # The frame size the daemon asks for: the size preprocessing works at (4:3 at the shipped models'
 # work_size, 160), so the Pi camera's ISP does the scaling for free.

@@ -28,8 +28,8 @@ import numpy as np
 
 from device import nn
 from device.bundle import Bundle
+from device.config import RUNTIMES  # the names [model] runtime accepts (re-exported)
 
-RUNTIMES = ("auto", "numpy", "tflite")
 _BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
 _CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
 _ALL_FORMS_MAX = 1 << 22  # floats in a patch matrix (16 MiB) up to which every conv form is kept

@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 
 import device.config as config_module
-from device.config import SCHEMA, ConfigError, defaults, load_config
+import dataclasses
+import subprocess
+import sys
+
+from device.config import SECTIONS, ConfigError, check, defaults, example_toml, load_config, toml_value
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
@@ -67,9 +71,39 @@ def test_a_file_that_was_asked_for_must_exist(tmp_path):
 def test_example_config_is_valid_and_documents_every_key():
     config, _ = load_config(EXAMPLE)
     assert config.as_dict() == defaults().as_dict()  # the example shows the defaults
-    text = EXAMPLE.read_text()
-    for section, keys in SCHEMA.items():
-        assert f"[{section}]" in text
-        for key in keys:
-            line = next((l for l in text.splitlines() if l.lstrip("# ").startswith(f"{key} =")), None)
-            assert line is not None, f"{section}.{key} missing from config.example.toml"
+    assert EXAMPLE.read_text() == example_toml(), \
+        "config.example.toml is written from device/config.py: python -m device.config > config.example.toml"
+    lines = EXAMPLE.read_text().splitlines()
+    for section in SECTIONS.values():
+        for f in dataclasses.fields(section):
+            i = lines.index(f"{f.name} = {toml_value(getattr(section(), f.name))}")
+            assert lines[i - 1].startswith("#") or f.name == "height", f"{f.name} has no comment in config.example.toml"
+
+
+def test_every_default_passes_its_own_check():
+    """A default written into the file (as the example does) reads back as itself."""
+    for name, section in SECTIONS.items():
+        for f in dataclasses.fields(section):
+            default = getattr(section(), f.name)
+            file_value = "" if default is None else default
+            assert check(f, file_value) == default, f"[{name}] {f.name}"
+            help_, rules = f.metadata["help"], f.metadata
+            assert "range" in rules or rules["kind"] not in ("int", "float"), f"[{name}] {f.name} has no range"
+            assert help_ or f.name == "height", f"[{name}] {f.name} has no help"
+
+
+def test_sections_are_frozen_and_compare_by_value(tmp_path):
+    """What a reload (SIGHUP) asks: did this section change?"""
+    old = defaults()
+    new = load_text(tmp_path, "[decision]\nwindow = 9\n")
+    assert new.camera == old.camera and new.outputs == old.outputs and new.decision != old.decision
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        new.decision.window = 3
+    assert defaults().outputs.leds is not defaults().outputs.leds  # no default shared between configs
+
+
+def test_config_imports_no_other_device_module():
+    code = "import sys, device.config; print(*sorted(m for m in sys.modules if m.startswith('device')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert out.split() == ["device", "device.config"]

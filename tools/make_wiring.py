@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from device.config import SCHEMA
+from device.config import defaults
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONAL_BUTTON = 26  # [capture] button = 26: next to a ground pin (39)
@@ -70,8 +70,8 @@ def draw(out: Path) -> None:
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     f, small, big = font(17), font(14), font(26, bold=True)
-    leds = SCHEMA["outputs"]["leds"].default
-    status = SCHEMA["outputs"]["status_led"].default
+    leds = defaults().outputs.leds
+    status = defaults().outputs.status_led
     d.text((W // 2, 20), "cardcam wiring", font=big, fill="black", anchor="ma")
     d.text((W // 2, 58), f"Defaults from device/config.py: LEDs {', '.join(f'{k} on GPIO{v}' for k, v in leds.items())}, "
            f"status on GPIO{status}; each through 330 Ω to ground (GND).", font=f, fill="black", anchor="ma")
