@@ -341,3 +341,30 @@ def make_source(kind: str, *, size=FRAME_SIZE, fps=30.0, replay="", loop=True, h
     if kind == "samples":
         return samples_source(fps=fps, loop=loop, sleep=sleep, size=size, log=log)
     raise ValueError(f"unknown frame source {kind!r} (choose from {', '.join(SOURCES[1:])})")
+
+
+# --- which source ------------------------------------------------------------------------
+
+def is_raspberry_pi() -> bool:
+    """Whether this machine is a Raspberry Pi (the device tree says so); off a Pi, `cardcam run` simulates."""
+    try:
+        return "raspberry pi" in Path("/proc/device-tree/model").read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
+def choose_source_kind(config, simulate: bool) -> str:
+    """"auto" means the Pi camera for real, and in simulation the replay folder or the samples."""
+    kind = config.camera.source
+    if kind != "auto":
+        return kind
+    if not simulate:
+        return "picamera2"
+    return "replay" if config.camera.replay else "samples"
+
+
+def open_source(config, simulate: bool, sleep=time.sleep, log=None):
+    c = config.camera
+    return make_source(choose_source_kind(config, simulate), size=(c.width, c.height), fps=c.fps, replay=c.replay,
+                       loop=c.loop, hold=c.hold, buffer_count=c.buffer_count, timeout=c.timeout,
+                       camera_num=c.camera_num, device=c.device, sleep=sleep, log=log)

@@ -17,8 +17,9 @@ from PIL import Image
 
 from device.bundle import BundleError, load_bundle
 from device.camera import CameraError, ReplayFinished
+from device.camera import choose_source_kind, is_raspberry_pi, open_source
 from device.config import load_config
-from device.daemon import choose_source_kind, is_raspberry_pi, model_path, open_source
+from device.modelfile import model_path
 from device.outputs import OutputError
 from device.preprocess import PreprocessSettings, preprocess
 

@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import sys
 
+from device.camera import choose_source_kind, is_raspberry_pi, open_source
 from device.config import DEFAULT_CONFIG, ConfigError, load_config
-from device.daemon import choose_source_kind, is_raspberry_pi, load_model, model_path, open_source
+from device.modelfile import load_model, model_path
 from device.runtime import describe as describe_runtime
 from device.runtime import tflite_interpreter
 

@@ -196,7 +196,7 @@ class TeachMode:
                       f"examples: {', '.join(f'{l} {c}' for l, c in counts.items())}")
 
     def _model_file(self, daemon) -> Path:
-        from device.daemon import CHECKOUT_MODEL, model_path
+        from device.modelfile import CHECKOUT_MODEL, model_path
 
         path = model_path(daemon.config, daemon.simulate)
         if path.resolve() == CHECKOUT_MODEL.resolve():

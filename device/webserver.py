@@ -71,17 +71,19 @@ class LiveState:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._latest = None      # (seq, frame, prepared, probabilities, result)
+        self._latest = None      # (seq, frame, classification, shown)
         self._seq = 0
         self._record: dict = {}  # the daemon's state record: status, fps, LEDs, errors, ...
         self._model = None       # (bundle, runtime kind, threads, runtime description)
         self.teaching = None     # device.teachmode.TeachMode while [teach] is on (device/webteach.py)
         self.started = time.monotonic()
 
-    def publish(self, frame, prepared, probabilities, result) -> None:
+    def publish(self, frame, classification, shown) -> None:
+        """One frame: the camera frame, what classify() made of it (device.classify.Classification),
+        and what the appliance shows after the decision (device.decision.Decision: label, confidence)."""
         with self._lock:
             self._seq += 1
-            self._latest = (self._seq, frame, prepared, probabilities, result)
+            self._latest = (self._seq, frame, classification, shown)
 
     def set_record(self, record: dict) -> None:
         with self._lock:
@@ -211,9 +213,10 @@ class WebApp:
         if latest is None:
             out.update(frames=0, label=None, confidence=None, probabilities=None, reason="no frame yet")
             return out
-        seq, _, prepared, probs, result = latest
-        out.update(frames=seq, label=result.label, confidence=round(float(result.confidence), 4),
-                   reason=result.reason, found=prepared is not None and prepared.found,
+        seq, _, found, shown = latest
+        probs = found.probabilities
+        out.update(frames=seq, label=shown.label, confidence=round(float(shown.confidence), 4),
+                   reason=found.reason, found=found.prepared.found,
                    probabilities=None if probs is None or bundle is None or len(probs) != len(bundle.labels)
                    else {l: round(float(p), 4) for l, p in zip(bundle.labels, probs)})
         return out
@@ -234,7 +237,8 @@ class WebApp:
         latest, _, model = self.live.snapshot()
         if latest is None:
             raise RequestError(503, "no frame yet")
-        seq, frame, prepared, _, _ = latest
+        seq, frame, found, _ = latest
+        prepared = found.prepared
         with self._cache_lock:
             cached = self._image_cache.get(kind)
             if cached is not None and cached[0] == seq:

@@ -27,7 +27,8 @@ from device.bundle import MAX_FILE_BYTES, BundleError, load_bundle
 from device.camera import SAMPLES_DIR
 from device.classify import classify
 from device.config import defaults
-from device.daemon import ModelRefused, Pipeline, load_model
+from device.daemon import Pipeline
+from device.modelfile import ModelRefused, load_model
 from device.preprocess import PreprocessSettings, load_frame, load_image
 
 BASE = make_bundle(input_shape=(16, 16, 1))

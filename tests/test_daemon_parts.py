@@ -9,7 +9,8 @@ import pytest
 
 from daemon_fixtures import tiny_model  # noqa: F401
 from device.bundle import BundleError, load_bundle, save_bundle
-from device.daemon import ModelRefused, ModelWatcher, SystemdNotifier, load_model
+from device.daemon import SystemdNotifier
+from device.modelfile import ModelRefused, ModelWatcher, load_model
 
 
 def test_notify_sends_datagrams_to_a_path_socket(tmp_path):

@@ -1,6 +1,6 @@
 """The daemon's web page and JSON API, over real sockets.
 
-The API tests run the server object on a real port, fed by the daemon's own Pipeline with the
+The API tests run the server object on a real port, fed by the daemon's frame path (classify, then the decision) with the
 shipped models/digits01.npz on the bundled sample frames; the daemon tests run `cardcam run` as a
 subprocess. Bad requests must get a 4xx with a JSON error and leave the server answering.
 """
@@ -29,7 +29,7 @@ from device.bundle import load_bundle
 from device.camera import SAMPLES_DIR
 from device.classify import classify
 from device.config import ConfigError, defaults, load_config
-from device.daemon import Pipeline
+from device.decision import Decider
 from device.runtime import make_runtime
 from device.webserver import MAX_UPLOAD, LiveState, WebServer, is_loopback
 
@@ -57,18 +57,24 @@ def bundle():
 
 @pytest.fixture
 def served(bundle):
-    """A WebServer on a free port, fed one real frame of a "1" through the daemon's Pipeline."""
+    """A WebServer on a free port, fed one real frame of a "1" as the daemon's loop feeds it;
+    ``served.step(frame)`` feeds one more."""
     live = LiveState()
     runtime = make_runtime(bundle, "numpy")
     live.set_model(bundle, "numpy", 1, runtime.description)
-    pipeline = Pipeline(bundle, runtime, defaults().decision)
+    decision = defaults().decision
+    decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
+
+    def step(frame):
+        found = classify(frame, bundle, runtime)
+        live.publish(frame, found, decider.update(found.probabilities))
+        return found
     frame = np.asarray(Image.open(SAMPLES_DIR / "c-1-1.png").convert("L"))
     for _ in range(3):
-        result = pipeline.step(frame)
-        live.publish(frame, pipeline.prepared, pipeline.probabilities, result)
+        found = step(frame)
     logged = []
     server = WebServer(live, "127.0.0.1", 0, log=logged.append, request_timeout=0.5).start()
-    server.pipeline, server.frame, server.logged = pipeline, frame, logged
+    server.step, server.found, server.frame, server.logged = step, found, frame, logged
     yield server
     server.stop()
 
@@ -108,8 +114,7 @@ def test_status_says_what_the_loop_shows(served, bundle):
         assert key in s
     # A new frame: the counter moves and a card taken away shows as no card with its reason.
     blank = np.full_like(served.frame, 90)
-    result = served.pipeline.step(blank)
-    served.app.live.publish(blank, served.pipeline.prepared, served.pipeline.probabilities, result)
+    served.step(blank)
     _, s = get_json(served, "/api/status")
     assert s["frames"] == 4 and s["probabilities"] is None and s["found"] is False and s["reason"]
 
@@ -126,7 +131,7 @@ def test_live_pictures_are_pngs_of_the_frame_and_the_network_input(served, bundl
     assert status == 200 and kind == "image/png"
     seen = np.asarray(Image.open(io.BytesIO(body)))
     assert seen.shape == (32, 32)
-    expected = np.round(np.clip(served.pipeline.prepared.input[:, :, 0], 0, 1) * 255)
+    expected = np.round(np.clip(served.found.prepared.input[:, :, 0], 0, 1) * 255)
     assert np.abs(seen.astype(int) - expected).max() <= 1  # exactly what the network got
     status, kind, body = request(served, "GET", "/api/image/frame.png")
     thumb = Image.open(io.BytesIO(body))
@@ -443,9 +448,7 @@ def test_drawings_in_parallel_do_not_disturb_the_running_loop(served, bundle):
         t.start()
     loop_probs = []
     while any(t.is_alive() for t in threads):
-        result = served.pipeline.step(served.frame)
-        served.app.live.publish(served.frame, served.pipeline.prepared, served.pipeline.probabilities, result)
-        loop_probs.append(served.pipeline.probabilities[1])
+        loop_probs.append(served.step(served.frame).probabilities[1])
     for t in threads:
         t.join()
     assert not errors, errors

@@ -25,7 +25,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from device.bundle import BundleError
-from device.daemon import ModelRefused, load_model
+from device.modelfile import ModelRefused, load_model
 from device.runtime import RuntimeUnavailable
 from device.status import DEFAULT_STATE_FILE
 from training.options import count, seconds
