@@ -14,6 +14,7 @@ ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tens
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -22,7 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,9 +33,9 @@ from device import nn
 from device.bundle import Bundle
 from device.config import RUNTIMES  # the names [model] runtime accepts (re-exported)
 
-_BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
-_CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
-_ALL_FORMS_MAX = 1 << 22  # floats in a patch matrix (16 MiB) up to which every conv form is kept
+BLAS_THREAD_MIN = 65536 * 4  # OpenBLAS' SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD
+CHANNELS_LAST = 8  # a conv input with this many channels or more is stored channel-last
+ALL_FORMS_MAX = 1 << 22  # floats in a patch matrix (16 MiB) up to which every conv form is timed (NumpyRuntime)
 # Where a TFLite interpreter may come from, in order of preference: (module, what to call it).
 TFLITE_MODULES = (("ai_edge_litert.interpreter", "ai_edge_litert"), ("tflite_runtime.interpreter", "tflite_runtime"),
                   ("tensorflow", "tensorflow.lite"))
@@ -55,14 +58,22 @@ def as_batch(batch, input_shape) -> np.ndarray:
 
 
 class NumpyRuntime:
+    """The bundle's network in NumPy, fast at batch 1 (the frame path), any batch size.
+
+    ``conv_forms``: the forms a conv layer may take (see _conv_steps), where one of them applies
+    to it (else any); None: every form, the fastest kept. ``all_forms_max``: the size of a conv's
+    patch matrix (floats) up to which all its forms are built and timed in turns; above it, one
+    at a time against the best so far (at most two sets of buffers)."""
+
     name = "numpy"
     description = "numpy"
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, conv_forms=None, all_forms_max: int = ALL_FORMS_MAX):
         self.labels = list(bundle.labels)
         self.input_shape = bundle.input_shape
-        self._ops = _plan(bundle)
-        self._compiled: dict = {}  # batch size -> (input buffer, steps, output buffer)
+        self._ops = plan(bundle)
+        self._choice = _FormChoice(None if conv_forms is None else frozenset(conv_forms), all_forms_max)
+        self._compiled: dict = {}  # batch size -> _Compiled
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, classes) probabilities."""
@@ -70,16 +81,23 @@ class NumpyRuntime:
         n = len(x)
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        compiled = self._compiled.get(n)
-        if compiled is None:
-            if len(self._compiled) > 4:  # a few batch sizes in use at most; don't hoard memory
-                self._compiled.clear()
-            compiled = self._compiled[n] = _compile(self._ops, n, self.input_shape)
-        first, steps, out = compiled
+        first, steps, out, _ = self._compiled_for(n)
         np.copyto(first, x.transpose(3, 0, 1, 2))
         for step in steps:
             step()
         return out.copy()  # the buffers are reused by the next call
+
+    def conv_forms(self, batch_size: int = 1) -> list[str]:
+        """The form each conv layer runs in at this batch size, in layer order."""
+        return list(self._compiled_for(batch_size).conv_forms)
+
+    def _compiled_for(self, n: int) -> _Compiled:
+        compiled = self._compiled.get(n)
+        if compiled is None:
+            if len(self._compiled) > 4:  # a few batch sizes in use at most; don't hoard memory
+                self._compiled.clear()
+            compiled = self._compiled[n] = _compile(self._ops, n, self.input_shape, self._choice)
+        return compiled
 
 
 def last_hidden_layer(bundle: Bundle):
@@ -88,14 +106,14 @@ def last_hidden_layer(bundle: Bundle):
     (N, D) float64 features, run one input at a time, as the frame path runs, so that each
     product stays on one BLAS thread. device.teach's frozen network (device.teach.kept_layers
     keeps the same layers); the bundle must have a layer with weights before its output layer."""
-    ops = _plan(bundle)
-    last = max(i for i, op in enumerate(ops) if op[0] == "affine" and op[1] == "dense")
+    ops = plan(bundle)
+    last = max(i for i, op in enumerate(ops) if isinstance(op, Dense))
     kept = ops[:last]
-    if kept[-1][0] == "relu":
+    if isinstance(kept[-1], Relu):
         kept = kept[:-1]
-    elif kept[-1][0] == "affine" and kept[-1][6]:
-        kept[-1] = kept[-1][:6] + [False]
-    first, steps, out = _compile(kept, 1, bundle.input_shape)
+    elif isinstance(kept[-1], (Conv, Dense)) and kept[-1].relu:
+        kept[-1] = dataclasses.replace(kept[-1], relu=False)
+    first, steps, out, _ = _compile(kept, 1, bundle.input_shape)
 
     def features(batch) -> np.ndarray:
         x = as_batch(batch, bundle.input_shape)
@@ -109,43 +127,216 @@ def last_hidden_layer(bundle: Bundle):
     return features
 
 
-def _plan(bundle: Bundle) -> list:
-    """The forward pass as fused ops: ("affine", kind, kernel, bias, padding, pool sizes, relu),
-    ("scale", scale, shift), ("pool", size), ("relu",), ("flatten",), ("softmax",)."""
-    layers = nn.infer_shapes(bundle.architecture, bundle.input_shape)
-    weights = bundle.weights
-    ops = []
-    for layer in layers:
-        kind, spec = layer.spec["type"], layer.spec
-        w = {n: weights[f"L{layer.index}.{n}"] for n in layer.weights}
-        last = ops[-1] if ops else None
-        affine_open = last is not None and last[0] == "affine" and not last[5] and not last[6]
-        if kind in ("conv2d", "dense"):
-            ops.append(["affine", kind, w["kernel"].astype(np.float32), w["bias"].astype(np.float32),
-                        spec.get("padding", "valid"), [], False])
-        elif kind == "batchnorm":
-            scale, shift = nn.fold_batchnorm(w, spec.get("epsilon", nn.BATCHNORM_DEFAULTS["epsilon"]))
-            if affine_open:  # scale the conv/dense right before it (no pool or ReLU in between)
-                last[2] = (last[2] * scale).astype(np.float32)
-                last[3] = (last[3] * scale + shift).astype(np.float32)
-            else:
-                ops.append(["scale", scale.astype(np.float32), shift.astype(np.float32)])
-        elif kind == "relu":
-            if last is not None and last[0] == "affine":
-                last[6] = True
-            else:
-                ops.append(["relu"])
-        elif kind == "maxpool2d":
-            if last is not None and last[0] == "affine" and last[1] == "conv2d":
-                last[5].append(spec.get("size", 2))  # max-pool commutes with +bias and with ReLU
-            else:
-                ops.append(["pool", spec.get("size", 2)])
-        elif kind == "flatten":
-            ops.append(["flatten"])
-        elif kind == "softmax":
-            ops.append(["softmax"])
-        # dropout: identity at inference
-    return ops
+# --- the plan: the forward pass as fused ops ---------------------------------------------------
+#
+# Each op knows the buffer it wants to read (input_buffer: a conv's zero border, a dense layer's
+# column of ones) and the NumPy calls it makes for a batch size (compile). Images are channel-major
+# (C, N, H, W) so that each im2col copy moves whole rows.
+
+@dataclass
+class Conv:
+    """A conv layer and what is fused into it: a BatchNorm right after it (folded into kernel
+    and bias), the max-pools and the ReLU after it (pooling commutes with +bias and with ReLU)."""
+
+    kernel: np.ndarray  # float32, HWIO
+    bias: np.ndarray
+    padding: str = "valid"
+    pools: list = field(default_factory=list)  # max-pool sizes, in order
+    relu: bool = False
+    in_place = False
+
+    def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
+        c, n, h, w = shape
+        k = self.kernel.shape[0]
+        lo = (k - 1) // 2 if self.padding == "same" else 0
+        hp, wp = (h + k - 1, w + k - 1) if self.padding == "same" else (h, w)
+        if c >= CHANNELS_LAST:
+            # Many channels: stored channel-last, so that a patch's row is k*C contiguous
+            # numbers and the (pixels, k*k*C) im2col copy moves runs that long.
+            full = np.zeros((n, hp, wp, c), np.float32).transpose(3, 0, 1, 2)
+        else:
+            full = np.zeros((c, n, hp, wp), np.float32)  # the border stays zero
+        return _Dest(full[:, :, lo:lo + h, lo:lo + w], full)
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        k, f, n = self.kernel.shape[0], self.kernel.shape[-1], build.n
+        _, _, hp, wp = cur.full.shape
+        out_shape = (f, n, hp - k + 1, wp - k + 1)
+        for size in self.pools:
+            out_shape = (f, n, out_shape[2] // size, out_shape[3] // size)
+        dest = _dest(build.ops, i + 1, out_shape)
+        steps, form = _conv_steps(self, cur.full, dest.write, build.choice)
+        build.steps += steps
+        build.conv_forms.append(form)
+        return dest, None
+
+
+@dataclass
+class Dense:
+    """A dense layer, with a BatchNorm right after it folded in and the ReLU after it fused."""
+
+    kernel: np.ndarray  # float32, (in, out)
+    bias: np.ndarray
+    relu: bool = False
+    in_place = False
+
+    def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
+        full = np.ones((shape[0], shape[1] + 1), np.float32)  # a column of ones carries the bias
+        return _Dest(full[:, :-1], full)
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        kernel = self.kernel if perm is None else self.kernel[perm]
+        matrix = np.ascontiguousarray(np.concatenate([kernel, self.bias[None]]), np.float32)
+        dest = _dest(build.ops, i + 1, (build.n, matrix.shape[1]))
+        out = dest.write
+        product = np.dot if out.flags.c_contiguous else np.matmul  # np.dot needs a contiguous out
+        build.steps.append(partial(product, cur.full, matrix, out=out))
+        if self.relu:
+            build.steps.append(partial(np.maximum, out, np.float32(0), out=out))
+        return dest, None
+
+
+class _Op:
+    """An op with no weights to fuse into: reads a plain buffer."""
+
+    in_place = False  # True: works on its input's buffer (skipped when looking for a reader)
+
+    def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
+        return _Dest(np.empty(shape, np.float32))
+
+
+@dataclass(frozen=True)
+class Scale(_Op):
+    """A BatchNorm with no conv or dense right before it to fold into: x * scale + shift."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    in_place = True
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        s, t = self.scale, self.shift
+        if cur.write.ndim == 4:
+            s, t = s.reshape(-1, 1, 1, 1), t.reshape(-1, 1, 1, 1)
+        elif perm is not None:
+            s, t = s[perm], t[perm]
+        build.steps += [partial(np.multiply, cur.write, s, out=cur.write), partial(np.add, cur.write, t, out=cur.write)]
+        return cur, perm
+
+
+@dataclass(frozen=True)
+class Relu(_Op):
+    """A ReLU with no conv or dense right before it."""
+
+    in_place = True
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        build.steps.append(partial(np.maximum, cur.write, np.float32(0), out=cur.write))
+        return cur, perm
+
+
+@dataclass(frozen=True)
+class Pool(_Op):
+    """A max-pool with no conv right before it."""
+
+    size: int
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        cc, _, hh, ww = cur.write.shape
+        dest = _dest(build.ops, i + 1, (cc, build.n, hh // self.size, ww // self.size))
+        build.steps += _pool_into(cur.write, self.size, dest.write)
+        return dest, perm
+
+
+@dataclass(frozen=True)
+class Flatten(_Op):
+    """No step of its own: the image before it is written straight into the vector after it."""
+
+    def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
+        c, n, h, w = shape
+        vec = _dest(ops, i + 1, (n, c * h * w))
+        j = _next(ops, i + 1)
+        if j < len(ops) and isinstance(ops[j], Dense):
+            # Channel-major rows (c, y, x): the dense kernel's rows are permuted to match at load.
+            write = _view(vec.write, (n, c, h, w)).transpose(1, 0, 2, 3)
+            perm = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
+        else:
+            write, perm = _view(vec.write, (n, h, w, c)).transpose(3, 0, 1, 2), None
+        return _Dest(write, vec.full, vec.write, perm)
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        return _Dest(cur.flat, cur.full), cur.perm
+
+
+@dataclass(frozen=True)
+class Softmax(_Op):
+    """The last op."""
+
+    def compile(self, build: _Build, i: int, cur: _Dest, perm):
+        x, out = cur.write, np.empty(cur.write.shape, np.float32)
+        if build.n == 1:  # a frame: a handful of Python floats, one call instead of five
+            build.steps.append(partial(_softmax_row, x[0], out[0]))
+        else:
+            m = np.empty((build.n, 1), np.float32)
+            build.steps += [partial(np.maximum.reduce, x, axis=1, keepdims=True, out=m),
+                            partial(np.subtract, x, m, out=out), partial(np.exp, out, out=out),
+                            partial(np.add.reduce, out, axis=1, keepdims=True, out=m),
+                            partial(np.divide, out, m, out=out)]
+        return _Dest(out), perm
+
+
+class Plan:
+    """The ops of a forward pass, added layer by layer by each layer type's ``plan`` (device.nn):
+    BatchNorm folded into the conv/dense right before it, ReLU and max-pool fused into it,
+    dropout gone; what cannot be fused is an op of its own."""
+
+    def __init__(self):
+        self.ops: list = []
+
+    def _last(self):
+        return self.ops[-1] if self.ops else None
+
+    def conv(self, kernel, bias, padding: str) -> None:
+        self.ops.append(Conv(kernel.astype(np.float32), bias.astype(np.float32), padding))
+
+    def dense(self, kernel, bias) -> None:
+        self.ops.append(Dense(kernel.astype(np.float32), bias.astype(np.float32)))
+
+    def scale(self, scale, shift) -> None:
+        last = self._last()
+        if isinstance(last, (Conv, Dense)) and not last.relu and not getattr(last, "pools", None):
+            # Scale the conv/dense right before it (no pool or ReLU in between).
+            last.kernel = (last.kernel * scale).astype(np.float32)
+            last.bias = (last.bias * scale + shift).astype(np.float32)
+        else:
+            self.ops.append(Scale(scale.astype(np.float32), shift.astype(np.float32)))
+
+    def relu(self) -> None:
+        last = self._last()
+        if isinstance(last, (Conv, Dense)):
+            last.relu = True
+        else:
+            self.ops.append(Relu())
+
+    def pool(self, size: int) -> None:
+        last = self._last()
+        if isinstance(last, Conv):
+            last.pools.append(size)  # max-pool commutes with +bias and with ReLU
+        else:
+            self.ops.append(Pool(size))
+
+    def flatten(self) -> None:
+        self.ops.append(Flatten())
+
+    def softmax(self) -> None:
+        self.ops.append(Softmax())
+
+
+def plan(bundle: Bundle) -> list:
+    """The bundle's forward pass as fused ops (Conv, Dense, Scale, Relu, Pool, Flatten, Softmax)."""
+    built = Plan()
+    for layer in nn.infer_shapes(bundle.architecture, bundle.input_shape):
+        nn.layer_type(layer).plan(built, layer.spec, nn.layer_weights(layer, bundle.weights))
+    return built.ops
 
 
 class _Dest:
@@ -158,6 +349,31 @@ class _Dest:
         self.write, self.full, self.flat, self.perm = write, full, flat, perm
 
 
+class _FormChoice(NamedTuple):
+    """How a conv's form is chosen (NumpyRuntime's arguments)."""
+
+    forms: frozenset | None = None  # the forms allowed where one applies; None: all
+    all_forms_max: int = ALL_FORMS_MAX
+
+
+@dataclass
+class _Build:
+    """What compiling one batch size gathers: the steps, and the form each conv took."""
+
+    ops: list
+    n: int
+    choice: _FormChoice
+    steps: list = field(default_factory=list)
+    conv_forms: list = field(default_factory=list)
+
+
+class _Compiled(NamedTuple):
+    input: np.ndarray  # (C, N, H, W) view the batch is copied into
+    steps: list  # argument-free calls, in order
+    output: np.ndarray  # (N, classes)
+    conv_forms: list  # per conv layer, the form it runs in
+
+
 def _view(a: np.ndarray, shape) -> np.ndarray:
     """``a`` seen with another shape, never a copy (writes through it must land in ``a``)."""
     v = a.view()
@@ -167,7 +383,7 @@ def _view(a: np.ndarray, shape) -> np.ndarray:
 
 def _next(ops: list, i: int) -> int:
     """Index of the first op from i on that is not done in place (scale, relu)."""
-    while i < len(ops) and ops[i][0] in ("scale", "relu"):
+    while i < len(ops) and ops[i].in_place:
         i += 1
     return i
 
@@ -175,33 +391,8 @@ def _next(ops: list, i: int) -> int:
 def _dest(ops: list, i: int, shape: tuple) -> _Dest:
     """A buffer for a tensor of logical `shape` laid out as op i (after in-place ops) reads it."""
     i = _next(ops, i)
-    op = ops[i] if i < len(ops) else None
-    if op is not None and op[0] == "affine" and op[1] == "conv2d":
-        c, n, h, w = shape
-        k = op[2].shape[0]
-        lo = (k - 1) // 2 if op[4] == "same" else 0
-        hp, wp = (h + k - 1, w + k - 1) if op[4] == "same" else (h, w)
-        if c >= _CHANNELS_LAST:
-            # Many channels: stored channel-last, so that a patch's row is k*C contiguous
-            # numbers and the (pixels, k*k*C) im2col copy moves runs that long.
-            full = np.zeros((n, hp, wp, c), np.float32).transpose(3, 0, 1, 2)
-        else:
-            full = np.zeros((c, n, hp, wp), np.float32)  # the border stays zero
-        return _Dest(full[:, :, lo:lo + h, lo:lo + w], full)
-    if op is not None and op[0] == "affine":  # dense: a column of ones carries the bias
-        full = np.ones((shape[0], shape[1] + 1), np.float32)
-        return _Dest(full[:, :-1], full)
-    if op is not None and op[0] == "flatten":
-        c, n, h, w = shape
-        vec = _dest(ops, i + 1, (n, c * h * w))
-        j = _next(ops, i + 1)
-        if j < len(ops) and ops[j][0] == "affine":
-            # Channel-major rows (c, y, x): the dense kernel's rows are permuted to match at load.
-            write = _view(vec.write, (n, c, h, w)).transpose(1, 0, 2, 3)
-            perm = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
-        else:
-            write, perm = _view(vec.write, (n, h, w, c)).transpose(3, 0, 1, 2), None
-        return _Dest(write, vec.full, vec.write, perm)
+    if i < len(ops):
+        return ops[i].input_buffer(shape, ops, i)
     return _Dest(np.empty(shape, np.float32))
 
 
@@ -218,64 +409,17 @@ def _pool_into(src: np.ndarray, size: int, out: np.ndarray) -> list:
     return steps
 
 
-def _compile(ops: list, n: int, input_shape) -> tuple:
-    """(input view (C, N, H, W), steps, output) for batch size n. Every array is allocated and
-    every view made here, once; each step is one NumPy call on them (no arguments, no Python
-    arithmetic per frame). Images are channel-major (C, N, H, W) so that each im2col copy moves
-    whole rows; the last image is written straight into the dense layer's input rows."""
+def _compile(ops: list, n: int, input_shape, choice: _FormChoice = _FormChoice()) -> _Compiled:
+    """The steps of a forward pass at batch size n. Every array is allocated and every view made
+    here, once; each step is one NumPy call on them (no arguments, no Python arithmetic per
+    frame); the last image is written straight into the dense layer's input rows."""
     h, w, c = input_shape
     first = _dest(ops, 0, (c, n, h, w))
-    cur, perm, steps = first, None, []
+    build = _Build(ops, n, choice)
+    cur, perm = first, None
     for i, op in enumerate(ops):
-        kind = op[0]
-        if kind == "affine" and op[1] == "conv2d":
-            k, f = op[2].shape[0], op[2].shape[-1]
-            _, _, hp, wp = cur.full.shape
-            out_shape = (f, n, hp - k + 1, wp - k + 1)
-            for size in op[5]:
-                out_shape = (f, n, out_shape[2] // size, out_shape[3] // size)
-            dest = _dest(ops, i + 1, out_shape)
-            steps += _conv_steps(op, cur.full, dest.write)
-            cur, perm = dest, None
-        elif kind == "affine":
-            kernel = op[2] if perm is None else op[2][perm]
-            matrix = np.ascontiguousarray(np.concatenate([kernel, op[3][None]]), np.float32)
-            dest = _dest(ops, i + 1, (n, matrix.shape[1]))
-            out = dest.write
-            product = np.dot if out.flags.c_contiguous else np.matmul  # np.dot needs a contiguous out
-            steps.append(partial(product, cur.full, matrix, out=out))
-            if op[6]:
-                steps.append(partial(np.maximum, out, np.float32(0), out=out))
-            cur, perm = dest, None
-        elif kind == "scale":
-            s, t = op[1], op[2]
-            if cur.write.ndim == 4:
-                s, t = s.reshape(-1, 1, 1, 1), t.reshape(-1, 1, 1, 1)
-            elif perm is not None:
-                s, t = s[perm], t[perm]
-            steps += [partial(np.multiply, cur.write, s, out=cur.write), partial(np.add, cur.write, t, out=cur.write)]
-        elif kind == "relu":
-            steps.append(partial(np.maximum, cur.write, np.float32(0), out=cur.write))
-        elif kind == "pool":
-            size = op[1]
-            cc, _, hh, ww = cur.write.shape
-            dest = _dest(ops, i + 1, (cc, n, hh // size, ww // size))
-            steps += _pool_into(cur.write, size, dest.write)
-            cur = dest
-        elif kind == "flatten":
-            cur, perm = _Dest(cur.flat, cur.full), cur.perm
-        else:  # softmax, the last op
-            x, out = cur.write, np.empty(cur.write.shape, np.float32)
-            if n == 1:  # a frame: a handful of Python floats, one call instead of five
-                steps.append(partial(_softmax_row, x[0], out[0]))
-            else:
-                m = np.empty((n, 1), np.float32)
-                steps += [partial(np.maximum.reduce, x, axis=1, keepdims=True, out=m),
-                          partial(np.subtract, x, m, out=out), partial(np.exp, out, out=out),
-                          partial(np.add.reduce, out, axis=1, keepdims=True, out=m),
-                          partial(np.divide, out, m, out=out)]
-            cur = _Dest(out)
-    return first.write, steps, cur.write
+        cur, perm = op.compile(build, i, cur, perm)
+    return _Compiled(first.write, build.steps, cur.write, build.conv_forms)
 
 
 def _softmax_row(logits: np.ndarray, out: np.ndarray) -> None:
@@ -287,30 +431,30 @@ def _softmax_row(logits: np.ndarray, out: np.ndarray) -> None:
     out[:] = [e / total for e in exps]
 
 
-def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
+def _conv_steps(op: Conv, full: np.ndarray, dest: np.ndarray, choice: _FormChoice = _FormChoice()) -> tuple:
     """One conv (+ its max-pools, bias and ReLU) reading `full` (C, N, Hp, Wp, zero border
-    included) and writing `dest` (F, N, Ho', Wo'), as a list of steps.
+    included) and writing `dest` (F, N, Ho', Wo'): (its steps, the name of the form they take).
 
     Forms, timed here once per layer on its own buffers (they differ only in the order of float
-    additions, ~1e-7) and the fastest kept:
+    additions, ~1e-7) and the fastest kept (of those in choice.forms, where one applies):
     - "kp": im2col as a (k*k*C + 1, pixels) matrix (a row of ones carries the bias), filled by
       one strided copy whose inner runs are whole image rows, then kernel^T times it, giving the
       channel-major output directly;
     - "pk": the same matrix transposed in memory (pixels, k*k*C + 1) times the kernel;
     - "shifted_sum": for one input and one output channel, k*k multiply-adds of shifted views.
     Products are cut into blocks small enough that OpenBLAS runs each on one thread (it threads
-    m*n*k >= 65536*4): threaded, a 256x400x32 product took 8 ms instead of 0.1 ms here while
-    another process kept the cores busy, as preprocessing or a camera does on the Pi.
+    m*n*k >= 65536*4): threaded, a product was many times slower while another process kept the
+    cores busy, as preprocessing or a camera does on the Pi.
     Max-pooling commutes with a per-channel bias and with ReLU, so both follow the pooling.
     """
-    _, _, kernel, bias, _, pool_sizes, relu = op
+    kernel, bias, pool_sizes, relu = op.kernel, op.bias, op.pools, op.relu
     c, n, hp, wp = full.shape
     k, f = kernel.shape[0], kernel.shape[-1]
     ho, wo = hp - k + 1, wp - k + 1
     depth = k * k * c
     windows = np.lib.stride_tricks.sliding_window_view(full, (k, k), axis=(2, 3)).transpose(4, 5, 0, 1, 2, 3)
     with_bias = np.concatenate([kernel.reshape(depth, f), bias[None]]).astype(np.float32)
-    block = max(1, (_BLAS_THREAD_MIN - 1) // ((depth + 1) * f))
+    block = max(1, (BLAS_THREAD_MIN - 1) // ((depth + 1) * f))
     builders = {}  # form name -> function building its buffers: (steps, conv_out, used)
     orders = [("", (1, 1, n, ho, wo), windows[:, :, :, None, None], 1)]
     if len(pool_sizes) == 1:
@@ -418,23 +562,26 @@ def _conv_steps(op, full: np.ndarray, dest: np.ndarray) -> list:
         conv, conv_out, used = builders[name]()
         return conv + finish(conv_out, used)
 
-    if n * ho * wo * (depth + 1) <= _ALL_FORMS_MAX:  # small (a frame): all built, timed round-robin
+    if choice.forms is not None:
+        builders = {name: b for name, b in builders.items() if name in choice.forms} or builders
+    if n * ho * wo * (depth + 1) <= choice.all_forms_max:  # small (a frame): all built, timed round-robin
         forms = {name: build(name) for name in builders}
-        return forms[_fastest({name: _run(steps) for name, steps in forms.items()})]
+        best = _fastest({name: _run(steps) for name, steps in forms.items()})
+        return forms[best], best
     # Large batches: one form at a time against the best so far, so at most two sets of buffers.
-    best, best_time = None, float("inf")
+    best, best_name, best_time = None, None, float("inf")
     for name in builders:
         steps = build(name)
-        t = _best_time(_run(steps), 2, name=name)
+        t = _best_time(_run(steps), 2)
         if t < best_time:
-            best, best_time = steps, t
+            best, best_name, best_time = steps, name, t
         del steps  # the loser's buffers go before the next form's are made
-    return best
+    return best, best_name
 
 
 def _fastest(candidates: dict, rounds: int = 9) -> str:
     """Name of the fastest function, timed in turns (in_turns), best round kept."""
-    timers = {name: partial(_best_time, fn, 1, name=name) for name, fn in candidates.items()}
+    timers = {name: partial(_best_time, fn, 1) for name, fn in candidates.items()}
     best = in_turns(timers, rounds, lambda timer: timer())
     return min(best, key=best.get)
 
@@ -459,8 +606,8 @@ def _run(steps):
     return run
 
 
-def _best_time(fn, repeats: int = 5, name: str = "") -> float:
-    """Best of `repeats` timings of fn(); `name` says which form it is (tests force one)."""
+def _best_time(fn, repeats: int = 5) -> float:
+    """Best of `repeats` timings of fn()."""
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()

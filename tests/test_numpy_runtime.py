@@ -22,26 +22,8 @@ FORMS = ["kp", "pk", "kp_phased", "pk_phased", "kp_wide", "shifted_sum"]  # shif
 
 
 def reference(bundle, x):
-    """The forward pass written out with device.nn's plain operations, nothing fused."""
-    for layer in nn.infer_shapes(bundle.architecture, bundle.input_shape):
-        spec, w = layer.spec, {n: bundle.weights[f"L{layer.index}.{n}"] for n in layer.weights}
-        kind = spec["type"]
-        if kind == "conv2d":
-            x = nn.conv2d(x, w["kernel"], w["bias"], spec["padding"])
-        elif kind == "batchnorm":
-            scale, shift = nn.fold_batchnorm(w, nn.BATCHNORM_DEFAULTS["epsilon"])
-            x = x * scale + shift
-        elif kind == "relu":
-            x = np.maximum(x, 0)
-        elif kind == "maxpool2d":
-            x = nn.maxpool2d(x, spec["size"])
-        elif kind == "flatten":
-            x = x.reshape(len(x), -1)
-        elif kind == "dense":
-            x = x @ w["kernel"] + w["bias"]
-        elif kind == "softmax":
-            x = nn.softmax(x)
-    return x
+    """The plain forward pass: each layer type's own forward (device.nn.LAYERS), nothing fused."""
+    return nn.forward(bundle.architecture, bundle.input_shape, bundle.weights, x)
 
 
 def bundle_for(input_shape, conv, pool, weights_factory):
@@ -54,29 +36,24 @@ def bundle_for(input_shape, conv, pool, weights_factory):
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["frame", "large-batch"])
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS + [None], ids=FORMS + ["fastest"])
 @pytest.mark.parametrize("input_shape,conv,pool", SHAPES)
-def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, form, large,
-                                                              weights_factory, monkeypatch):
-    chosen = []
-    if large:  # forms built and timed one at a time, as for big batches
-        monkeypatch.setattr(runtime, "_ALL_FORMS_MAX", 0)
-
-    def prefer(fn, repeats=5, name=""):
-        chosen.append(name)
-        return 0.0 if name == form else 1.0
-    monkeypatch.setattr(runtime, "_best_time", prefer)
+def test_each_conv_formulation_matches_the_plain_forward_pass(input_shape, conv, pool, form, large, weights_factory):
     bundle = bundle_for(input_shape, conv, pool, weights_factory)
-    rt = runtime.NumpyRuntime(bundle)
+    # large: forms built and timed one at a time, as for big batches
+    rt = runtime.NumpyRuntime(bundle, conv_forms=None if form is None else [form],
+                              all_forms_max=0 if large else runtime.ALL_FORMS_MAX)
     x = np.random.default_rng(3).random((4, *input_shape), dtype=np.float32)
     expected = reference(bundle, x)
     got = rt.predict(x)
     np.testing.assert_allclose(got, expected, atol=2e-6)
     np.testing.assert_allclose(rt.predict(x[1:2]), expected[1:2], atol=2e-6)  # another batch size
     assert np.ptp(expected, axis=0).max() > 1e-3
-    offered = {"shifted_sum": conv["filters"] == 1 and input_shape[2] == 1,
-               "kp_wide": input_shape[2] < runtime._CHANNELS_LAST}.get(form, True)
-    assert (form in chosen) == offered  # the forced form really was on offer (or rightly not)
+    if form is not None:
+        offered = {"shifted_sum": conv["filters"] == 1 and input_shape[2] == 1,
+                   "kp_wide": input_shape[2] < runtime.CHANNELS_LAST}.get(form, True)
+        assert (rt.conv_forms(4) == [form]) == offered  # the forced form really was on offer (or rightly not)
+        assert (rt.conv_forms(1) == [form]) == offered
 
 
 def test_returned_arrays_are_not_the_reused_buffers(weights_factory):
