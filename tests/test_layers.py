@@ -12,6 +12,7 @@ from device.bundle import Bundle, load_bundle, make_meta, save_bundle
 from device.preprocess import PreprocessSettings
 from device.runtime import NumpyRuntime, make_runtime
 from training import layers as L
+from training import registry
 from training.nets import ARCHS, Network
 
 
@@ -439,6 +440,19 @@ def test_network_keeps_the_dtype_it_was_built_with():
     net32 = Network(SMALL_NET, (8, 8, 2), np.random.default_rng(0))
     assert net32.logits(np.zeros((2, 8, 8, 2), np.float32), training=True).dtype == np.float32
     assert net32.parameter_count() == sum(int(np.prod(a.shape)) for a in net32.weights().values())
+
+
+def test_every_layer_type_has_its_training_forms():
+    """device.nn.LAYERS (checks, weights, plain and fast forward) and training.registry.TRAINING
+    (the trainer's layer, the Keras layer) name the same layer types, and the arrays Keras
+    carries are the ones the device's type owns."""
+    assert list(registry.TRAINING) == list(nn.LAYERS)
+    shapes = {layer.spec["type"]: layer for layer in nn.infer_shapes(SMALL_NET, (8, 8, 2))}
+    assert shapes.keys() == nn.LAYERS.keys()  # SMALL_NET has every type
+    for kind, forms in registry.TRAINING.items():
+        assert set(forms.keras_weights) == set(shapes[kind].weights), kind
+        made = forms.layer(shapes[kind], np.random.default_rng(0), np.float32, L.TUNING)
+        assert set({**made.params, **made.state}) == set(shapes[kind].weights), kind
 
 
 # --- the Pi's runtime agrees with the trainer ------------------------------------------------

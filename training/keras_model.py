@@ -16,10 +16,10 @@ import numpy as np
 
 from device import nn
 from device.runtime import stderr_without
+from training.registry import TRAINING
 
 # Keras' own order of each layer's arrays, in bundle names.
-KERAS_ORDER = {"conv2d": ("kernel", "bias"), "dense": ("kernel", "bias"),
-               "batchnorm": ("gamma", "beta", "mean", "var")}
+KERAS_ORDER = {kind: f.keras_weights for kind, f in TRAINING.items() if f.keras_weights}
 
 
 class KerasMissing(RuntimeError):
@@ -53,27 +53,8 @@ def build_model(architecture: list, input_shape, name: str = "cardcam"):
     layers = nn.infer_shapes(architecture, input_shape)
     inputs = k.Input(shape=tuple(input_shape), name="image")
     x = inputs
-    for layer in layers:
-        spec, kind, lname = layer.spec, layer.spec["type"], f"L{layer.index}"
-        if kind == "conv2d":
-            keras_layer = k.layers.Conv2D(spec["filters"], spec["kernel"], padding=spec.get("padding", "valid"),
-                                          kernel_initializer="he_normal", name=lname)
-        elif kind == "dense":
-            keras_layer = k.layers.Dense(spec["units"], kernel_initializer="he_normal", name=lname)
-        elif kind == "batchnorm":
-            bn = {**nn.BATCHNORM_DEFAULTS, **{key: v for key, v in spec.items() if key != "type"}}
-            keras_layer = k.layers.BatchNormalization(epsilon=bn["epsilon"], momentum=bn["momentum"], name=lname)
-        elif kind == "relu":
-            keras_layer = k.layers.ReLU(name=lname)
-        elif kind == "maxpool2d":
-            keras_layer = k.layers.MaxPooling2D(spec.get("size", 2), name=lname)
-        elif kind == "dropout":
-            keras_layer = k.layers.Dropout(spec.get("rate", 0.5), name=lname)
-        elif kind == "flatten":
-            keras_layer = k.layers.Flatten(name=lname)
-        else:  # softmax (infer_shapes has checked every type)
-            keras_layer = k.layers.Softmax(name=lname)
-        x = keras_layer(x)
+    for layer in layers:  # each spec's Keras layer (training.registry), named L<index>
+        x = TRAINING[layer.spec["type"]].keras(k, layer.spec, f"L{layer.index}")(x)
     return k.Model(inputs, x, name=name)
 
 

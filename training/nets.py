@@ -6,6 +6,7 @@ import numpy as np
 
 from device import nn
 from training import layers as L
+from training import registry
 
 
 def lenet5(classes: int) -> dict:
@@ -130,42 +131,18 @@ def _pool_before_relu(layers: list) -> list:
 
 
 class Network:
-    """A Sequential network built from layer specs. Weights are float32 unless asked otherwise
-    (gradient checks use float64)."""
+    """A Sequential network built from layer specs, each layer the training form of its type
+    (training.registry). Weights are float32 unless asked otherwise (gradient checks use
+    float64); ``tuning``: how the layers cut their work (training.layers.Tuning)."""
 
-    def __init__(self, architecture: list, input_shape, rng: np.random.Generator, dtype=np.float32):
+    def __init__(self, architecture: list, input_shape, rng: np.random.Generator, dtype=np.float32,
+                 tuning: L.Tuning = L.TUNING):
         self.architecture = architecture
         self.input_shape = tuple(input_shape)
         self.shapes = nn.infer_shapes(architecture, input_shape)
-        self.layers = [self._make(s, rng, dtype) for s in self.shapes]
+        self.layers = [registry.forms(s.spec["type"]).layer(s, rng, dtype, tuning) for s in self.shapes]
         self.order = _pool_before_relu(self.layers)
         self.first_trained = next((i for i, l in enumerate(self.layers) if l.params), 0)
-
-    @staticmethod
-    def _make(shape: nn.LayerShape, rng, dtype):
-        spec, kind = shape.spec, shape.spec["type"]
-        if kind in ("conv2d", "dense"):
-            kshape = shape.weights["kernel"]
-            fan_in = int(np.prod(kshape[:-1]))
-            kernel = (rng.standard_normal(kshape) * np.sqrt(2.0 / fan_in)).astype(dtype)  # He init
-            bias = np.zeros(kshape[-1], dtype)
-            if kind == "dense":
-                return L.Dense(kernel, bias)
-            return L.Conv2D(kernel, bias, spec.get("padding", "valid"))
-        if kind == "batchnorm":
-            c = shape.weights["gamma"][0]
-            bn = {**nn.BATCHNORM_DEFAULTS, **{k: v for k, v in spec.items() if k != "type"}}
-            return L.BatchNorm(np.ones(c, dtype), np.zeros(c, dtype), np.zeros(c, dtype), np.ones(c, dtype),
-                               epsilon=bn["epsilon"], momentum=bn["momentum"])
-        if kind == "relu":
-            return L.ReLU()
-        if kind == "maxpool2d":
-            return L.MaxPool2D(spec.get("size", 2))
-        if kind == "dropout":
-            return L.Dropout(spec.get("rate", 0.5), rng)
-        if kind == "flatten":
-            return L.Flatten()
-        return L.Identity()  # softmax, fused into the loss
 
     def logits(self, x, training=False):
         for i in self.order:
