@@ -335,18 +335,12 @@ def _block_max(a: np.ndarray, op=np.maximum) -> np.ndarray:
     return op(op(a[0:h:2, 0:w:2], a[1:h:2, 0:w:2]), op(a[0:h:2, 1:w:2], a[1:h:2, 1:w:2]))
 
 
-def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(paper, coarse, closed): the paper's brightness under every pixel, never darker than
-    the pixel itself; the picture in quarter-resolution cells (4 x 4 block maxima: noise and
-    thin strokes are gone); and the paper in those cells, a grey closing of them with a window
-    wider than any stroke."""
-    h, w = gray.shape
+def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coarse, closed): the picture in quarter-resolution cells (4 x 4 block maxima: noise and
+    thin strokes are gone), and the paper's brightness in those cells, a grey closing of them
+    with a window wider than any stroke."""
     coarse = _block_max(_block_max(gray))
-    closed = paper_brightness(coarse, max(2, round(window / 4)))
-    # Nearest cell, not interpolated: the closing is smooth at this scale, and a matrix product
-    # would wake BLAS's threads for every frame.
-    paper = _to_pixels(closed, h, w)
-    return np.maximum(paper, gray, out=paper), coarse, closed
+    return coarse, paper_brightness(coarse, max(2, round(window / 4)))
 
 
 @lru_cache(maxsize=16)
@@ -536,7 +530,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     if float(gray.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     window = max(4, round(settings.paper_window * max(h, w)))
-    paper, coarse, closed = _paper_level(gray, window)
+    coarse, closed = _paper_level(gray, window)
     darkest = _block_max(_block_max(gray, np.minimum), np.minimum)
     card_coarse, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
     if card_coarse is None:
@@ -545,24 +539,35 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         return Prepared(None, "too dark")
     if np.count_nonzero(card_coarse) < max(1.0, settings.min_card * card_coarse.size):
         return Prepared(None, "no card")
-    # The card in pixels, shaved by two cells where the room's darkness bleeds into its paper
-    # estimate and a card's edge casts its shadow, or things held against it overlap it. The
-    # picture's border is replicated, so a close-up is not shaved.
+    # The card shaved by two cells where the room's darkness bleeds into its paper estimate and
+    # a card's edge casts its shadow, or things held against it overlap it. The picture's border
+    # is replicated, so a close-up is not shaved.
     shaved = _filter(card_coarse, 5, np.minimum)
-    card = _to_pixels(shaved, h, w)
-    card_count = np.count_nonzero(card)
-    if card_count == 0:
+    rows, columns = np.flatnonzero(shaved.any(axis=1)), np.flatnonzero(shaved.any(axis=0))
+    if rows.size == 0:
         return Prepared(None, "no card")
-    strength = (paper - gray) / np.maximum(paper, np.float32(1e-3))
-    # The strongest ink on the card: its third darkest cell, by its darkest pixel (a thin pen's
-    # whole glyph is many times that).
-    peak = _kth_largest(((closed - darkest) / np.maximum(closed, np.float32(1e-3)))[shaved], 3)
-    cut = max(settings.ink_threshold, settings.ink_relative * peak)
-    mask = (strength > cut) & card
+    # Each cell's strongest ink: its darkest pixel against its paper. The strongest on the card
+    # is its third darkest cell (a thin pen's whole glyph is many times that).
+    cell_ink = ((closed - darkest) / np.maximum(closed, np.float32(1e-3)))[shaved]
+    cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
+    if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
+        return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
+    # Pixels from here on, in the card's bounding box only: the paper under every pixel (its
+    # cell's, never darker than the pixel itself), and how much darker each pixel is.
+    (y0, y1), (x0, x1) = _cell_span(rows, h, shaved.shape[0]), _cell_span(columns, w, shaved.shape[1])
+    cells = np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    gray_box = gray[y0:y1, x0:x1]
+    paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
+    card = _to_pixels(shaved[cells], y1 - y0, x1 - x0)
+    card_count = np.count_nonzero(card)
+    strength = np.zeros((h, w), np.float32)
+    strength[y0:y1, x0:x1] = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
+    mask = (strength[y0:y1, x0:x1] > cut) & card
     ink_count = np.count_nonzero(mask)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
-    ink = np.where(mask, strength, np.float32(0.0))
+    ink = np.zeros((h, w), np.float32)
+    ink[y0:y1, x0:x1] = np.where(mask, strength[y0:y1, x0:x1], np.float32(0.0))
     # The main cluster: alternate row and column projections so stray marks drop out.
     gap = max(2, window // 2)
     top, bottom, left, right = 0, h, 0, w
@@ -573,7 +578,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         else:
             left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
             left, right = left + left_, left + right_
-    fraction = np.count_nonzero(mask[top:bottom, left:right]) / card_count
+    fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count  # ink > 0 where mask
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
@@ -651,6 +656,12 @@ def _to_pixels(cells: np.ndarray, h: int, w: int) -> np.ndarray:
     if cells.shape == (h // 4, w // 4) and h % 4 == 0 and w % 4 == 0:
         return cells.repeat(4, axis=0).repeat(4, axis=1)
     return cells[_cell_index(h, cells.shape[0])][:, _cell_index(w, cells.shape[1])]
+
+
+def _cell_span(cells: np.ndarray, n: int, count: int) -> tuple[int, int]:
+    """The [start, end) pixels of the sorted cell numbers ``cells`` (of ``count`` along ``n``
+    pixels; the last cell holds the remainder, see _to_pixels)."""
+    return 4 * int(cells[0]), n if cells[-1] == count - 1 else 4 * int(cells[-1]) + 4
 
 
 def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
