@@ -640,7 +640,7 @@ def tflite_interpreter():
 
 
 def _package_version(label: str, module) -> str:
-    # The package's own __version__ first: importlib.metadata costs ~0.9 MB of RSS for one string.
+    # The package's own __version__ first: importlib.metadata costs RSS (about a MB) for one string.
     top = importlib.import_module(module.__name__.split(".")[0])
     if isinstance(getattr(top, "__version__", None), str):
         return top.__version__
@@ -728,9 +728,9 @@ class TfliteRuntime:
         self.input_shape = bundle.input_shape
         try:
             # The default op resolver, with XNNPACK: without it (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            # int8 lenet5 used 0.8 MB less RSS but an invoke took 2.5x longer (~20 -> ~50 us) and
-            # gave other int8 scores. What litert costs in RSS is its library's pages (~11 MB
-            # touched at load, ~1.7 MB of them in use once running).
+            # int8 lenet5 used a little less RSS but an invoke took much longer and gave other
+            # int8 scores (README, Benchmarks: the measurements behind the code). What litert
+            # costs in RSS is its library's pages, most touched only at load.
             with stderr_without_delegate_notice():
                 self._interpreter = cls(model_content=bundle.tflite, num_threads=int(num_threads))
                 self._interpreter.allocate_tensors()

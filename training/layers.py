@@ -35,7 +35,7 @@ class Layer:
 
 # OpenBLAS runs a product on every core once m*n*k > 65536*4. Threaded, with another process
 # busy on the other core (the usual state of a shared laptop, and of this project's CI), products
-# took 30-300x longer (a 64x400x120 product: 37 ms instead of 0.1 ms); so the trainer keeps
+# took many times longer (README, Benchmarks: the measurements behind the code); so the trainer keeps
 # OpenBLAS (and any other BLAS NumPy uses) on one thread, from the first product on. The cores
 # are used by training.parallel instead: its threads wait without spinning, and run the pieces a
 # convolution is cut into (each still one-threaded OpenBLAS).
@@ -69,9 +69,8 @@ def _trainer_process() -> None:
     - BLAS on one thread (above);
     - glibc's malloc keeps the big blocks a step frees for the next step (up to 32 MiB each, the
       most it allows) instead of handing them back to the kernel: every step allocates the same
-      few-MiB temporaries, and each fresh page from the kernel costs a fault and zeroing (CPU
-      per step: digitnet 68 -> 57 ms, lenet5 12.8 -> 11.2; dwengo spent 5 ms of 40 in the kernel).
-      The process keeps its peak memory until it exits. Other C libraries (macOS, musl): as is."""
+      few-MiB temporaries, and each fresh page from the kernel costs a fault and zeroing (less
+      CPU per step, README's measurements). The process keeps its peak memory until it exits. Other C libraries (macOS, musl): as is."""
     threadpool_limits(1, user_api="blas")
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -86,12 +85,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     one-threaded OpenBLAS is slow on the whole, each form one stacked np.matmul (its loop over
     blocks runs in C):
     - a weight gradient (small m and n, the pixels of a batch as the inner axis): blocks of 1024
-      along the inner axis, summed (25x50176x6: 0.26 ms instead of 0.82; 400x16384x32: 6.1
-      instead of 6.2-10); pieces of 4 blocks run on training.parallel's threads;
-    - a conv's patches times its kernel (tall a, narrow b): blocks of rows (16384x400x32: 5.4 ms
-      instead of 6.8);
+      along the inner axis, summed; pieces of 4 blocks run on training.parallel's threads;
+    - a conv's patches times its kernel (tall a, narrow b): blocks of rows;
     - anything else in one call: small products, and any b that is a transposed view (a dense
-      layer's input gradient, dout @ W.T: 64x120x400 took 0.43 ms in blocks of 4 rows, 0.08 whole)."""
+      layer's input gradient, dout @ W.T, is slower in blocks of rows).
+    Each form was timed against one whole call (README, Benchmarks: the measurements behind the code)."""
     _trainer_process()
     m, k = a.shape
     n = b.shape[1]
@@ -130,9 +128,8 @@ class Conv2D(Layer):
       conv, 5 x 16): one kernel row's patch (k*C numbers) per pixel, k products summed. The
       patches are k times fewer than im2col's (5 instead of 25 copies of the input); with the
       pictures' rows outermost, each kernel row's patches are one matrix, so each product and
-      the kernel gradient's are whole (digitnet conv2 at batch 64, two threads: forward 5.7 ->
-      4.2 ms, backward 11.1 -> 10.9; one thread: 9.1 -> 7.1 and 17.4 -> 16.0). Shorter kernel
-      rows make the products too thin: slower (lenet5's 5 x 6, dwengo's 3 x 8).
+      the kernel gradient's are whole (faster for digitnet's second conv; README's measurements).
+      Shorter kernel rows make the products too thin: slower (lenet5's 5 x 6, dwengo's 3 x 8).
     The input gradient is the same for both: per group of pictures, each kernel offset's share."""
 
     def __init__(self, kernel, bias, padding="valid", tuning: Tuning = TUNING):
@@ -163,7 +160,7 @@ class Conv2D(Layer):
         per_image = ho * wo
         if cin == 1:
             # One channel (a first layer): the patch matrix stored transposed, one row per kernel
-            # offset, each a slice copy of whole image rows; 20x faster than the strided copy.
+            # offset, each a slice copy of whole image rows; much faster than the strided copy.
             offsets = np.empty((ksize * ksize, n, ho, wo), xp.dtype)
             cols2 = offsets.reshape(ksize * ksize, -1).T
         else:
@@ -253,7 +250,7 @@ class Conv2D(Layer):
 def image_groups(n: int, bytes_per_image: int, group_bytes: int = TUNING.patch_group_bytes) -> list[slice]:
     """A batch of n pictures cut into groups of about equal size, each with at most
     group_bytes of patches (building them, then multiplying them while they are still in
-    the cache: digitnet's second conv forward 8.6 ms instead of 10.3 per step), and in at least
+    the cache, which is faster than building them all first), and in at least
     two groups from group_bytes / 4 on (work for a second thread). The cut depends on the
     sizes only, never on the threads."""
     total = n * bytes_per_image
@@ -413,9 +410,9 @@ def _sum(parts: list) -> np.ndarray:
 
 def _wide(flat: np.ndarray) -> tuple[np.ndarray, int]:
     """A (pixels, C) array seen as (pixels / r, r * C) rows, and r: per-channel arithmetic with
-    np.tile(v, r) then runs along rows of ~256 numbers instead of C (a multiply over 64x55x55
-    pixels of 2 channels: 0.19 ms instead of 2.6). One channel stays as it is: NumPy treats a
-    (1,) operand like a scalar, faster still."""
+    np.tile(v, r) then runs along rows of ~256 numbers instead of C (many times faster for a
+    few channels). One channel stays as it is: NumPy treats a (1,) operand like a scalar,
+    faster still."""
     pixels, c = flat.shape
     r = 1 if c == 1 else math.gcd(pixels, max(1, 256 // c))
     return flat.reshape(pixels // r, r * c), r
@@ -423,8 +420,8 @@ def _wide(flat: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Sums over rows of a (or of a * b) for (pixels, C) arrays, as a ones vector times them on
-    one BLAS thread: NumPy's axis-0 sum runs rows of C numbers, and einsum's loops were 2-8x
-    slower for 2 to 32 columns (193600x2: 0.08 ms against 0.66)."""
+    one BLAS thread: NumPy's axis-0 sum runs rows of C numbers, and einsum's loops were slower
+    for 2 to 32 columns (README's measurements)."""
     _trainer_process()
     return _ones(len(a), a.dtype) @ (a * b if b is not None else a)
 

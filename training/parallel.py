@@ -14,9 +14,8 @@ lab starts one worker process per core with ``CARDCAM_TRAIN_THREADS=1``.
 
 Not fewer when the machine is busy: the threads wait without spinning, and a piece goes to
 whichever thread is free, so a helper the scheduler runs late costs little. On this project's
-2-core machine, two threads still made digitnet's training step faster than one with other
-processes spinning (69-72 ms against 82-99 with one such process, 45-71 against 75-79 with
-two). A rule from the 1-minute load average (tried first) counts the trainer's own work of the
+2-core machine, two threads still made digitnet's training step faster than one with one or two
+other processes spinning (README, Benchmarks: the measurements behind the code). A rule from the 1-minute load average (tried first) counts the trainer's own work of the
 last minute too, such as its data preparation on every core just before training, and then
 gives one thread.
 """
