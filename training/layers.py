@@ -70,7 +70,8 @@ def _trainer_process() -> None:
     - glibc's malloc keeps the big blocks a step frees for the next step (up to 32 MiB each, the
       most it allows) instead of handing them back to the kernel: every step allocates the same
       few-MiB temporaries, and each fresh page from the kernel costs a fault and zeroing (less
-      CPU per step, README's measurements). The process keeps its peak memory until it exits. Other C libraries (macOS, musl): as is."""
+      CPU per step, README's measurements). The process keeps its peak memory until it exits.
+      Other C libraries (macOS, musl): as is."""
     threadpool_limits(1, user_api="blas")
     try:
         mallopt = ctypes.CDLL(None).mallopt

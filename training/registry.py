@@ -65,21 +65,33 @@ def _keras_batchnorm(k, spec, name):
 
 
 TRAINING = {
-    "conv2d": TrainingForms(_conv_layer, _keras_conv, ("kernel", "bias")),
-    "relu": TrainingForms(lambda shape, rng, dtype, tuning: L.ReLU(),
-                          lambda k, spec, name: k.layers.ReLU(name=name)),
-    "maxpool2d": TrainingForms(lambda shape, rng, dtype, tuning: L.MaxPool2D(shape.spec.get("size", 2), tuning=tuning),
-                               lambda k, spec, name: k.layers.MaxPooling2D(spec.get("size", 2), name=name)),
-    "batchnorm": TrainingForms(_batchnorm_layer, _keras_batchnorm, ("gamma", "beta", "mean", "var")),
-    "dropout": TrainingForms(lambda shape, rng, dtype, tuning: L.Dropout(shape.spec.get("rate", 0.5), rng),
-                             lambda k, spec, name: k.layers.Dropout(spec.get("rate", 0.5), name=name)),
-    "flatten": TrainingForms(lambda shape, rng, dtype, tuning: L.Flatten(),
-                             lambda k, spec, name: k.layers.Flatten(name=name)),
-    "dense": TrainingForms(_dense_layer, lambda k, spec, name: k.layers.Dense(spec["units"], kernel_initializer="he_normal",
-                                                                               name=name), ("kernel", "bias")),
-    # The NumPy trainer fuses softmax into its loss (training.layers.softmax_cross_entropy).
-    "softmax": TrainingForms(lambda shape, rng, dtype, tuning: L.Identity(),
-                             lambda k, spec, name: k.layers.Softmax(name=name)),
+    "conv2d": TrainingForms(
+        layer=_conv_layer,
+        keras=_keras_conv,
+        keras_weights=("kernel", "bias")),
+    "relu": TrainingForms(
+        layer=lambda shape, rng, dtype, tuning: L.ReLU(),
+        keras=lambda k, spec, name: k.layers.ReLU(name=name)),
+    "maxpool2d": TrainingForms(
+        layer=lambda shape, rng, dtype, tuning: L.MaxPool2D(shape.spec.get("size", 2), tuning=tuning),
+        keras=lambda k, spec, name: k.layers.MaxPooling2D(spec.get("size", 2), name=name)),
+    "batchnorm": TrainingForms(
+        layer=_batchnorm_layer,
+        keras=_keras_batchnorm,
+        keras_weights=("gamma", "beta", "mean", "var")),
+    "dropout": TrainingForms(
+        layer=lambda shape, rng, dtype, tuning: L.Dropout(shape.spec.get("rate", 0.5), rng),
+        keras=lambda k, spec, name: k.layers.Dropout(spec.get("rate", 0.5), name=name)),
+    "flatten": TrainingForms(
+        layer=lambda shape, rng, dtype, tuning: L.Flatten(),
+        keras=lambda k, spec, name: k.layers.Flatten(name=name)),
+    "dense": TrainingForms(
+        layer=_dense_layer,
+        keras=lambda k, spec, name: k.layers.Dense(spec["units"], kernel_initializer="he_normal", name=name),
+        keras_weights=("kernel", "bias")),
+    "softmax": TrainingForms(
+        layer=lambda shape, rng, dtype, tuning: L.Identity(),  # the loss applies it (softmax_cross_entropy)
+        keras=lambda k, spec, name: k.layers.Softmax(name=name)),
 }
 
 
