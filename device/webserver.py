@@ -15,9 +15,9 @@ Standard library only (http.server), on its own daemon thread, started and stopp
   the picture's declared size passed a pixel budget: a request's memory is bounded, and so is
   the number in flight (over MAX_PREDICTS: 503 with Retry-After).
 
-Slow and idle clients cannot lock anyone out: each request has an overall deadline (not only
-one per read), and when every connection slot is taken, a new connection takes the slot of one
-that has been waiting for its client the longest (an idle keep-alive first, then the slowest).
+Slow and idle clients cannot lock anyone out: the HTTP side is device/webhttp.py, a standard-library
+server whose limits (body size, an overall deadline per request, connection slots that the
+longest-waiting client gives up when all are taken) are listed in one place, ``webhttp.Limits``.
 
 Endpoints (README, "Web page"): ``/`` (the page, device/web/), ``GET /api/status``,
 ``GET /api/model``, ``GET /api/image/frame.png``, ``GET /api/image/input.png``, ``POST /api/predict``.
@@ -29,14 +29,10 @@ import base64
 import io
 import ipaddress
 import json
-import re
-import select
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -44,6 +40,7 @@ from PIL import Image, ImageDraw
 from device.classify import classify
 from device.preprocess import ImageError, open_image, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
+from device.webhttp import HardenedHandler, HardenedServer, HardenedServer6, Limits, RequestError
 from device.webteach import TEACH_POSTS, seen_png, teach_post, teach_state
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
@@ -55,10 +52,10 @@ MAX_UPLOAD = 1 << 20  # bytes: a drawing is a few kilobytes, a phone photo as JP
 MAX_UPLOAD_SIZE = (1280, 960)
 MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIZE[0] * MAX_UPLOAD_SIZE[1]
 MAX_PREDICTS = 8  # predict requests in flight (a body of at most 1 MB each, waiting or running); more: 503
-EVICT_AFTER = 0.5  # seconds a connection must have waited for its client before another may take its slot
 UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 UPLOAD_FORMATS = tuple(dict.fromkeys(UPLOAD_TYPES.values()))  # Pillow's names: ("PNG", "JPEG")
 THUMB_WIDTH = 240
+POSTS = ("/api/predict",) + TEACH_POSTS
 
 
 class LiveState:
@@ -112,15 +109,6 @@ def is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
-
-
-class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``; a 503 says when to retry."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
 
 
 def check_upload(body: bytes, content_type: str) -> None:
@@ -290,116 +278,18 @@ class WebApp:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
-class _DeadlineReader(io.RawIOBase):
-    """The connection's input, read only until the handler's deadline for the current request: a
-    client sending a byte just before each read's timeout cannot hold a slot for ever. It notes
-    when the handler waits for its client (``waiting``), which the server needs to pick a slot
-    to free."""
+class _Handler(HardenedHandler):
+    """The routes: the page and its assets, the JSON API, the teach panel's presses."""
 
-    def __init__(self, handler: "_Handler"):
-        self.handler = handler
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        h = self.handler
-        remaining = h.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"the request did not arrive within {h.server.request_timeout:g} s")
-        h.connection.settimeout(remaining)
-        h.waiting = True
-        try:
-            n = h.connection.recv_into(buffer)
-        finally:
-            h.waiting = False
-        h.received += n
-        return n
-
-
-class _Handler(BaseHTTPRequestHandler):
     server_version = "cardcam"
-    protocol_version = "HTTP/1.1"  # keep-alive: a polling page reuses its connection
-
-    def setup(self):
-        self.timeout = self.server.request_timeout  # a client that stalls mid-request is dropped, never waited on
-        super().setup()
-        self.rfile.close()  # the plain socket reader StreamRequestHandler made; the socket stays open
-        self.rfile = io.BufferedReader(_DeadlineReader(self))
-        self.since = self.deadline = time.monotonic()
-        self.waiting, self.received, self.evicted = False, 0, False
-        self.server.register(self)
-
-    def finish(self):
-        self.server.unregister(self)
-        super().finish()
-
-    def handle_one_request(self):
-        """One request, within request_timeout of the moment the handler is ready for it."""
-        self.since = time.monotonic()
-        self.deadline = self.since + self.server.request_timeout
-        self.received = 0
-        super().handle_one_request()
-
-    def evict(self) -> None:
-        """Free this connection's slot for another (called from the accepting thread, while this
-        one waits for its client): a client in the middle of a request hears why."""
-        self.evicted = True
-        try:
-            # select(), not the socket's own calls: those wait for the handler's timeout first.
-            if self.received and select.select([], [self.connection], [], 0)[1]:
-                body = json.dumps({"error": "too many connections, and this one was the slowest; try again"}).encode()
-                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
-                self.connection.send(head + body, socket.MSG_DONTWAIT)
-            self.connection.shutdown(socket.SHUT_RDWR)  # its blocked read returns at once
-        except (OSError, ValueError):
-            pass
-
-    def has_unread_input(self) -> bool:
-        """Whether the client sent what the handler has not read yet (it is about to), or hung up."""
-        try:
-            return bool(select.select([self.connection], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True  # gone or broken: its own thread finds out; not a slot to take
 
     @property
     def app(self) -> WebApp:
         return self.server.app
 
-    def log_message(self, format, *args):  # one line per request would flood the journal at 4 polls a second
-        pass
-
-    def send_body(self, status: int, body: bytes, content_type: str, extra=()) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in extra:
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_json(self, status: int, obj, extra=()) -> None:
-        self.send_body(status, json.dumps(obj).encode(), "application/json", extra)
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own errors (malformed request line, headers too long, ...) as JSON too."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # the request line was not understood:
-            self.request_version = "HTTP/1.0"    # answer with a status line, not a bare HTTP/0.9 body
-        try:
-            self.send_json(code, {"error": message or HTTPStatus(code).phrase})
-        except OSError:
-            pass
-
     def _guard(self, method) -> None:
         # Writing the answer has the whole timeout, whatever reading the request left of it.
-        self.connection.settimeout(self.server.request_timeout)
+        self.connection.settimeout(self.limits.request_s)
         try:
             method()
         except RequestError as e:
@@ -429,8 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
     def _not_allowed(self):
-        self._discard_body()
-        allowed = "POST" if self._route() in ("/api/predict",) + TEACH_POSTS else "GET, HEAD"
+        self.discard_body()
+        allowed = "POST" if self._route() in POSTS else "GET, HEAD"
         self.send_body(405, json.dumps({"error": f"{self.command} is not allowed here; use {allowed}"}).encode(),
                        "application/json", [("Allow", allowed)])
 
@@ -438,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0]
 
     def _get(self):
-        if self.headers.get("Transfer-Encoding") or self._content_length() > 0:
+        if self.headers.get("Transfer-Encoding") or self.content_length() > 0:
             # Read as the next request, the body would be answered too: a request smuggled in.
             self.close_connection = True
             raise RequestError(400, f"a {self.command} request has no body")
@@ -456,169 +346,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(200, teach_state(self.app.live.teaching))
         elif path.startswith("/api/teach/seen/"):
             self.send_body(200, seen_png(self.app.live.teaching, path), "image/png")
-        elif path in ("/api/predict",) + TEACH_POSTS:
+        elif path in POSTS:
             self._not_allowed()
         else:
             raise RequestError(404, f"no such page: {path}")
 
-    def _content_length(self) -> int:
-        """The body's length: one Content-Length of plain ASCII digits, no Transfer-Encoding."""
-        encoding = self.headers.get("Transfer-Encoding")
-        if encoding is not None:
-            self.close_connection = True
-            what = "chunked bodies are" if "chunked" in encoding.lower() else f"Transfer-Encoding {encoding!r} is"
-            raise RequestError(411, f"send the picture with a Content-Length ({what} not accepted)")
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(lengths) > 1:
-            self.close_connection = True
-            raise RequestError(400, f"{len(lengths)} Content-Length headers; send one")
-        if not lengths:
-            return 0
-        text = lengths[0].strip(" \t")
-        if not re.fullmatch(r"[0-9]{1,15}", text):  # str.isdigit() takes "²" and other digits int() does not
-            self.close_connection = True
-            raise RequestError(400, f"bad Content-Length {lengths[0]!r}")
-        return int(text)
-
-    def _discard_body(self) -> None:
-        try:
-            length = self._content_length()
-        except RequestError:
-            return
-        if length > MAX_UPLOAD:
-            self.close_connection = True
-            return
-        while length > 0:  # in pieces: a discarded body is never held whole
-            piece = self.rfile.read(min(length, 1 << 16))
-            if not piece:
-                self.close_connection = True
-                return
-            length -= len(piece)
-
-    def _linger(self, seconds: float = 2.0) -> None:
-        """Read and drop what the client still sends, until it stops or ``seconds`` pass."""
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.2)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end and self.connection.recv(1 << 16):
-                pass
-        except OSError:
-            pass
-
-    def handle_expect_100(self):
-        """`Expect: 100-continue` (curl, for big bodies): refuse an oversized body before it is sent."""
-        try:
-            too_big = self._content_length() > MAX_UPLOAD
-        except RequestError as e:
-            self.send_json(e.status, {"error": str(e)})
-            return False
-        if too_big:
-            self._refuse_too_big("")
-            return False
-        return super().handle_expect_100()
-
-    def _refuse_too_big(self, detail: str):
-        self.close_connection = True
-        self.send_json(413, {"error": f"picture is larger than the {MAX_UPLOAD // 1024} KB limit{detail}"})
-
     def _post(self):
-        if self._route() not in ("/api/predict",) + TEACH_POSTS:
+        route = self._route()
+        if route not in POSTS:
             self._not_allowed()
             return
-        length = self._content_length()
-        if length > MAX_UPLOAD:
-            # Not kept: answer, then close once the client has stopped sending (so it reads the
-            # answer instead of a reset connection), within a time limit.
-            self._refuse_too_big(f" ({length} bytes)")
-            self._linger()
+        length = self.body_length()
+        if length is None:  # over the limit: answered
             return
-        if "Content-Length" not in self.headers:
-            self.close_connection = True
-            raise RequestError(411, "send the picture with a Content-Length")
         slots = self.app.predict_slots
         if not slots.acquire(blocking=False):
             try:
-                self._discard_body()  # so that the connection can carry the next request
+                self.discard_body()  # so that the connection can carry the next request
             except (TimeoutError, OSError):
                 self.close_connection = True
             raise RequestError(503, f"busy: {MAX_PREDICTS} drawings are being classified; try again", retry_after=1)
         try:
-            try:
-                body = self.rfile.read(length)  # at most the declared length, itself at most the limit
-            except TimeoutError:
-                self.close_connection = True
-                raise RequestError(408, f"the body did not arrive within {self.server.request_timeout:g} s") from None
-            if len(body) != length:
-                self.close_connection = True
-                raise RequestError(400, f"body is {len(body)} bytes, Content-Length said {length}")
-            if self._route() == "/api/predict":
-                answer = self.app.predict(body, self.headers.get("Content-Type", ""))
+            body, kind = self.read_body(length), self.headers.get("Content-Type", "")
+            if route == "/api/predict":
+                answer = self.app.predict(body, kind)
             else:  # the teach panel's presses: an empty body is the card in view
-                answer = teach_post(self.app.live.teaching, self._route(), self.path.partition("?")[2], body,
-                                    self.headers.get("Content-Type", ""), self.app.live.snapshot()[2])
+                answer = teach_post(self.app.live.teaching, route, self.path.partition("?")[2], body, kind,
+                                    self.app.live.snapshot()[2])
         finally:
             slots.release()
         self.send_json(200, answer)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True       # a stalled client never holds up the daemon's exit
-    block_on_close = False
-    allow_reuse_address = True  # restart at once after a stop (TIME_WAIT)
-    request_queue_size = 128    # a burst of clients waits in the kernel for a slot, rather than being refused
-    _slots: threading.BoundedSemaphore  # WebServer.max_connections
-    closing = False
-
-    def server_activate(self):
-        super().server_activate()
-        self._handlers: set = set()
-        self._handlers_lock = threading.Lock()
-
-    def register(self, handler) -> None:
-        with self._handlers_lock:
-            self._handlers.add(handler)
-
-    def unregister(self, handler) -> None:
-        with self._handlers_lock:
-            self._handlers.discard(handler)
-
-    def process_request(self, request, client_address):
-        """A thread for the connection once a slot is free. While none is, the connection that has
-        waited longest for its client (idle first, then slow; for EVICT_AFTER at least) gives its
-        slot up; the rest wait in the kernel's queue."""
-        while not self._slots.acquire(timeout=0.05):
-            if self.closing:
-                self.shutdown_request(request)
-                return
-            self._evict_one()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def _evict_one(self) -> None:
-        now = time.monotonic()
-        with self._handlers_lock:
-            waiting = [h for h in self._handlers if h.waiting and not h.evicted and now - h.since >= EVICT_AFTER]
-        waiting = [h for h in waiting if not h.has_unread_input()]
-        if waiting:
-            min(waiting, key=lambda h: (h.received > 0, h.since)).evict()
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address):
-        self.app.log(f"web: error serving {client_address[0]}")
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
 
 
 class WebServer:
@@ -631,16 +388,15 @@ class WebServer:
                  max_connections: int = 32):
         self.app = WebApp(live, log)
         self.host, self.port = host, port
-        self.request_timeout = request_timeout
-        self.max_connections = max_connections  # one thread each; more are turned away (a page needs a few)
+        # One thread per connection; a page needs a few. The other limits: webhttp.Limits' defaults.
+        self.limits = Limits(body_bytes=MAX_UPLOAD, request_s=request_timeout, connections=max_connections)
         self._httpd = None
         self._thread = None
 
     def start(self) -> "WebServer":
-        server_class = _Server6 if ":" in self.host else _Server
-        httpd = server_class((self.host, self.port), _Handler)
-        httpd.app, httpd.request_timeout = self.app, self.request_timeout
-        httpd._slots = threading.BoundedSemaphore(self.max_connections)
+        server_class = HardenedServer6 if ":" in self.host else HardenedServer
+        httpd = server_class((self.host, self.port), _Handler, self.limits, self.app.log)
+        httpd.app = self.app
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": self.POLL},

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 from device.files import open_regular
 from device.preprocess import preprocess, to_frame
+from device.webhttp import RequestError
 
 TEACH_POSTS = ("/api/teach/example", "/api/teach/learn", "/api/teach/undo")
 THUMBNAILS = 4         # the latest examples shown per label
@@ -25,15 +26,9 @@ MAX_SEEN_BYTES = 1 << 16
 _SEEN = re.compile(r"/api/teach/seen/([A-Za-z0-9][A-Za-z0-9_+-]{0,39})/([0-9]{8}-[0-9]{6}-[0-9]{9})\.png")
 
 
-def _request_error(status: int, message: str, retry_after=None):
-    from device.webserver import RequestError  # the server's own error type (it imports this module)
-
-    return RequestError(status, message, retry_after)
-
-
 def _on(teaching):
     if teaching is None:
-        raise _request_error(404, "teach mode is off ([teach] enabled = false in the config)")
+        raise RequestError(404, "teach mode is off ([teach] enabled = false in the config)")
     return teaching
 
 
@@ -50,12 +45,12 @@ def seen_png(teaching, path: str) -> bytes:
     teaching = _on(teaching)
     match = _SEEN.fullmatch(path)
     if match is None or match[1] not in teaching.labels:
-        raise _request_error(404, f"no such example picture: {path}")
+        raise RequestError(404, f"no such example picture: {path}")
     try:
         with open_regular(teaching.examples / match[1] / "seen" / f"{match[2]}.png", MAX_SEEN_BYTES) as f:
             return f.read()
     except (OSError, ValueError):
-        raise _request_error(404, f"no such example picture: {path}") from None
+        raise RequestError(404, f"no such example picture: {path}") from None
 
 
 def teach_post(teaching, route: str, query: str, body: bytes, content_type: str, model) -> dict:
@@ -64,13 +59,13 @@ def teach_post(teaching, route: str, query: str, body: bytes, content_type: str,
     if route == "/api/teach/example":
         label = parse_qs(query).get("label", [""])[0]
         if label not in teaching.labels:
-            raise _request_error(400, f"unknown label {label!r} (teach labels: {', '.join(teaching.labels)})")
+            raise RequestError(400, f"unknown label {label!r} (teach labels: {', '.join(teaching.labels)})")
         frame = prepared = None
         if body:  # an uploaded picture: decoded and preprocessed here, as /api/predict does
             from device.webserver import decode_upload
 
             if model is None:
-                raise _request_error(503, "no model loaded yet", retry_after=5)
+                raise RequestError(503, "no model loaded yet", retry_after=5)
             bundle = model[0]
             frame = to_frame(decode_upload(body, content_type))
             prepared = preprocess(frame, bundle.preprocess, bundle.input_shape)
@@ -78,8 +73,8 @@ def teach_post(teaching, route: str, query: str, body: bytes, content_type: str,
     else:
         request = teaching.ask(route.rsplit("/", 1)[1])
     if not request.done.wait(WAIT):
-        raise _request_error(503, f"the appliance did not get to it within {WAIT:g} s (no camera frames?); "
+        raise RequestError(503, f"the appliance did not get to it within {WAIT:g} s (no camera frames?); "
                                   "try again", retry_after=5)
     if not request.ok:
-        raise _request_error(409, request.message)
+        raise RequestError(409, request.message)
     return {"ok": True, "message": request.message} | teach_state(teaching)
