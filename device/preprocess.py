@@ -34,6 +34,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -343,44 +344,54 @@ def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]
     return coarse, paper_brightness(coarse, max(2, round(window / 4)))
 
 
+class _Grid(NamedTuple):
+    """How an h x w mask of cells is held as one Python integer, a bit a cell: rows of
+    ``stride`` bits, the last of them a guard that stays 0 (so a shift along a row never carries
+    into the next). A card's ~1200 cells: a shift or an "and" of two masks is a fraction of a
+    microsecond, a NumPy call a microsecond or more."""
+
+    h: int
+    w: int
+    stride: int
+    row_steps: int      # doubling jumps that cross a row
+    column_steps: int   # ... a column
+    cells: int          # every cell
+    border: int         # the cells on the picture's border
+
+
 @lru_cache(maxsize=16)
-def _bit_grid(h: int, w: int) -> tuple:
-    """How an h x w mask is held as one Python integer, a bit a cell: rows of ``stride`` bits,
-    the last of them a guard that stays 0 (so a shift along a row never carries into the next).
-    Returns (stride, doubling steps that cross a row, that cross a column)."""
-    return w + 1, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length())
+def _grid(h: int, w: int) -> _Grid:
+    stride = w + 1
+    cells = sum(((1 << w) - 1) << (row * stride) for row in range(h))
+    inner = sum(((1 << max(0, w - 2)) - 1) << (row * stride + 1) for row in range(1, h - 1))
+    return _Grid(h, w, stride, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length()), cells, cells & ~inner)
 
 
-def _pack(mask: np.ndarray, stride: int) -> int:
-    padded = np.zeros((mask.shape[0], stride), bool)
-    padded[:, :mask.shape[1]] = mask
+def _pack(mask: np.ndarray, grid: _Grid) -> int:
+    padded = np.zeros((grid.h, grid.stride), bool)
+    padded[:, :grid.w] = mask
     return int.from_bytes(np.packbits(padded, bitorder="little").tobytes(), "little")
 
 
-def _unpack(bits: int, h: int, w: int, stride: int) -> np.ndarray:
+def _unpack(bits: int, grid: _Grid) -> np.ndarray:
+    h, stride = grid.h, grid.stride
     raw = np.frombuffer(bits.to_bytes((h * stride + 7) // 8, "little"), np.uint8)
-    return np.unpackbits(raw, bitorder="little")[:h * stride].view(bool).reshape(h, stride)[:, :w]
+    return np.unpackbits(raw, bitorder="little")[:h * stride].view(bool).reshape(h, stride)[:, :grid.w]
 
 
-def _connected(seed, allowed: np.ndarray) -> np.ndarray:
-    """The cells of ``allowed`` 4-connected to ``seed`` (a (row, column), or a mask).
+def _fill(region: int, free: int, grid: _Grid) -> int:
+    """The cells of ``free`` 4-connected to ``region`` (masks as in _Grid).
 
-    The masks are Python integers, a bit a cell (a card's ~1200 cells: a shift or an "and" is a
-    fraction of a microsecond, a NumPy call a microsecond or more). A fill runs along whole rows
-    at once (rightwards by an addition: the carry runs through a row's run of allowed cells and
-    stops at the first that is not), and the other three ways by doubling jumps over allowed
-    cells; it repeats until nothing joins, so it takes as many passes as the path has turns."""
-    h, w = allowed.shape
-    stride, row_steps, column_steps = _bit_grid(h, w)
-    free = _pack(allowed, stride)
-    if isinstance(seed, tuple):
-        region = (1 << (int(seed[0]) * stride + int(seed[1]))) & free
-    else:
-        region = _pack(seed, stride) & free
+    A fill runs along whole rows at once (rightwards by an addition: the carry runs through a
+    row's run of free cells and stops at the first that is not), and the other three ways by
+    doubling jumps over free cells; it repeats until nothing joins, so it takes as many passes
+    as the path has turns."""
+    region &= free
     if not region:
-        return np.zeros((h, w), bool)
+        return 0
     fills = []  # per direction: (towards higher bits, [(jump, cells a jump may land on)])
-    for step, steps, up in ((1, row_steps, False), (stride, column_steps, True), (stride, column_steps, False)):
+    for step, steps, up in ((1, grid.row_steps, False), (grid.stride, grid.column_steps, True),
+                            (grid.stride, grid.column_steps, False)):
         through, jumps = free, []
         for i in range(steps):
             jumps.append((step << i, through))
@@ -393,7 +404,15 @@ def _connected(seed, allowed: np.ndarray) -> np.ndarray:
             for jump, through in jumps:
                 region |= through & ((region << jump) if up else (region >> jump))
         if region == before:
-            return _unpack(region, h, w, stride)
+            return region
+
+
+def _connected(seed, allowed: np.ndarray) -> np.ndarray:
+    """The cells of ``allowed`` 4-connected to ``seed`` (a (row, column), or a mask)."""
+    grid = _grid(*allowed.shape)
+    free = _pack(allowed, grid)
+    region = 1 << (int(seed[0]) * grid.stride + int(seed[1])) if isinstance(seed, tuple) else _pack(seed, grid)
+    return _unpack(_fill(region, free, grid), grid)
 
 
 @lru_cache(maxsize=16)
@@ -456,7 +475,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
 
     ``coarse`` and ``darkest``: the brightest and darkest pixel of each cell; ``closed``: the
     paper (see _paper_level)."""
-    near_centre = _near_centre(*closed.shape)
+    near_centre, grid = _near_centre(*closed.shape), _grid(*closed.shape)
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = _steps(np.log(np.maximum(coarse, np.float32(1e-3))), plain, -math.log(1.0 - edge_step))
     open_ground = ~step
@@ -474,10 +493,10 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         if open_paper.any():
             seed = divmod(int(np.argmax(score_map * open_paper)), coarse.shape[1])
         allowed[seed] = True
-        paper = _connected(seed, allowed)
+        paper = _fill(1 << (seed[0] * grid.stride + seed[1]), _pack(allowed, grid), grid)
         # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
         like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
-        region = _with_strokes(paper, plain & open_ground & ~like)
+        region = _unpack(_with_strokes(paper, _pack(plain & open_ground & ~like, grid), grid), grid)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
         own_ink = ink & _filter(region, 5, np.minimum)
@@ -488,7 +507,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
             return region, reference
         if not _enclosed(region, like):
             # Large blank paper at the centre, first found: a blank card, not something to look past.
-            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and np.count_nonzero(paper) >= 0.05 * paper.size:
+            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * region.size:
                 return region, reference
             score = count * (0.05 + centrality) ** 2
             if score > best_score:
@@ -509,12 +528,13 @@ def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
     return np.count_nonzero(around & like) >= 0.4 * np.count_nonzero(around)
 
 
-def _with_strokes(paper: np.ndarray, surface: np.ndarray) -> np.ndarray:
-    """A card: its paper and everything the room does not reach: its strokes and loops, and the
-    strokes that run off a close-up's border. The room starts from the ``surface`` cells at the
-    picture's border that are not this paper (plain, not the darker side of a step, and not
-    paper like this: the same sheet, cut by strokes)."""
-    return ~_connected(_border(paper.shape) & ~paper & surface, ~paper)
+def _with_strokes(paper: int, surface: int, grid: _Grid) -> int:
+    """A card (masks as in _Grid): its paper and everything the room does not reach: its strokes
+    and loops, and the strokes that run off a close-up's border. The room starts from the
+    ``surface`` cells at the picture's border that are not this paper (plain, not the darker
+    side of a step, and not paper like this: the same sheet, cut by strokes)."""
+    outside = grid.cells & ~paper
+    return grid.cells & ~_fill(grid.border & outside & surface, outside, grid)
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:
