@@ -5,7 +5,10 @@ dropout is dropped; each conv/dense then runs with its ReLU and max-pool fused, 
 formulation fastest for its shape (timed once per batch size). At a frame, the cost is the number
 of NumPy calls, not arithmetic: every buffer and view is made once per batch size, each layer
 writes straight into the next one's input (zero border, bias column of ones, dense rows) and a
-forward pass is a list of argument-free calls, about 3 per conv and 2 per dense layer.
+forward pass is a list of argument-free calls, about 3 per conv and 2 per dense layer. The
+plan of ops (Conv, Dense, Scale, Relu, Pool, Flatten, Softmax) is made by each layer type's
+``plan`` in device.nn; tests/test_numpy_runtime.py checks it against device.nn.forward, the
+plain forward pass, in every conv form.
 
 ``TfliteRuntime`` runs the bundle's int8 TFLite entry through the first interpreter that imports:
 ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tensorflow.lite.
@@ -14,7 +17,6 @@ ai_edge_litert (numpy 2, 64-bit), tflite_runtime (numpy < 2, 32-bit Pi OS), tens
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import math
@@ -23,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import NamedTuple
 
@@ -112,7 +114,7 @@ def last_hidden_layer(bundle: Bundle):
     if isinstance(kept[-1], Relu):
         kept = kept[:-1]
     elif isinstance(kept[-1], (Conv, Dense)) and kept[-1].relu:
-        kept[-1] = dataclasses.replace(kept[-1], relu=False)
+        kept[-1] = replace(kept[-1], relu=False)
     first, steps, out, _ = _compile(kept, 1, bundle.input_shape)
 
     def features(batch) -> np.ndarray:
@@ -144,6 +146,11 @@ class Conv:
     pools: list = field(default_factory=list)  # max-pool sizes, in order
     relu: bool = False
     in_place = False
+
+    @property
+    def open(self) -> bool:
+        """Nothing fused after it yet: a BatchNorm right after it can be folded in."""
+        return not self.pools and not self.relu
 
     def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
         c, n, h, w = shape
@@ -179,6 +186,11 @@ class Dense:
     bias: np.ndarray
     relu: bool = False
     in_place = False
+
+    @property
+    def open(self) -> bool:
+        """Nothing fused after it yet: a BatchNorm right after it can be folded in."""
+        return not self.relu
 
     def input_buffer(self, shape: tuple, ops: list, i: int) -> _Dest:
         full = np.ones((shape[0], shape[1] + 1), np.float32)  # a column of ones carries the bias
@@ -303,8 +315,7 @@ class Plan:
 
     def scale(self, scale, shift) -> None:
         last = self._last()
-        if isinstance(last, (Conv, Dense)) and not last.relu and not getattr(last, "pools", None):
-            # Scale the conv/dense right before it (no pool or ReLU in between).
+        if isinstance(last, (Conv, Dense)) and last.open:  # no pool or ReLU in between: fold it in
             last.kernel = (last.kernel * scale).astype(np.float32)
             last.bias = (last.bias * scale + shift).astype(np.float32)
         else:
