@@ -6,6 +6,8 @@ alone never pull it in.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -165,18 +167,31 @@ def trained01(tmp_path_factory, mnist01_cards):
     return SimpleNamespace(path=out, bundle=bundle, config=cfg, cards=mnist01_cards)
 
 
-def skip_or_fail(reason: str):
-    """Skip, unless CARDCAM_REQUIRE_TFLITE=1 (.ci/run's numpy<2 venv, where the TFLite tests are the point)."""
-    import os
+def missing(reason: str, require: str = "CI"):
+    """Something a test needs is not here: skip on a laptop without it, but fail where it must be
+    (``CI`` set: .ci/run exports CI=1, so a missing TensorFlow or OpenCV is a failure there, not a
+    quiet skip; or the variable named by ``require``)."""
+    for name in dict.fromkeys(("CI", require)):
+        if os.environ.get(name) not in (None, "", "0"):
+            pytest.fail(f"{name}={os.environ[name]} but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
-    if os.environ.get("CARDCAM_REQUIRE_TFLITE") == "1":
-        pytest.fail(f"CARDCAM_REQUIRE_TFLITE=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+
+def require(module: str, why: str = ""):
+    """``module``, imported; missing, the test is skipped off CI and fails under CI (``missing``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing(f"{module} cannot be imported{why} ({e})")
+
+
+def skip_or_fail(reason: str):
+    """For the TFLite tests: fail also when CARDCAM_REQUIRE_TFLITE=1 (tests/pi-cpu, .ci/run's numpy<2
+    venv, where the TFLite tests are the point)."""
+    missing(reason, require="CARDCAM_REQUIRE_TFLITE")
 
 
 def keras_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("keras") is not None and importlib.util.find_spec("tensorflow") is not None
 
 

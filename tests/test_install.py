@@ -163,9 +163,11 @@ def test_security_score_tells_a_weaker_unit_apart(tmp_path):
 
 # --- install.sh for real -------------------------------------------------------------------------
 
-@pytest.mark.skipif(os.environ.get("CARDCAM_INSTALL_TEST") != "1" or os.geteuid() != 0,
+@pytest.mark.skipif(os.environ.get("CARDCAM_INSTALL_TEST") != "1",
                     reason="installs apt packages and the cardcam user: set CARDCAM_INSTALL_TEST=1 and run as root")
 def test_install_for_real_idempotent_and_uninstall_keeps_models_and_config(tmp_path):
+    if os.geteuid() != 0:  # asked for (CARDCAM_INSTALL_TEST=1) and it cannot run: that is a failure, not a skip
+        pytest.fail("CARDCAM_INSTALL_TEST=1 but not root: install.sh for real needs root (sudo)", pytrace=False)
     prefix = tmp_path / "root"
     first = run("bash", INSTALL, "--prefix", prefix, check_rc=0)
     assert "Done:" in first.stdout and "not enabling or starting it" in first.stdout

@@ -18,11 +18,11 @@ from training.cli import main
 from training.data import load_folder
 from training.smileys import draw_smiley
 
-from conftest import blank_paper
+from conftest import blank_paper, require
 
 pytestmark = pytest.mark.laptop  # cardcam-train on the laptop, not the Pi
 
-cv2 = pytest.importorskip("cv2")
+cv2 = require("cv2")  # skipped without OpenCV; a failure under CI
 
 ROWS, COLS = 6, 4
 EMPTY = {"happy": {4, 11, 24}, "sad": {1, 13}}  # cells left blank (numbered from 1)

@@ -18,6 +18,8 @@ from training import smileys
 from training.data import DataError
 from training.tasks import load_task
 
+from conftest import missing, require
+
 
 @pytest.fixture(scope="module")
 def faces():
@@ -108,7 +110,7 @@ def _heldout_module(repo):
 @pytest.fixture(scope="module")
 def heldout(repo):
     """4 faces per style and class in the independent matplotlib styles (64 faces)."""
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     module = _heldout_module(repo)
     cards, labels = [], []
     for happy in (True, False):
@@ -123,7 +125,7 @@ def heldout(repo):
 def test_shipped_smiley_model_reads_faces_drawn_another_way(repo, heldout, name):
     path = repo / "models" / name
     if not path.exists():
-        pytest.skip(f"models/{name} not built yet")
+        missing(f"models/{name} not built yet")
     bundle = load_bundle(path)
     assert bundle.labels == ["happy", "sad"]
     provenance = bundle.meta["provenance"]

@@ -104,6 +104,7 @@ def main(arch: str, out: Path) -> int:
         skipped = int(suite.get("skipped"))
         tests = f"tests {total - failed - skipped} passed, {failed} failed, {skipped} skipped"
         check(failed == 0 and steps.get("tests_status") == "0", "tests failed")
+        check(total - failed - skipped > 0, "no test passed")  # pytest's exit 5 (none collected) is caught above too
     else:
         check(False, "tests did not run")
     check(steps.get("doctor_status") == "0", f"doctor exit {steps.get('doctor_status', '?')}")
