@@ -6,9 +6,9 @@ Two measurements, with the daemon's default camera configuration: frames at the 
 preprocessing works at (160x120; the Pi camera's ISP scales its lores stream to it, and a replay
 reduces its pictures to it once, on load), from the shipped samples (cards and no-card frames):
 
-1. In this process, the daemon's own pieces (ReplaySource → device.daemon.Pipeline → Outputs on
-   gpiozero's MockFactory), one frame at a time as in `cardcam run`, timed per stage: grab,
-   preprocess, forward, decide, output. Peers measured in the same run give the ratios: the
+1. In this process, the daemon's own frame path (ReplaySource → device.classify.classify →
+   device.decision.Decider → Outputs on gpiozero's MockFactory), one frame at a time as in
+   `cardcam run`, timed per stage: grab, preprocess, forward (classify's own timings), decide, output. Peers measured in the same run give the ratios: the
    forward pass alone, and a Pillow BOX resize of a full 640x480 sample frame to preprocessing's
    working size (what a camera that cannot scale costs per frame before any preprocessing).
 2. `cardcam run --simulate` as a real subprocess with a notify socket: seconds from start to
@@ -49,12 +49,14 @@ from device.bundle import load_bundle, save_bundle
 from device.camera import PICTURE_SUFFIXES, SAMPLES_DIR, ReplaySource
 from device.preprocess import load_frame
 from device.config import defaults
-from device.daemon import STAGES, Pipeline
+from device.classify import classify
+from device.decision import Decider
 from device.outputs import Outputs, mock_pin_factory
 from device.runtime import TFLITE_MODULES, make_runtime, tflite_interpreter
 from training.options import count, positive
 
 GOAL_FPS = 2500.0
+STAGES = ("grab", "preprocess", "forward", "decide", "output")
 
 
 def rss_mb(pid="self") -> tuple[float, float]:
@@ -84,7 +86,7 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
     bundle = load_bundle(model)
     runtime = make_runtime(bundle, runtime_kind)
     config = defaults()
-    pipeline = Pipeline(bundle, runtime, config.decision)
+    decider = Decider(bundle.labels, config.decision.window, config.decision.enter, config.decision.exit)
     # The daemon's default camera configuration: frames at the size preprocessing works at (the
     # Pi camera's ISP scales for free; a replay reduces its pictures once, on load).
     source = ReplaySource(SAMPLES_DIR, fps=0, loop=True, hold=1, size=(config.camera.width, config.camera.height))
@@ -93,31 +95,34 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
     outputs.set_status("running")
     with source, outputs:
         for _ in range(50):  # warm up: caches, first allocations
-            pipeline.step(source.read())
-        pipeline.times = dict.fromkeys(STAGES, 0.0)
-        pipeline.frames = 0
+            decider.update(classify(source.read(), bundle, runtime).probabilities)
+        grab = preprocess = forward = decide = output = 0.0
         rss_start = rss_mb()[0]
         memory = [(0, rss_start)]  # (frames done, VmRSS MB), every memory_every frames
         found = 0
         prep = {True: 0.0, False: 0.0}  # preprocess seconds for frames with and without a card
         t_start = time.perf_counter()
-        for _ in range(frames):
+        for done in range(1, frames + 1):  # as the daemon's loop (device/daemon.py, Daemon.run)
             t0 = time.perf_counter()
             frame = source.read()
             t1 = time.perf_counter()
-            before = pipeline.times["preprocess"]
-            result = pipeline.step(frame)
+            result = classify(frame, bundle, runtime)
             t2 = time.perf_counter()
-            prep[result.reason == ""] += pipeline.times["preprocess"] - before
-            if result.changed:
-                outputs.show(result.label)
+            shown = decider.update(result.probabilities)
             t3 = time.perf_counter()
-            pipeline.times["grab"] += t1 - t0
-            pipeline.times["output"] += t3 - t2
+            if shown.changed:
+                outputs.show(shown.label)
+            t4 = time.perf_counter()
+            grab += t1 - t0
+            preprocess += result.seconds[0]
+            forward += result.seconds[1]
+            decide += t3 - t2
+            output += t4 - t3
+            prep[result.reason == ""] += result.seconds[0]
             found += result.reason == ""
-            if memory_every and (len(memory) * memory_every) == pipeline.frames:
-                memory.append((pipeline.frames, rss_mb()[0]))
-                print(f"  {pipeline.frames} frames: RSS {memory[-1][1]:.2f} MB", flush=True)
+            if memory_every and (len(memory) * memory_every) == done:
+                memory.append((done, rss_mb()[0]))
+                print(f"  {done} frames: RSS {memory[-1][1]:.2f} MB", flush=True)
         total = time.perf_counter() - t_start
         rss_end = rss_mb()[0]
         # Peers, same frames, same run.
@@ -134,7 +139,8 @@ def in_process(model: Path, frames: int, memory_every: int = 0, runtime_kind: st
             frame = full_size[i % len(full_size)]
             Image.fromarray(frame).resize((work, work * frame.shape[0] // frame.shape[1]), Image.Resampling.BOX)
         resize_peer = (time.perf_counter() - t0) / n_peer
-    stages = {k: 1000 * v / frames for k, v in pipeline.times.items()}
+    times = dict(zip(STAGES, (grab, preprocess, forward, decide, output)))
+    stages = {k: 1000 * v / frames for k, v in times.items()}
     return {
         "fps": frames / total, "frames": frames, "frame_size": "x".join(map(str, sample[0].shape[::-1])),
         "stages_ms": stages, "total_ms": 1000 * total / frames,

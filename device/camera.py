@@ -368,3 +368,68 @@ def open_source(config, simulate: bool, sleep=time.sleep, log=None):
     return make_source(choose_source_kind(config, simulate), size=(c.width, c.height), fps=c.fps, replay=c.replay,
                        loop=c.loop, hold=c.hold, buffer_count=c.buffer_count, timeout=c.timeout,
                        camera_num=c.camera_num, device=c.device, sleep=sleep, log=log)
+
+
+class RetryingSource:
+    """The frame source the daemon reads: camera faults are ridden out here.
+
+    ``read()`` gives the next frame, or None after a fault (``CameraError``): the source is closed,
+    the fault logged (once, and again when its message changes), and the loop paused, each pause
+    twice the last up to ``max_backoff`` seconds, so a camera that comes back is seen within about
+    a second; the next read opens the source again. ``on_change()`` is called when a fault begins
+    or repeats and when frames come back (the daemon sets its status LED and state from
+    ``error``). ``open_source()`` makes a new, unopened source (the config of the moment).
+    ``ReplayFinished`` passes through.
+    """
+
+    def __init__(self, open_source, max_backoff: float, sleep=time.sleep, log=_to_stderr, on_change=lambda: None):
+        self.open_source = open_source
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.log = log
+        self.on_change = on_change
+        self.source = None
+        self.error = None        # the fault going on (its message); None while frames come
+        self._since = 0.0
+        self._backoff = 0.0
+
+    def read(self) -> np.ndarray | None:
+        try:
+            if self.source is None:
+                self.source = self.open_source()
+                self.source.open()
+            frame = self.source.read()
+        except CameraError as e:
+            self._fault(str(e))
+            return None
+        if self.error is not None:
+            self.log(f"camera back after {time.monotonic() - self._since:.1f} s")
+            self.error = None
+            self.on_change()
+        return frame
+
+    def _fault(self, message: str) -> None:
+        self.close()
+        if self.error is None:
+            self._since, self._backoff = time.monotonic(), 0.05
+            self.log(f"camera fault: {message}; retrying")
+        elif message != self.error:
+            self.log(f"camera fault: {message}")
+        self.error = message
+        self.on_change()
+        self.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self.max_backoff)
+
+    def describe(self) -> str:
+        return self.source.describe() if self.source is not None else "no source open"
+
+    def close(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,148 +1,61 @@
 """`cardcam run`: the appliance. One loop: frame → preprocess → network → decision → LEDs.
 
-Around that loop, the things that keep an appliance alive for months:
+The loop is ``Daemon.run``; read it first. It enters its parts in an ``ExitStack`` (so every way
+out turns the LEDs off and closes the camera) and then runs the frame path:
 
-- systemd: READY=1 once the first frame is classified, WATCHDOG=1 from the loop itself (a stuck
-  loop stops sending and gets restarted), STATUS= for `systemctl status`, STOPPING=1, all over
-  the $NOTIFY_SOCKET datagram socket, no extra dependency;
-- signals: SIGTERM/SIGINT end the loop (LEDs off, camera closed, exit 0); SIGHUP reloads the
-  config and the model;
-- the model file is watched: a new file is taken only once it has stopped changing and passed
-  every check, between two frames; a bad one is refused and the running model stays;
-- camera faults are logged and retried with a growing (capped) pause; a missing model is retried;
-  the status LED says which fault it is;
-- optionally ([web]), a web page and JSON API on a thread of its own (device/webserver.py), fed
-  references to the latest frame and result; the loop never waits on it.
+    for frame in self.frames():
+        found = classify(frame, bundle, runtime)          # device/classify.py
+        shown = decider.update(found.probabilities)       # device/decision.py
+        outputs.show(shown.label)                         # device/outputs.py
+        web.publish(frame, found, shown)                  # device/webserver.py
+
+The parts, each owning one of the things that keep an appliance alive for months:
+
+- ``RetryingSource`` (device/camera.py): camera faults logged and retried with a growing, capped
+  pause; the status LED says so;
+- ``ModelSlot`` (device/modelfile.py): the model file watched; a new file is taken only once it
+  has stopped changing and passed every check, between two frames; a bad one is refused and the
+  running model stays; a missing model is retried;
+- ``Heartbeat`` (device/systemd.py): READY=1 once the first frame is classified, WATCHDOG=1 from
+  the loop itself, STATUS= lines with the fps, over $NOTIFY_SOCKET;
+- ``StateFile`` (device/status.py): the JSON record monitoring and `cardcam-train deploy` read;
+- ``WebPage``: optionally ([web]), a web page and JSON API on a thread of its own
+  (device/webserver.py), handed references to the latest frame and result; the loop never waits on it;
+- teach mode (device/teachmode.py), when [teach] is on: served between two frames.
+
+Signals: SIGTERM/SIGINT set ``stop`` (a threading.Event) and the loop ends at the next frame or
+pause (LEDs off, camera closed, exit 0); SIGHUP reloads the config and the model. Nothing is
+raised out of a signal handler: every wait in the loop is short (pauses are slices of 20 ms, a
+camera read ends at the camera's own timeout), and the one read that can block for ever, a
+config file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import signal
-import socket
 import sys
+import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-from device.bundle import BundleError
-from device.camera import CameraError, ReplayFinished, choose_source_kind, is_raspberry_pi, open_source
-from device.config import Config, ConfigError, load_config
+from device.camera import RetryingSource, ReplayFinished, choose_source_kind, is_raspberry_pi, open_source
 from device.classify import classify
-from device.decision import Decider
-from device.modelfile import ModelRefused, ModelWatcher, file_signature, load_model, model_path
+from device.config import Config, ConfigError, load_config
+from device.decision import Decider, Decision
+from device.modelfile import ModelSlot
 from device.outputs import OutputError, Outputs, TerminalRenderer, mock_pin_factory
-from device.preprocess import ImageError, load_frame, preprocess
-from device.runtime import make_runtime
 from device.runtime import describe as describe_runtime
-from device.status import state_file
+from device.status import StateFile, state_file
+from device.systemd import Heartbeat, SystemdNotifier
 
-# --- systemd ---------------------------------------------------------------------------------
-
-class SystemdNotifier:
-    """sd_notify(3) by hand: one datagram per message to $NOTIFY_SOCKET, nothing if it is unset."""
-
-    def __init__(self, environ=os.environ):
-        self.address = None
-        self.socket = None
-        address = environ.get("NOTIFY_SOCKET", "")
-        if address.startswith("@"):  # abstract namespace
-            self.address = "\0" + address[1:]
-        elif address.startswith("/"):
-            self.address = address
-        if self.address:
-            # Non-blocking: a notify socket that nobody reads fills up, and a blocked send would
-            # stop the loop and SIGTERM with it. A message that does not fit is dropped and counted.
-            self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        self.watchdog_interval = None
-        usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
-        if self.socket and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self.watchdog_interval = int(usec) / 1e6 / 2  # twice per period, as sd_watchdog_enabled advises
-        self._last_watchdog = 0.0
-        self.dropped = 0     # messages dropped because the socket was full
-        self.error = None    # a problem not yet reported (the daemon logs it, then clears it)
-        self._problem = None  # the problem last reported: not reported again while it lasts
-
-    def notify(self, *lines: str) -> bool:
-        if self.socket is None:
-            return False
-        try:
-            self.socket.sendto("\n".join(lines).encode(), self.address)
-        except BlockingIOError:
-            self.dropped += 1
-            self._report(f"systemd's notify socket {self.address!r} is full; dropping messages until it is read")
-            return False
-        except OSError as e:  # systemd gone or socket removed: keep running, say it once
-            self._report(f"cannot notify systemd at {self.address!r}: {e.strerror or e}")
-            return False
-        self._problem = None
-        return True
-
-    def _report(self, problem: str) -> None:
-        if problem != self._problem:
-            self._problem = self.error = problem
-
-    def watchdog(self, now: float) -> None:
-        if self.watchdog_interval is not None and now - self._last_watchdog >= self.watchdog_interval:
-            self._last_watchdog = now
-            self.notify("WATCHDOG=1")
-
-    def close(self) -> None:
-        if self.socket is not None:
-            self.socket.close()
-            self.socket = None
-
-
-# --- the model and its file ------------------------------------------------------------------
-
-# --- one frame -------------------------------------------------------------------------------
-
-STAGES = ("grab", "preprocess", "forward", "decide", "output")
-
-
-@dataclass
-class Result:
-    label: str | None
-    confidence: float
-    changed: bool
-    reason: str  # why there was no card in this frame ("" when there was)
-
-
-class Pipeline:
-    """preprocess → forward → decide for one frame, timing each stage (seconds, summed)."""
-
-    def __init__(self, bundle, runtime, decision):
-        self.decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
-        self.set_model(bundle, runtime)
-        self.times = dict.fromkeys(STAGES, 0.0)
-        self.frames = 0
-        self.found = None  # the last frame's Classification
-
-    def set_model(self, bundle, runtime) -> None:
-        self.bundle, self.runtime = bundle, runtime
-        self.settings, self.input_shape = bundle.preprocess, bundle.input_shape
-        self.decider.relabel(bundle.labels)
-
-    def step(self, frame: np.ndarray) -> Result:
-        found = classify(frame, self.bundle, self.runtime)
-        self.found = found  # for the web page
-        t2 = time.perf_counter()
-        decision = self.decider.update(found.probabilities)
-        t3 = time.perf_counter()
-        self.times["preprocess"] += found.seconds[0]
-        self.times["forward"] += found.seconds[1]
-        self.times["decide"] += t3 - t2
-        prepared = found.prepared
-        self.frames += 1
-        return Result(decision.label, decision.confidence, decision.changed, prepared.reason)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+NOTHING_SHOWN = Decision(None, 0.0, False)
 
 
 class FrameErrors:
-    """Frames the pipeline failed on: counted, and logged at most once per ``interval`` seconds."""
+    """Frames the frame path failed on: counted, and logged at most once per ``interval`` seconds."""
 
     def __init__(self, interval: float = 10.0):
         self.interval = interval
@@ -164,17 +77,97 @@ class FrameErrors:
         return line
 
 
-# --- the daemon ------------------------------------------------------------------------------
+class WebPage:
+    """[web]: the page and JSON API on a thread of their own (device/webserver.py), fed through a
+    LiveState. With [web] off, or a port that cannot be had (logged; the appliance runs on),
+    the loop's calls do nothing."""
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    def __init__(self, log):
+        self.log = log
+        self.live = None     # device.webserver.LiveState while [web] is enabled
+        self.server = None   # device.webserver.WebServer while it listens
+
+    def start(self, web, teaching) -> None:
+        if not web.enabled:
+            return
+        from device.webserver import LiveState, WebServer, is_loopback
+
+        if self.live is None:
+            self.live = LiveState()
+            self.live.teaching = teaching
+        try:
+            self.server = WebServer(self.live, web.host, web.port, log=self.log).start()
+        except OSError as e:
+            self.log(f"web page off: cannot listen on {web.host}:{web.port}: {e.strerror or e}; "
+                     "fix [web] and send SIGHUP")
+            return
+        self.log(f"web page at {self.server.url}")
+        if not is_loopback(web.host):
+            self.log(f"warning: the web page listens on {web.host}, reachable from the network without a "
+                     "password (camera picture, model); use host = \"127.0.0.1\" and an ssh tunnel to keep it private")
+
+    def publish(self, frame, found, shown) -> None:
+        if self.live is not None:
+            self.live.publish(frame, found, shown)
+
+    def set_model(self, bundle, runtime, model_config) -> None:
+        if self.live is not None:
+            self.live.set_model(bundle, model_config.runtime, model_config.threads, runtime.description)
+
+    def set_teaching(self, teaching) -> None:
+        if self.live is not None:
+            self.live.teaching = teaching
+
+    def close(self, off: bool = False) -> None:
+        """Stop serving; ``off``: [web] is off now, the page's state goes too."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+        if off:
+            self.live = None
 
 
-class _Stop(BaseException):
-    """Raised by the signal handler to leave a blocking call (camera read, file read) at once."""
+def read_config(path, stop: threading.Event):
+    """load_config(path) on a thread of its own; None if ``stop`` is set first. The config file could
+    be a FIFO whose open() waits for a writer that never comes: the loop must still stop at once."""
+    answer = []
+
+    def read():
+        try:
+            answer.append((True, load_config(path)))
+        except BaseException as e:  # handed to the caller's thread
+            answer.append((False, e))
+
+    reader = threading.Thread(target=read, name="cardcam-config", daemon=True)
+    reader.start()
+    while not answer:
+        if stop.is_set():
+            return None
+        reader.join(0.02)
+    ok, value = answer[0]
+    if not ok:
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def signals_handled(handlers: dict):
+    """``handlers`` (signal -> function) installed for the body, the previous ones put back after.
+    A handler only sets a flag or an Event: the loop, not the handler, decides what happens."""
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None):
+    """The appliance's parts and its loop (``run``). ``stop``: set it (the signal handler does)
+    and the loop ends. The main thread never waits on ``stop`` itself, it only looks at it:
+    Event.set() from a handler that interrupted a wait on the same Event could deadlock."""
+
+    def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None, stop=None):
         self.config = config
         self.config_path = config_path
         self.simulate = simulate
@@ -182,32 +175,178 @@ class Daemon:
         self.environ = os.environ if environ is None else environ
         self.journal = bool(self.environ.get("JOURNAL_STREAM"))
         self.renderer = TerminalRenderer(self.out) if simulate and self.out.isatty() and not self.journal else None
-        self.notifier = SystemdNotifier(self.environ)
-        self.stopping = False
+        self.stop = stop or threading.Event()
         self.reload_requested = False
-        self._interruptible = False  # a stop signal raises _Stop instead of waiting for the loop
-        self.outputs = None
-        self.source = None
-        self.pipeline = None
-        self.model_error = None
-        self.camera_error = None
-        self.fault_since = None
-        self.backoff = 0.0
-        self.ready = False
         self.started = time.monotonic()
-        self.fps = None  # frames per second, once measured
+        self.notifier = SystemdNotifier(self.environ)
+        self.heartbeat = Heartbeat(self.notifier, config.daemon.status_interval, self.log)
+        self.camera = RetryingSource(lambda: open_source(self.config, self.simulate, sleep=self.sleep, log=self.log),
+                                     config.daemon.max_backoff, self.sleep, self.log, self._camera_changed)
+        self.model = ModelSlot(config, simulate, self.log, self._model_swapped, self._model_changed)
+        self.state = StateFile(state_file(config.daemon.state_file, self.environ), self.log)
+        self.web = WebPage(self.log)
         self.frame_errors = FrameErrors()
-        self.result = Result(None, 0.0, False, "starting")
-        self.live = None  # device.webserver.LiveState while [web] is enabled
+        self.outputs = None
+        self.decider = None
+        self.shown = NOTHING_SHOWN
         self.teaching = None  # device.teachmode.TeachMode while [teach] is enabled
         self._keys = None
-        self.web = None
-        self.reloads = 0
-        self.refusals = 0
-        self._state_broken = None  # a state file that could not be written: not tried again
-        self._watcher = None
 
-    # -- small helpers --
+    # -- the loop --
+
+    def run(self) -> int:
+        def on_signal(signum, frame):
+            if signum == signal.SIGHUP:
+                self.reload_requested = True
+            else:
+                self.stop.set()
+
+        self.pin_factory = mock_pin_factory() if self.simulate else None
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(signals_handled(dict.fromkeys(STOP_SIGNALS + (signal.SIGHUP,), on_signal)))
+            try:
+                self.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
+            except OutputError as e:
+                self.log(f"error: {e}")
+                return 2
+            # Out in reverse order: the page, teach mode, STOPPING=1; LEDs off; the state file says
+            # "stopped"; camera closed; the pins let go; the last log line.
+            stack.callback(self._stopped)
+            stack.callback(lambda: self.outputs.close())  # [outputs] may have changed on SIGHUP
+            stack.enter_context(self.camera)
+            stack.callback(self.write_state, "stopped")
+            stack.callback(lambda: self.outputs.off())
+            stack.callback(self.notifier.notify, "STOPPING=1", "STATUS=stopping")
+            stack.callback(self.web.close)
+            stack.callback(self.stop_teach)
+            self.start_teach()
+            self.start_web()
+            self.set_status("starting")
+            self.outputs.show(None)
+            self.model.load("start")
+            self.heartbeat.say(self.status_line())
+
+            for frame in self.frames():
+                try:
+                    found = classify(frame, self.model.bundle, self.model.runtime)
+                    shown = self.decider.update(found.probabilities)
+                except Exception as e:  # this frame only: skipped, counted, logged now and then
+                    self._frame_failed(e)
+                    continue
+                self.shown = shown
+                self.web.publish(frame, found, shown)
+                if self.teaching is not None:  # presses since the last frame, with this frame
+                    self.teaching.serve(frame, found.prepared, self.model, self.outputs, self.heartbeat.say)
+                self._frame_done(found, shown)
+        return 0
+
+    def frames(self):
+        """Camera frames until a stop (or a replay's end). Between two frames: the watchdog, a
+        SIGHUP's reload, the model file. No frames while there is no model (it is retried), none
+        during a camera fault (the camera retries)."""
+        while not self.stop.is_set():
+            now = time.monotonic()
+            self.heartbeat.beat(now)
+            if self.reload_requested:
+                self.reload()
+            if not self.model.poll(now):
+                self.heartbeat.say(self.status_line())
+                self.sleep(min(self.config.model.poll_interval, 0.2))
+                continue
+            try:
+                frame = self.camera.read()
+            except ReplayFinished as e:
+                self.log(f"replay finished: {e}")
+                return
+            if frame is not None and not self.stop.is_set():
+                yield frame
+
+    def _frame_done(self, found, shown) -> None:
+        """After each frame: READY, what is shown, the status line, the terminal's line."""
+        beat = self.heartbeat.frame(time.monotonic())
+        if beat == "ready":
+            self.set_status("running")
+            self.heartbeat.say(self.status_line(), "READY=1")
+            self.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
+                     f"({self.camera.describe()})")
+        if shown.changed:
+            self.outputs.show(shown.label)
+            self.log(f"shows {_in_words(shown, found.reason)}")
+            self.write_state("running")
+        if beat == "status":
+            self.heartbeat.say(self.status_line())
+            self.write_state("running")
+        if self.renderer is not None:
+            self.renderer.render(self.outputs.snapshot(), shown.label, shown.confidence, self.heartbeat.fps or 0.0,
+                                 self.model.bundle.name)
+
+    def _frame_failed(self, error: Exception) -> None:
+        line = self.frame_errors.add(error, time.monotonic())
+        if line:
+            self.log(line)
+            self.write_state("running" if self.heartbeat.ready else "starting")
+
+    # -- what the parts report --
+
+    def _camera_changed(self) -> None:
+        """A camera fault began or goes on (the status LED flickers), or the camera is back."""
+        if self.camera.error is not None:
+            self.set_status("camera fault")
+            self.write_state("camera fault")
+            self.heartbeat.say(self.status_line())
+        else:
+            self.set_status("running" if self.heartbeat.ready else "starting")
+            self.write_state("running")
+
+    def _model_swapped(self, bundle, runtime) -> None:
+        decision = self.config.decision
+        if self.decider is None:
+            self.decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
+        else:
+            self.decider.relabel(bundle.labels)
+        self.web.set_model(bundle, runtime, self.config.model)
+        missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
+        if missing and not self.config.outputs.display:
+            self.log(f"note: labels {' '.join(missing)} have no LED in [outputs] leds; they show only on screen")
+
+    def _model_changed(self) -> None:
+        """A load decided: taken, or refused (with no model yet: a model fault, the LED blinks slowly)."""
+        if self.model.bundle is None:
+            self.set_status("model fault")
+            self.write_state("model fault")
+        else:
+            self.write_state("running" if self.heartbeat.ready else "starting")
+
+    def status_line(self) -> str:
+        return self.heartbeat.status_line(self.model, self.camera, self.shown)
+
+    def write_state(self, state: str) -> None:
+        """The state record, to the state file and the web page."""
+        if self.outputs is None or (not self.state.path and self.web.live is None):
+            return
+        bundle = self.model.bundle
+        record = {
+            "pid": os.getpid(), "state": state, "label": self.shown.label,
+            "confidence": round(self.shown.confidence, 4),
+            "fps": round(self.heartbeat.fps, 1) if self.heartbeat.fps is not None else None,
+            "frames": self.heartbeat.frames,
+            "model": bundle.name if bundle else None,
+            "model_sha256": bundle.meta["weights_sha256"] if bundle else None,
+            "model_path": str(bundle.path) if bundle else None,
+            "task": bundle.meta.get("task") if bundle else None,
+            "labels": list(bundle.labels) if bundle else None,
+            "reloads": self.model.reloads, "refusals": self.model.refusals,
+            "camera_error": self.camera.error, "model_error": self.model.error,
+            "frame_errors": self.frame_errors.count, "frame_error": self.frame_errors.last,
+            "notify_dropped": self.notifier.dropped,
+        } | self.outputs.snapshot()
+        if self.web.live is not None:
+            self.web.live.set_record(record)
+        self.state.write(record)
+
+    def set_status(self, status: str) -> None:
+        if self.outputs is not None:
+            self.outputs.set_status(status)
 
     def log(self, message: str) -> None:
         line = message if self.journal else f"{time.strftime('%H:%M:%S')} {message}"
@@ -218,218 +357,25 @@ class Daemon:
             self.out.flush()
 
     def sleep(self, seconds: float) -> None:
-        """A pause that a stop request cuts short, and that keeps the watchdog fed."""
+        """A pause that a stop cuts short (within 20 ms), and that keeps the watchdog fed."""
         end = time.monotonic() + seconds
-        while not self.stopping:
+        while not self.stop.is_set():
             now = time.monotonic()
             if now >= end:
                 return
             self.notifier.watchdog(now)
             time.sleep(min(0.02, end - now))
 
-    def _on_signal(self, signum, frame) -> None:
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-            return
-        self.stopping = True
-        if self._interruptible:  # a camera or file read may block for long: leave it now
-            raise _Stop()
-
-    @contextlib.contextmanager
-    def interruptible(self):
-        """A stop signal during the body leaves it at once (with _Stop). Only for work that changes
-        nothing the shutdown needs: reading a frame, a model file or the config."""
-        if self.stopping:
-            raise _Stop()
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
-
-    def status_line(self) -> str:
-        model = self.pipeline.bundle.name if self.pipeline else "none"
-        if self.model_error and not self.pipeline:
-            return f"waiting for a model: {self.model_error}"
-        if self.fault_since is not None:
-            return f"camera fault: {self.camera_error}; model {model}"
-        if not self.ready:
-            return f"starting: model {model}, waiting for the first frame"
-        shown = f"{self.result.label} ({self.result.confidence:.0%})" if self.result.label is not None else "no card"
-        fps = f", {self.fps:.1f} fps" if self.fps is not None else ""
-        return f"{shown}{fps}, model {model}"
-
-    def write_state(self, state: str) -> None:
-        path = state_file(self.config.daemon.state_file, self.environ)
-        if path == self._state_broken:
-            path = None
-        if (not path and self.live is None) or self.outputs is None:
-            return
-        record = {
-            "pid": os.getpid(), "state": state, "label": self.result.label,
-            "confidence": round(self.result.confidence, 4), "fps": round(self.fps, 1) if self.fps is not None else None,
-            "frames": self.pipeline.frames if self.pipeline else 0,
-            "model": self.pipeline.bundle.name if self.pipeline else None,
-            "model_sha256": self.pipeline.bundle.meta["weights_sha256"] if self.pipeline else None,
-            "model_path": str(self.pipeline.bundle.path) if self.pipeline else None,
-            "task": self.pipeline.bundle.meta.get("task") if self.pipeline else None,
-            "labels": list(self.pipeline.bundle.labels) if self.pipeline else None,
-            "reloads": self.reloads, "refusals": self.refusals,
-            "camera_error": self.camera_error if self.fault_since is not None else None,
-            "model_error": self.model_error,
-            "frame_errors": self.frame_errors.count, "frame_error": self.frame_errors.last,
-            "notify_dropped": self.notifier.dropped,
-        } | self.outputs.snapshot()
-        if self.live is not None:
-            self.live.set_record(record)
-        if not path:
-            return
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)
-        except OSError as e:
-            self.log(f"cannot write state file {path}: {e.strerror or e}")
-            self._state_broken = path
-
-    def set_status(self, status: str) -> None:
-        if self.outputs is not None:
-            self.outputs.set_status(status)
-
-    # -- model --
-
-    def try_load_model(self, reason: str) -> bool:
-        """Load the configured model; swap it in if good, otherwise keep whatever runs."""
-        path = model_path(self.config, self.simulate)
-        watcher = self._watcher
-        before = file_signature(path)
-        running = self.pipeline.bundle if self.pipeline else None
-        try:
-            with self.interruptible():
-                bundle, runtime = load_model(path, self.config.model.runtime, self.config.model.task,
-                                             like=running if reason == "changed" else None,
-                                             threads=self.config.model.threads)
-        except Exception as e:  # whatever a file does to the loader, it is a refusal, never a crash
-            if file_signature(path) != before:  # still being written: not a verdict yet
-                return False
-            if watcher is not None:
-                watcher.known = before
-            self.refusals += running is not None
-            message = str(e) if isinstance(e, (BundleError, ModelRefused)) else \
-                f"{path}: cannot load ({type(e).__name__}: {e})"
-            message = " ".join(message.split())  # one log line, whatever the exception said
-            if running is not None:
-                self.log(f"model refused: {message}; still running {running.name}")
-            elif message != self.model_error:
-                self.log(f"model fault: {message}; retrying every {self.config.model.retry_interval:g} s")
-                self.set_status("model fault")
-            if running is None:
-                self.model_error = message
-            self.write_state("running" if running else "model fault")
-            return False
-        if watcher is not None:
-            watcher.known = before
-        if self.pipeline is None:
-            self.pipeline = Pipeline(bundle, runtime, self.config.decision)
-        else:
-            self.pipeline.set_model(bundle, runtime)
-            self.reloads += 1
-        self.model_error = None
-        self._show_model()
-        verb = "model loaded" if running is None else "model reloaded"
-        self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
-                 f"runtime {runtime.description}) from {path}")
-        self._check_outputs(bundle)
-        self.write_state("running" if self.ready else "starting")
-        return True
-
-    def _show_model(self) -> None:
-        """Tell the web page (if it is on) which model runs."""
-        if self.live is not None and self.pipeline is not None:
-            self.live.set_model(self.pipeline.bundle, self.config.model.runtime, self.config.model.threads,
-                                self.pipeline.runtime.description)
-
-    def _check_outputs(self, bundle) -> None:
-        missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
-        if missing and not self.config.outputs.display:
-            self.log(f"note: labels {' '.join(missing)} have no LED in [outputs] leds; they show only on screen")
-
-    # -- camera --
-
-    def grab(self):
-        """The next frame, or None after a camera fault (logged, paused with backoff)."""
-        t0 = time.perf_counter()
-        try:
-            with self.interruptible():
-                if self.source is None:
-                    self.source = open_source(self.config, self.simulate, sleep=self.sleep, log=self.log)
-                    self.source.open()
-                frame = self.source.read()
-        except CameraError as e:
-            self._camera_fault(str(e))
-            return None
-        if self.fault_since is not None:
-            self.log(f"camera back after {time.monotonic() - self.fault_since:.1f} s")
-            self.fault_since, self.camera_error = None, None
-            self.set_status("running" if self.ready else "starting")
-            self.write_state("running")
-        if self.pipeline is not None:
-            self.pipeline.times["grab"] += time.perf_counter() - t0
-        return frame
-
-    def _camera_fault(self, message: str) -> None:
-        self._close_source()
-        now = time.monotonic()
-        if self.fault_since is None:
-            self.fault_since, self.backoff = now, 0.05
-            self.log(f"camera fault: {message}; retrying")
-            self.set_status("camera fault")
-        elif message != self.camera_error:
-            self.log(f"camera fault: {message}")
-        self.camera_error = message
-        self.write_state("camera fault")
-        self.notifier.notify(f"STATUS={self.status_line()}")
-        self.sleep(self.backoff)
-        # Double the pause each time, capped, so a camera that comes back is seen within a second.
-        self.backoff = min(self.backoff * 2, self.config.daemon.max_backoff)
-
-    def _close_source(self) -> None:
-        source, self.source = self.source, None
-        if source is not None:
-            source.close()
-
-    # -- the web page --
+    # -- the page and teach mode, which SIGHUP may switch on and off --
 
     def start_web(self) -> None:
         """Serve [web] if enabled; a port that cannot be had is logged, and the appliance runs on."""
-        web = self.config.web
-        if not web.enabled:
+        if not self.config.web.enabled:
             return
-        from device.webserver import LiveState, WebServer, is_loopback
-
-        if self.live is None:
-            self.live = LiveState()
-            self.live.teaching = self.teaching
-        self.write_state("running" if self.ready else "starting")  # the page's status from the start
-        self._show_model()
-        try:
-            self.web = WebServer(self.live, web.host, web.port, log=self.log).start()
-        except OSError as e:
-            self.log(f"web page off: cannot listen on {web.host}:{web.port}: {e.strerror or e}; "
-                     "fix [web] and send SIGHUP")
-            return
-        self.log(f"web page at {self.web.url}")
-        if not is_loopback(web.host):
-            self.log(f"warning: the web page listens on {web.host}, reachable from the network without a "
-                     "password (camera picture, model); use host = \"127.0.0.1\" and an ssh tunnel to keep it private")
-
-    def stop_web(self) -> None:
-        web, self.web = self.web, None
-        if web is not None:
-            web.stop()
-
-    # -- teach mode --
+        self.web.start(self.config.web, self.teaching)
+        self.write_state("running" if self.heartbeat.ready else "starting")  # the page's status from the start
+        if self.model.bundle is not None:
+            self.web.set_model(self.model.bundle, self.model.runtime, self.config.model)
 
     def start_teach(self) -> None:
         """[teach]: its buttons, and in simulation the keyboard (device/teachmode.py). Buttons that
@@ -443,8 +389,7 @@ class Daemon:
         except OutputError as e:
             self.log(f"teach mode off: {e}; fix [teach] and send SIGHUP")
             return
-        if self.live is not None:
-            self.live.teaching = self.teaching
+        self.web.set_teaching(self.teaching)
         self.log(f"teach mode: labels {' '.join(self.teaching.labels)}, examples in {self.teaching.examples}")
         if self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
             self._keys = read_keys(sys.stdin, lambda: self.teaching)
@@ -452,194 +397,90 @@ class Daemon:
 
     def stop_teach(self) -> None:
         teaching, self.teaching = self.teaching, None
-        if self.live is not None:
-            self.live.teaching = None
+        self.web.set_teaching(None)
         if teaching is not None:
             teaching.close()
 
     # -- reload on SIGHUP --
 
     def reload(self) -> None:
+        """The config read again; each part whose section changed is remade, the model loaded again."""
         self.reload_requested = False
         try:
-            with self.interruptible():  # the config path might be a FIFO
-                config, where = load_config(self.config_path)
+            loaded = read_config(self.config_path, self.stop)  # the config path might be a FIFO
         except ConfigError as e:
             self.log(f"config reload refused: {e}; keeping the running config")
             return
-        old, self.config = self.config, config
+        if loaded is None:  # stopped while waiting for it
+            return
+        config, where = loaded
+        old = self.config
         self.log(f"reloading ({where})")
+        if config.outputs != old.outputs and not self._swap_outputs(config.outputs):
+            config = dataclasses.replace(config, outputs=old.outputs)
+        self.config = config
         if config.camera != old.camera:
-            self._close_source()
-        if config.outputs != old.outputs:
-            try:
-                outputs = Outputs.from_config(config.outputs, self.pin_factory)
-            except OutputError as e:
-                self.log(f"new [outputs] refused: {e}")
-                config.outputs = old.outputs
-            else:
-                status = self.outputs.status
-                self.outputs.close()
-                self.outputs = outputs
-                self.outputs.set_status(status)
-                self.outputs.show(self.result.label)
-        if config.web != old.web or (config.web.enabled and self.web is None):
-            self.stop_web()
-            if not config.web.enabled:
-                self.live = None
-                if old.web.enabled:
-                    self.log("web page off")
+            self.camera.close()  # opened again, as now configured, at the next read
+        self.camera.max_backoff = config.daemon.max_backoff
+        self.heartbeat.status_interval = config.daemon.status_interval
+        path = state_file(config.daemon.state_file, self.environ)
+        if path != self.state.configured:
+            self.state = StateFile(path, self.log)
+        if config.web != old.web or (config.web.enabled and self.web.server is None):
+            self.web.close(off=not config.web.enabled)
+            if not config.web.enabled and old.web.enabled:
+                self.log("web page off")
             self.start_web()
         if config.teach != old.teach:
             self.stop_teach()
             self.start_teach()
-        self._watcher = ModelWatcher(model_path(config, self.simulate), config.model.stable_time)
-        if self.try_load_model("sighup") and config.decision != old.decision:
-            self.pipeline.decider = Decider(self.pipeline.bundle.labels, config.decision.window,
-                                            config.decision.enter, config.decision.exit)
+        self.model.configure(config)
+        if self.model.load("sighup") and config.decision != old.decision:
+            d = config.decision
+            self.decider = Decider(self.model.bundle.labels, d.window, d.enter, d.exit)
 
-    # -- the loop --
-
-    def run(self) -> int:
-        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS + (signal.SIGHUP,)}
+    def _swap_outputs(self, outputs_config) -> bool:
         try:
-            return self._run()
-        except _Stop:
-            return 0
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-
-    def _run(self) -> int:
-        self.pin_factory = mock_pin_factory() if self.simulate else None
-        try:
-            self.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
+            outputs = Outputs.from_config(outputs_config, self.pin_factory)
         except OutputError as e:
-            self.log(f"error: {e}")
-            return 2
-        with contextlib.ExitStack() as stack:
-            stack.callback(self._shutdown)
-            stack.callback(self.stop_web)  # first out: the page stops before the LEDs go off
-            stack.callback(self.stop_teach)
-            self.start_teach()
-            self.start_web()
-            self.set_status("starting")
-            self.outputs.show(None)
-            self._watcher = ModelWatcher(model_path(self.config, self.simulate), self.config.model.stable_time)
-            self.try_load_model("start")
-            self.notifier.notify(f"STATUS={self.status_line()}")
-            next_status = next_poll = next_retry = time.monotonic()
-            frames_at, fps_since = 0, time.monotonic()
-            while not self.stopping:
-                now = time.monotonic()
-                self.notifier.watchdog(now)
-                if self.notifier.error:  # each problem once, not at every message
-                    self.log(self.notifier.error)
-                    self.notifier.error = None
-                if self.reload_requested:
-                    self.reload()
-                if self.pipeline is None:
-                    # No model yet: try again when the file changes, or every retry_interval.
-                    if self._watcher.poll(now) or now >= next_retry:
-                        next_retry = now + self.config.model.retry_interval
-                        self.try_load_model("retry")
-                    if self.pipeline is None:
-                        self.notifier.notify(f"STATUS={self.status_line()}")
-                        self.sleep(min(self.config.model.poll_interval, 0.2))
-                        continue
-                elif self.config.model.watch and now >= next_poll:
-                    next_poll = now + self.config.model.poll_interval
-                    was_missing = self._watcher.missing
-                    if self._watcher.poll(now):
-                        self.try_load_model("changed")
-                    if self._watcher.missing and not was_missing:
-                        self.log(f"model file {self._watcher.path} is gone; still running {self.pipeline.bundle.name}")
-                try:
-                    frame = self.grab()
-                except ReplayFinished as e:
-                    self.log(f"replay finished: {e}")
-                    break
-                if frame is None or self.stopping:
-                    continue
-                try:
-                    result = self.pipeline.step(frame)
-                except Exception as e:  # this frame only: skipped, counted, logged now and then
-                    line = self.frame_errors.add(e, time.monotonic())
-                    if line:
-                        self.log(line)
-                        self.write_state("running" if self.ready else "starting")
-                    continue
-                self.result = result
-                if self.live is not None:
-                    self.live.publish(frame, self.pipeline.found, result)
-                if self.teaching is not None:  # presses since the last frame, with this frame
-                    self.teaching.serve(self, frame, self.pipeline.found.prepared)
-                t0 = time.perf_counter()
-                if not self.ready:
-                    self.ready = True
-                    self.set_status("running")
-                    self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
-                    self.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
-                             f"({self.source.describe()})")
-                    # fps counts from here: the time to load and start is not frame time.
-                    frames_at, fps_since = self.pipeline.frames, time.monotonic()
-                    next_status = fps_since + self.config.daemon.status_interval
-                if result.changed:
-                    self.outputs.show(result.label)
-                    reason = result.reason or "low confidence"
-                    shown = f"{result.label} ({result.confidence:.0%})" if result.label is not None \
-                        else "no card" if reason == "no card" else f"no card ({reason})"
-                    self.log(f"shows {shown}")
-                    self.write_state("running")
-                self.pipeline.times["output"] += time.perf_counter() - t0
-                now = time.monotonic()
-                if now >= next_status:
-                    elapsed = now - fps_since
-                    self.fps = (self.pipeline.frames - frames_at) / elapsed if elapsed > 0 else 0.0
-                    frames_at, fps_since = self.pipeline.frames, now
-                    next_status = now + self.config.daemon.status_interval
-                    self.notifier.notify(f"STATUS={self.status_line()}")
-                    self.write_state("running")
-                if self.renderer is not None:
-                    self.renderer.render(self.outputs.snapshot(), result.label, result.confidence, self.fps or 0.0,
-                                         self.pipeline.bundle.name)
-        return 0
+            self.log(f"new [outputs] refused: {e}")
+            return False
+        status = self.outputs.status
+        self.outputs.close()
+        self.outputs = outputs
+        self.outputs.set_status(status)
+        self.outputs.show(self.shown.label)
+        return True
 
-    def _shutdown(self) -> None:
-        """On any exit: tell systemd, everything off, camera closed."""
-        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+    def _stopped(self) -> None:
         if self.renderer is not None:
             self.renderer.close()
-        try:
-            self.outputs.off()
-            self.write_state("stopped")
-        finally:
-            self._close_source()
-            self.outputs.close()
-            self.notifier.close()
-            self.log("stopped: LEDs off, camera closed")
+        self.notifier.close()
+        self.log("stopped: LEDs off, camera closed")
 
 
-def _stop_at_once(signum, frame):
-    raise _Stop()
+def _in_words(shown, reason: str) -> str:
+    """What the LEDs show now, for the log: the label and its confidence, or no card and why."""
+    if shown.label is not None:
+        return f"{shown.label} ({shown.confidence:.0%})"
+    reason = reason or "low confidence"
+    return "no card" if reason == "no card" else f"no card ({reason})"
 
 
 def run(args) -> int:
     """`cardcam run [--config PATH] [--simulate]`."""
-    # Until the loop takes signals over, a stop signal ends the start-up at once, with nothing
-    # yet to turn off (the config file itself could be a FIFO that never opens).
-    handlers = {s: signal.signal(s, _stop_at_once) for s in STOP_SIGNALS}
-    try:
-        return _make_daemon(args).run()
-    except _Stop:
-        return 0
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    # Until the loop takes signals over, a stop signal ends the start-up, with nothing yet to turn
+    # off (the config file itself could be a FIFO that never opens).
+    stop = threading.Event()
+    with signals_handled(dict.fromkeys(STOP_SIGNALS, lambda signum, frame: stop.set())):
+        loaded = read_config(args.config, stop)
+        if loaded is None:
+            return 0
+        daemon = _make_daemon(args, *loaded, stop)
+        return 0 if stop.is_set() else daemon.run()
 
 
-def _make_daemon(args) -> "Daemon":
-    config, where = load_config(args.config)
+def _make_daemon(args, config, where, stop) -> Daemon:
     simulate = args.simulate
     kind = choose_source_kind(config, True)
     frames = {"samples": "the bundled sample frames", "replay": f"replay of {config.camera.replay}"}.get(kind, kind)
@@ -647,7 +488,7 @@ def _make_daemon(args) -> "Daemon":
         simulate = True
         print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: {frames}, "
               "mock GPIO pins", flush=True)
-    daemon = Daemon(config, args.config, simulate)
+    daemon = Daemon(config, args.config, simulate, stop=stop)
     daemon.log(f"{where}; runtime {config.model.runtime}: {describe_runtime(config.model.runtime)}")
     if args.simulate:
         daemon.log(f"simulation: {frames}, GPIO on gpiozero's MockFactory")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,86 @@ class ModelWatcher:
         if sig != self._pending:
             self._pending, self._since = sig, now
         return now - self._since >= self.stable_time
+
+
+class ModelSlot:
+    """The running model (``bundle``, ``runtime``; None until one loads) and its file.
+
+    ``poll(now)``, between two frames, takes a changed file once it has stopped changing (when
+    ``[model] watch``), and with no model yet retries every ``retry_interval``. ``load(reason)``
+    loads the configured file and swaps it in only if every check passes: a bad model never
+    replaces a running one (``refusals`` counts those), and a file still being written is no
+    verdict yet. ``on_swap(bundle, runtime)`` hears of each model taken, ``on_verdict()`` of every
+    load decided either way.
+    """
+
+    def __init__(self, config, simulate: bool, log, on_swap=lambda bundle, runtime: None, on_verdict=lambda: None):
+        self.simulate = simulate
+        self.log = log
+        self.on_swap = on_swap
+        self.on_verdict = on_verdict
+        self.bundle = self.runtime = None
+        self.error = None      # why no model runs (while none does)
+        self.reloads = 0       # models swapped in after the first
+        self.refusals = 0      # files refused while a model ran
+        self.configure(config)
+
+    def configure(self, config) -> None:
+        """The [model] section (at start and on SIGHUP): which file, how it is watched."""
+        self.config = config.model
+        self.path = model_path(config, self.simulate)
+        self.watcher = ModelWatcher(self.path, self.config.stable_time)
+        self._next_poll = self._next_retry = time.monotonic()
+
+    def poll(self, now: float) -> bool:
+        """Between frames: True when a model runs."""
+        if self.bundle is None:
+            # No model yet: try again when the file changes, or every retry_interval.
+            if self.watcher.poll(now) or now >= self._next_retry:
+                self._next_retry = now + self.config.retry_interval
+                self.load("retry")
+            return self.bundle is not None
+        if self.config.watch and now >= self._next_poll:
+            self._next_poll = now + self.config.poll_interval
+            was_missing = self.watcher.missing
+            if self.watcher.poll(now):
+                self.load("changed")
+            if self.watcher.missing and not was_missing:
+                self.log(f"model file {self.watcher.path} is gone; still running {self.bundle.name}")
+        return True
+
+    def load(self, reason: str) -> bool:
+        """Load the configured model; swap it in if good, otherwise keep whatever runs."""
+        path, running, m = self.path, self.bundle, self.config
+        before = file_signature(path)
+        try:
+            bundle, runtime = load_model(path, m.runtime, m.task, like=running if reason == "changed" else None,
+                                         threads=m.threads)
+        except Exception as e:  # whatever a file does to the loader, it is a refusal, never a crash
+            if file_signature(path) != before:  # still being written: not a verdict yet
+                return False
+            self.watcher.known = before
+            self._refused(e, path, running)
+            return False
+        self.watcher.known = before
+        self.bundle, self.runtime, self.error = bundle, runtime, None
+        self.reloads += running is not None
+        verb = "model loaded" if running is None else "model reloaded"
+        self.log(f"{verb}: {bundle.name} ({bundle.meta.get('task')}, labels {' '.join(bundle.labels)}, "
+                 f"runtime {runtime.description}) from {path}")
+        self.on_swap(bundle, runtime)
+        self.on_verdict()
+        return True
+
+    def _refused(self, e: Exception, path, running) -> None:
+        self.refusals += running is not None
+        message = str(e) if isinstance(e, (BundleError, ModelRefused)) else \
+            f"{path}: cannot load ({type(e).__name__}: {e})"
+        message = " ".join(message.split())  # one log line, whatever the exception said
+        if running is not None:
+            self.log(f"model refused: {message}; still running {running.name}")
+        else:
+            if message != self.error:
+                self.log(f"model fault: {message}; retrying every {self.config.retry_interval:g} s")
+            self.error = message
+        self.on_verdict()

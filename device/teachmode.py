@@ -4,7 +4,9 @@ seconds, and undo.
 Buttons (gpiozero: one per label, "learn", "undo"), keys in the terminal simulation and the web
 page only *ask*. Each request waits in a queue and the daemon's loop serves it between two
 frames, with the frame it has just classified, so only the loop ever touches the frame, the model
-and the LEDs. A second "learn" while one waits or runs is refused, as is an example with no card
+and the LEDs. The loop hands ``serve`` what it needs: the frame, the model slot
+(device.modelfile.ModelSlot: the running bundle, the file, ``load``), the LEDs and a way to say
+a status line. A second "learn" while one waits or runs is refused, as is an example with no card
 in view: a log line and a blink of the status LED, nothing stored.
 
 An example is the camera frame, ``EXAMPLES/<label>/<stamp>.png`` (what training and `cardcam
@@ -30,6 +32,7 @@ from PIL import Image
 
 from device.bundle import BundleError, load_bundle, save_bundle
 from device.config import teach_labels
+from device.modelfile import CHECKOUT_MODEL
 from device.outputs import OutputError
 from device.teach import TeachError, read_examples, teach
 
@@ -125,11 +128,12 @@ class TeachMode:
 
     # -- serving (the daemon's loop) --
 
-    def serve(self, daemon, frame, prepared) -> None:
-        """Every waiting request, with the frame just classified and what preprocessing made of it."""
+    def serve(self, frame, prepared, model, outputs, say) -> None:
+        """Every waiting request, with the frame just classified and what preprocessing made of it.
+        ``model``: the daemon's ModelSlot; ``outputs``: its LEDs; ``say(line)``: a status line."""
         if self._restore_at is not None and time.monotonic() >= self._restore_at:
             self._restore_at = None
-            daemon.outputs.refresh()
+            outputs.refresh()
         with self._lock:
             requests, self._queue = self._queue, []
         for request in requests:
@@ -138,13 +142,13 @@ class TeachMode:
                 if message:
                     pass  # refused when asked
                 elif request.action == "example" and request.frame is not None:
-                    ok, message = self._add(request.label, request.frame, request.prepared, daemon)
+                    ok, message = self._add(request.label, request.frame, request.prepared)
                 elif request.action == "example":
-                    ok, message = self._add(request.label, frame, prepared, daemon)
+                    ok, message = self._add(request.label, frame, prepared)
                 elif request.action == "learn":
-                    ok, message = self._learn(daemon)
+                    ok, message = self._learn(model)
                 else:
-                    ok, message = self._undo(daemon)
+                    ok, message = self._undo(model)
             except Exception as e:  # a press never stops the appliance
                 message = f"{request.action} failed: {type(e).__name__}: {e}"
             finally:
@@ -154,9 +158,9 @@ class TeachMode:
             message = " ".join(message.split())
             self.last = message
             self.log(f"teach: {message}")
-            daemon.notifier.notify(f"STATUS=teach: {message}")
+            say(f"teach: {message}")
             # Stored: the label's LED blinks twice; learned or undone: the status LED, slowly; refused: fast.
-            flashing = daemon.outputs.flash(request.label if ok and request.action == "example" else None,
+            flashing = outputs.flash(request.label if ok and request.action == "example" else None,
                                             times=2 if ok else 5, on_time=0.3 if ok and request.action != "example"
                                             else 0.1)
             self._restore_at = time.monotonic() + flashing
@@ -178,7 +182,7 @@ class TeachMode:
 
     # -- the actions --
 
-    def _add(self, label, frame, prepared, daemon) -> tuple[bool, str]:
+    def _add(self, label, frame, prepared) -> tuple[bool, str]:
         if frame is None or prepared is None or not prepared.found:
             why = prepared.reason if prepared is not None and prepared.reason else "no frame yet"
             return False, f"example of '{label}' refused: no card in view ({why}); nothing stored"
@@ -195,23 +199,21 @@ class TeachMode:
         return True, (f"example {counts[label]} of '{label}' stored ({folder / stamp}.png); "
                       f"examples: {', '.join(f'{l} {c}' for l, c in counts.items())}")
 
-    def _model_file(self, daemon) -> Path:
-        from device.modelfile import CHECKOUT_MODEL, model_path
-
-        path = model_path(daemon.config, daemon.simulate)
+    def _model_file(self, model) -> Path:
+        path = model.path
         if path.resolve() == CHECKOUT_MODEL.resolve():
             raise TeachError(f"the running model is the checkout's {CHECKOUT_MODEL.name}, which teach mode does "
                              "not overwrite; set [model] path to a copy of it")
         return path
 
-    def _learn(self, daemon) -> tuple[bool, str]:
+    def _learn(self, slot) -> tuple[bool, str]:
         start = time.perf_counter()
-        if daemon.pipeline is None:
+        if slot.bundle is None:
             return False, "learn refused: no model is running to learn from"
-        running = daemon.pipeline.bundle.name
+        running = slot.bundle.name
         try:
-            model = self._model_file(daemon)
-            base = load_bundle(self.base) if self.base else daemon.pipeline.bundle
+            model = self._model_file(slot)
+            base = load_bundle(self.base) if self.base else slot.bundle
             examples = read_examples(self.examples, base, self.labels)
             bundle = teach(base, examples, base_name=Path(self.base).name if self.base else None)
         except (TeachError, BundleError) as e:
@@ -227,32 +229,32 @@ class TeachMode:
             tmp.unlink(missing_ok=True)
             text = str(e) if isinstance(e, BundleError) else f"{e.filename or previous}: {e.strerror or e}"
             return False, f"learn failed: {text}; still running {running}"
-        if not daemon.try_load_model("learn"):  # refused (the config's task, a runtime...): put the old one back
+        if not slot.load("learn"):  # refused (the config's task, a runtime...): put the old one back
             if previous.exists():
                 os.replace(previous, model)
-                daemon.try_load_model("learn undone")
+                slot.load("learn undone")
             return False, f"learn failed: the new model was refused (see the line above); still running {running}"
         counts = ", ".join(f"{l} {c}" for l, c in examples.counts.items())
         return True, (f"learned {', '.join(examples.labels)} from {sum(examples.counts.values())} examples "
                       f"({counts}) in {time.perf_counter() - start:.2f} s; now running {bundle.name} from {model} "
                       f"(undo goes back to {running})")
 
-    def _undo(self, daemon) -> tuple[bool, str]:
+    def _undo(self, slot) -> tuple[bool, str]:
         try:
-            model = self._model_file(daemon)
+            model = self._model_file(slot)
         except TeachError as e:
             return False, f"undo refused: {e}"
         previous = previous_path(model)
         if not previous.exists():
             return False, f"undo refused: nothing to undo (no {previous.name} beside {model})"
-        running = daemon.pipeline.bundle.name if daemon.pipeline else "none"
+        running = slot.bundle.name if slot.bundle else "none"
         try:
             os.replace(previous, model)
         except OSError as e:
             return False, f"undo failed: {e.strerror or e}; still running {running}"
-        if not daemon.try_load_model("undo"):
+        if not slot.load("undo"):
             return False, f"undo failed: {previous.name} was refused (see the line above); still running {running}"
-        return True, f"undone: back to {daemon.pipeline.bundle.name} from {model}"
+        return True, f"undone: back to {slot.bundle.name} from {model}"
 
 
 def read_keys(stream, teaching) -> threading.Thread:

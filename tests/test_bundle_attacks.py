@@ -3,7 +3,7 @@ shipped sample frame, the no-card ones included. None crashes the loader, blocks
 allocate much more than the model it claims to be.
 
 Each case is written by hand (np.savez, zipfile), bypassing save_bundle's checks, and goes through
-what the daemon runs: device.daemon.load_model, then its Pipeline on the sample frames, and
+what the daemon runs: device.modelfile.load_model, then its frame path on the sample frames, and
 `cardcam predict`'s classify on the sample pictures.
 """
 
@@ -27,7 +27,7 @@ from device.bundle import MAX_FILE_BYTES, BundleError, load_bundle
 from device.camera import SAMPLES_DIR
 from device.classify import classify
 from device.config import defaults
-from device.daemon import Pipeline
+from device.decision import Decider
 from device.modelfile import ModelRefused, load_model
 from device.preprocess import PreprocessSettings, load_frame, load_image
 
@@ -62,9 +62,10 @@ def refused_or_runs(path) -> str:
 
 
 def runs_on_samples(bundle, runtime) -> None:
-    pipeline = Pipeline(bundle, runtime, defaults().decision)
-    for frame in SAMPLE_FRAMES:
-        pipeline.step(frame)
+    decision = defaults().decision
+    decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
+    for frame in SAMPLE_FRAMES:  # the daemon's frame path
+        decider.update(classify(frame, bundle, runtime).probabilities)
     for picture in SAMPLE_PICTURES:
         classify(picture, bundle, runtime)
 

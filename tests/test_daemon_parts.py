@@ -9,8 +9,8 @@ import pytest
 
 from daemon_fixtures import tiny_model  # noqa: F401
 from device.bundle import BundleError, load_bundle, save_bundle
-from device.daemon import SystemdNotifier
 from device.modelfile import ModelRefused, ModelWatcher, load_model
+from device.systemd import SystemdNotifier
 
 
 def test_notify_sends_datagrams_to_a_path_socket(tmp_path):

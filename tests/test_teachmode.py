@@ -82,9 +82,10 @@ class Running:
         current = str(self.daemon.config.camera.replay)
         self.config_path.write_text(text.replace(f'replay = "{current}"', f'replay = "{folder}"'))
         self.daemon.reload_requested = True
-        self.wait(lambda: self.daemon.source is not None and self.daemon.source.path == folder, f"frames of {folder}")
-        frames = self.daemon.pipeline.frames
-        self.wait(lambda: self.daemon.pipeline.frames > frames + 2, "a few frames")
+        source = lambda: self.daemon.camera.source  # noqa: E731
+        self.wait(lambda: source() is not None and source().path == folder, f"frames of {folder}")
+        frames = self.daemon.heartbeat.frames
+        self.wait(lambda: self.daemon.heartbeat.frames > frames + 2, "a few frames")
 
     def logged(self, text, after=0) -> bool:
         return text in self.log()[after:]
@@ -94,12 +95,12 @@ class Running:
 
         def drive():
             try:
-                self.wait(lambda: self.daemon.ready, "the first frame")
+                self.wait(lambda: self.daemon.heartbeat.ready, "the first frame")
                 script(self)
             except BaseException as e:  # re-raised in the test's thread
                 failure.append(e)
             finally:
-                self.daemon.stopping = True
+                self.daemon.stop.set()
         thread = threading.Thread(target=drive)
         thread.start()
         code = self.daemon.run()
@@ -149,7 +150,7 @@ def test_buttons_add_examples_learn_switch_and_undo(model, tmp_path):
         app.wait(lambda: app.logged("teach: learned A, K, R from 9 examples", mark), "learned")
         app.wait(lambda: app.logged("teach: learn refused: already learning", mark), "the second press refused")
         assert app.log()[mark:].count("teach: learned") == 1
-        assert app.daemon.pipeline.bundle.labels == list(LABELS)
+        assert app.daemon.model.bundle.labels == list(LABELS)
         taught = load_bundle(model)
         assert taught.labels == list(LABELS) and "taught on the device" in taught.meta["provenance"]["taught"]
         assert load_bundle(model.with_name("current.previous.npz")).meta["weights_sha256"] == \
@@ -161,7 +162,7 @@ def test_buttons_add_examples_learn_switch_and_undo(model, tmp_path):
         mark = len(app.log())
         app.press(UNDO)
         app.wait(lambda: app.logged("teach: undone: back to", mark), "undone")
-        assert app.daemon.pipeline.bundle.labels == base.labels
+        assert app.daemon.model.bundle.labels == base.labels
         assert load_bundle(model).meta["weights_sha256"] == base.meta["weights_sha256"]
         mark = len(app.log())
         app.press(UNDO)
@@ -182,7 +183,7 @@ def test_learn_with_too_few_examples_keeps_the_running_model(model, tmp_path):
         app.wait(lambda: app.logged("teach: learn refused:"), "the refusal")
         assert app.logged("labels with too few examples: 'A' 1, 'K' 0, 'R' 0; each label needs at least 2")
         assert app.logged(f"still running {load_bundle(model).name}")
-        assert app.daemon.pipeline.bundle.labels == ["0", "1"]
+        assert app.daemon.model.bundle.labels == ["0", "1"]
 
     app.run(script)
     assert model.read_bytes() == before
@@ -207,7 +208,7 @@ def test_a_taught_model_the_config_refuses_is_put_back(model, tmp_path):
         app.press(LEARN)
         app.wait(lambda: app.logged("teach: learn failed: the new model was refused"), "the refusal")
         assert app.logged("the config asks for 'digits01'")
-        assert app.daemon.pipeline.bundle.labels == ["0", "1"]
+        assert app.daemon.model.bundle.labels == ["0", "1"]
 
     app.run(script)
     assert model.read_bytes() == before
@@ -325,8 +326,8 @@ def test_web_teach_panel_api_adds_learns_and_refuses(model, tmp_path):
     rng = np.random.default_rng(11)
 
     def script(app):
-        app.wait(lambda: app.daemon.web is not None, "the web page")
-        url = app.daemon.web.url + "api/teach"
+        app.wait(lambda: app.daemon.web.server is not None, "the web page")
+        url = app.daemon.web.server.url + "api/teach"
         status, state = http(url)
         assert status == 200 and state["labels"] == list(LABELS) and state["counts"] == {"A": 0, "K": 0, "R": 0}
         # The camera sees blank paper: refused, with the log's words.
@@ -338,7 +339,7 @@ def test_web_teach_panel_api_adds_learns_and_refuses(model, tmp_path):
                 status, answer = http(url + f"/example?label={label}", "POST", png(frame(label, rng)), "image/png")
                 assert status == 200, answer
         assert answer["counts"] == {"A": 2, "K": 2, "R": 2} and len(answer["thumbnails"]["R"]) == 2
-        status, thumb = http(app.daemon.web.url + answer["thumbnails"]["R"][0])
+        status, thumb = http(app.daemon.web.server.url + answer["thumbnails"]["R"][0])
         assert status == 200 and Image.open(io.BytesIO(thumb)).size == (32, 32)
         assert http(url + "/example?label=A", "POST", png(np.full((60, 80), 200, np.uint8) +
                                                           np.uint8(1)), "image/png")[0] == 409  # no ink
@@ -353,11 +354,11 @@ def test_web_teach_panel_api_adds_learns_and_refuses(model, tmp_path):
         assert status == 200 and answer["counts"]["K"] == 3
         status, answer = http(url + "/learn", "POST", b"")
         assert status == 200 and answer["message"].startswith("learned A, K, R from 7 examples")
-        status, model_info = http(app.daemon.web.url + "api/model")
+        status, model_info = http(app.daemon.web.server.url + "api/model")
         assert model_info["labels"] == list(LABELS) and model_info["provenance"]["examples"]["counts"]["K"] == 3
         status, answer = http(url + "/undo", "POST", b"")
         assert status == 200 and answer["message"].startswith("undone")
-        assert http(app.daemon.web.url + "api/model")[1]["labels"] == ["0", "1"]
+        assert http(app.daemon.web.server.url + "api/model")[1]["labels"] == ["0", "1"]
 
     app.run(script)
 
@@ -369,9 +370,9 @@ def test_web_teach_api_is_off_without_teach_mode(model, tmp_path):
     app = Running(config)
 
     def script(app):
-        app.wait(lambda: app.daemon.web is not None, "the web page")
-        status, answer = http(app.daemon.web.url + "api/teach")
+        app.wait(lambda: app.daemon.web.server is not None, "the web page")
+        status, answer = http(app.daemon.web.server.url + "api/teach")
         assert status == 404 and "teach mode is off" in answer["error"]
-        assert http(app.daemon.web.url + "api/teach/learn", "POST", b"")[0] == 404
+        assert http(app.daemon.web.server.url + "api/teach/learn", "POST", b"")[0] == 404
 
     app.run(script)
