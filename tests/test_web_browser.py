@@ -12,31 +12,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-from pathlib import Path
 
 import pytest
 
-from daemon_fixtures import REPO, Daemon, write_config
+from browser_fixtures import browser_or_skip, draw, page_at, serving_daemon
+from daemon_fixtures import REPO, write_config
 from device.camera import SAMPLES_DIR
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-
-
-def browser_or_skip():
-    """Playwright's sync API (the test extra). Skipped only when Debian's chromium is missing and
-    CARDCAM_REQUIRE_BROWSER is unset; with chromium there, a missing Playwright is a failure."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CARDCAM_REQUIRE_BROWSER"):
-            pytest.fail(f"CARDCAM_REQUIRE_BROWSER is set but {CHROMIUM} is missing (apt install chromium)", pytrace=False)
-        pytest.skip(f"no {CHROMIUM} (apt install chromium)")
-    try:
-        from playwright import sync_api
-    except ImportError:
-        pytest.fail("chromium is installed but Playwright is not: pip install -e '.[test]'", pytrace=False)
-    return sync_api
-
 
 @pytest.fixture
 def daemon(tmp_path):
@@ -50,24 +31,8 @@ def daemon(tmp_path):
                           model={"path": str(REPO / "models" / "digits01.npz"), "watch": False},
                           daemon={"state_file": str(tmp_path / "state.json"), "status_interval": 0.25},
                           web={"enabled": True, "port": 0})
-    d = Daemon(config, tmp_path / "state.json")
-    yield d
-    d.signal(signal.SIGTERM)
-    try:
-        assert d.wait(timeout=5) == 0, d.output
-    finally:
-        d.stop()
-
-
-def draw(page, points):
-    """One stroke with the mouse across the canvas; points in 0..1 of its size."""
-    box = page.locator("#canvas").bounding_box()
-    xy = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in points]
-    page.mouse.move(*xy[0])
-    page.mouse.down()
-    for x, y in xy[1:]:
-        page.mouse.move(x, y, steps=8)
-    page.mouse.up()
+    with serving_daemon(config, tmp_path / "state.json") as d:
+        yield d
 
 
 def touch(page, box, points):
@@ -84,60 +49,51 @@ def touch(page, box, points):
 
 
 def test_page_shows_the_live_appliance_and_reads_a_drawn_one(daemon, tmp_path):
-    sync_api = browser_or_skip()
     url = daemon.web_url()
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            # Live: the frame counter moves without a reload; the card in front of the camera is a 1.
-            page.wait_for_function("Number(document.getElementById('frames').textContent) > 0")
-            first = int(page.text_content("#frames"))
-            page.wait_for_function(f"Number(document.getElementById('frames').textContent) > {first + 3}")
-            page.wait_for_function("document.getElementById('live-label').textContent === '1'")
-            page.wait_for_function("document.getElementById('input-img').naturalWidth === 32")
-            page.wait_for_function("document.getElementById('frame-img').naturalWidth === 240")
-            assert page.text_content("#state") == "running"
-            page.wait_for_function("document.getElementById('model-name').textContent === 'digits01'")
-            assert "lenet5" in page.text_content("#model-arch") and page.text_content("#runtime") != "–"
-            assert page.locator("#live-bars .track").count() == 2
+    with page_at(url, viewport={"width": 1100, "height": 760}) as (browser, page, errors):
+        # Live: the frame counter moves without a reload; the card in front of the camera is a 1.
+        page.wait_for_function("Number(document.getElementById('frames').textContent) > 0")
+        first = int(page.text_content("#frames"))
+        page.wait_for_function(f"Number(document.getElementById('frames').textContent) > {first + 3}")
+        page.wait_for_function("document.getElementById('live-label').textContent === '1'")
+        page.wait_for_function("document.getElementById('input-img').naturalWidth === 32")
+        page.wait_for_function("document.getElementById('frame-img').naturalWidth === 240")
+        assert page.text_content("#state") == "running"
+        page.wait_for_function("document.getElementById('model-name').textContent === 'digits01'")
+        assert "lenet5" in page.text_content("#model-arch") and page.text_content("#runtime") != "–"
+        assert page.locator("#live-bars .track").count() == 2
 
-            # Draw a 1 (a slightly slanted stroke), classify it.
-            draw(page, [(0.53, 0.18), (0.5, 0.5), (0.47, 0.82)])
-            page.click("#classify")
-            page.wait_for_function("document.getElementById('draw-label').textContent === '1'", timeout=10000)
-            assert "digits01" in page.text_content("#draw-detail")
-            assert page.locator("#draw-bars .track").count() == 2
-            shot = tmp_path / "web.png"
-            page.screenshot(path=str(shot))
-            if os.environ.get("CARDCAM_WEB_SCREENSHOT"):
-                shutil.copyfile(shot, os.environ["CARDCAM_WEB_SCREENSHOT"])
+        # Draw a 1 (a slightly slanted stroke), classify it.
+        draw(page, [(0.53, 0.18), (0.5, 0.5), (0.47, 0.82)])
+        page.click("#classify")
+        page.wait_for_function("document.getElementById('draw-label').textContent === '1'", timeout=10000)
+        assert "digits01" in page.text_content("#draw-detail")
+        assert page.locator("#draw-bars .track").count() == 2
+        shot = tmp_path / "web.png"
+        page.screenshot(path=str(shot))
+        if os.environ.get("CARDCAM_WEB_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["CARDCAM_WEB_SCREENSHOT"])
 
-            # Clear, then a 0: the answer follows the drawing.
-            page.click("#clear")
-            assert page.text_content("#draw-label") == "–"
-            steps = 24
-            draw(page, [(0.5 + 0.2 * math.sin(2 * math.pi * i / steps), 0.5 - 0.3 * math.cos(2 * math.pi * i / steps))
-                        for i in range(steps + 1)])
-            page.click("#classify")
-            page.wait_for_function("document.getElementById('draw-label').textContent === '0'", timeout=10000)
+        # Clear, then a 0: the answer follows the drawing.
+        page.click("#clear")
+        assert page.text_content("#draw-label") == "–"
+        steps = 24
+        draw(page, [(0.5 + 0.2 * math.sin(2 * math.pi * i / steps), 0.5 - 0.3 * math.cos(2 * math.pi * i / steps))
+                    for i in range(steps + 1)])
+        page.click("#classify")
+        page.wait_for_function("document.getElementById('draw-label').textContent === '0'", timeout=10000)
 
-            # A phone: one column, nothing wider than the screen, the canvas fully in view across.
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
-            phone.goto(url)
-            phone.wait_for_function("document.getElementById('live-label').textContent === '1'")
-            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
-            box = phone.locator("#canvas").bounding_box()
-            assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["width"] >= 250
-            # A finger: real touch events (Chromium's input pipeline turns them into pointer events).
-            touch(phone, box, [(0.5, 0.2), (0.5, 0.5), (0.49, 0.8)])
-            phone.click("#classify")
-            phone.wait_for_function("document.getElementById('draw-label').textContent === '1'", timeout=10000)
-            assert not errors, errors
-        finally:
-            browser.close()
+        # A phone: one column, nothing wider than the screen, the canvas fully in view across.
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+        phone.goto(url)
+        phone.wait_for_function("document.getElementById('live-label').textContent === '1'")
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        box = phone.locator("#canvas").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["width"] >= 250
+        # A finger: real touch events (Chromium's input pipeline turns them into pointer events).
+        touch(phone, box, [(0.5, 0.2), (0.5, 0.5), (0.49, 0.8)])
+        phone.click("#classify")
+        phone.wait_for_function("document.getElementById('draw-label').textContent === '1'", timeout=10000)
+        assert not errors, errors
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
