@@ -3,7 +3,8 @@
 Hold a card up, press the button (Enter off a Pi), and two pictures are saved:
 ``OUT/raw/LABEL/<stamp>.png``, the camera frame, which is what training wants (train with
 ``--task folder:OUT/raw``), and ``OUT/seen/LABEL/<stamp>.png``, what the network sees after
-preprocessing, to check the card was found.
+preprocessing, to check the card was found. Each picture is classified as the appliance would
+(device.classify), with the configured model, and what the model reads is said beside it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import numpy as np
 from PIL import Image
 
 from device.bundle import BundleError, load_bundle
+from device.classify import classify
 from device.camera import CameraError, ReplayFinished
 from device.camera import choose_source_kind, is_raspberry_pi, open_source
 from device.config import load_config
 from device.modelfile import model_path
 from device.outputs import OutputError
 from device.preprocess import PreprocessSettings, preprocess
+from device.runtime import RuntimeUnavailable, make_runtime
 
 DEFAULT_INPUT = (32, 32, 1)
 
@@ -54,6 +57,39 @@ def _trigger(config, simulate):
     return enter, "press Enter (q + Enter to stop)", lambda: None
 
 
+def _classifier(config, simulate):
+    """frame -> (what preprocessing made of it, what the model reads or ""): the configured model
+    through device.classify, as the appliance would; without a usable model, the default
+    preprocessing only (the pictures are what training wants either way)."""
+    try:
+        bundle = load_bundle(model_path(config, simulate))
+        runtime = make_runtime(bundle, config.model.runtime, config.model.threads)
+    except (BundleError, RuntimeUnavailable) as e:
+        print(f"note: {e}; previews use the default preprocessing")
+        settings = PreprocessSettings()
+        return lambda frame: (preprocess(frame, settings, DEFAULT_INPUT), "")
+
+    def look(frame):
+        found = classify(frame, bundle, runtime)
+        reads = f" (the model reads {found.label}, {found.confidence:.0%})" if found.found else ""
+        return found.prepared, reads
+    return look
+
+
+def _save(frame, looked, folders) -> None:
+    """The frame under raw/, what the network sees under seen/ (when a card was found), said."""
+    prepared, reads = looked
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
+    raw = folders[0] / f"{stamp}.png"
+    _save_png(np.ascontiguousarray(frame), raw)
+    if prepared.found:
+        seen = folders[1] / f"{stamp}.png"
+        _save_png(prepared.input_bytes(), seen)
+        print(f"saved {raw} and {seen}{reads}")
+    else:
+        print(f"saved {raw}; warning: no card found in it ({prepared.reason}): more light, or hold the card closer")
+
+
 def capture(args) -> int:
     config, _ = load_config(args.config)
     if not args.label or "/" in args.label or args.label.startswith("."):
@@ -63,13 +99,7 @@ def capture(args) -> int:
         print("cardcam: --count must be at least 1", file=sys.stderr)
         return 2
     simulate = args.simulate or not is_raspberry_pi()
-    # Preprocess as the running model would; without a model, the default settings.
-    settings, input_shape = PreprocessSettings(), DEFAULT_INPUT
-    try:
-        bundle = load_bundle(model_path(config, simulate))
-        settings, input_shape = bundle.preprocess, bundle.input_shape
-    except BundleError as e:
-        print(f"note: {e}; previews use the default preprocessing")
+    look = _classifier(config, simulate)
     out = Path(args.out)
     folders = (out / "raw" / args.label, out / "seen" / args.label)
     try:
@@ -101,18 +131,8 @@ def capture(args) -> int:
                 except ReplayFinished:
                     print("the replay has no more frames")
                     break
-                stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
-                raw = folders[0] / f"{stamp}.png"
-                _save_png(np.ascontiguousarray(frame), raw)
-                prepared = preprocess(frame, settings, input_shape)
+                _save(frame, look(frame), folders)
                 saved += 1
-                if prepared.found:
-                    seen = folders[1] / f"{stamp}.png"
-                    _save_png(prepared.input_bytes(), seen)
-                    print(f"saved {raw} and {seen}")
-                else:
-                    print(f"saved {raw}; warning: no card found in it ({prepared.reason}): "
-                          "more light, or hold the card closer")
     except CameraError as e:
         print(f"cardcam: camera: {e}", file=sys.stderr)
         return 1

@@ -146,9 +146,9 @@ class TeachMode:
                 elif request.action == "example":
                     ok, message = self._add(request.label, frame, prepared)
                 elif request.action == "learn":
-                    ok, message = self._learn(model)
+                    ok, message = learn(model, self.base, self.examples, self.labels)
                 else:
-                    ok, message = self._undo(model)
+                    ok, message = undo(model)
             except Exception as e:  # a press never stops the appliance
                 message = f"{request.action} failed: {type(e).__name__}: {e}"
             finally:
@@ -199,62 +199,69 @@ class TeachMode:
         return True, (f"example {counts[label]} of '{label}' stored ({folder / stamp}.png); "
                       f"examples: {', '.join(f'{l} {c}' for l, c in counts.items())}")
 
-    def _model_file(self, model) -> Path:
-        path = model.path
-        if path.resolve() == CHECKOUT_MODEL.resolve():
-            raise TeachError(f"the running model is the checkout's {CHECKOUT_MODEL.name}, which teach mode does "
-                             "not overwrite; set [model] path to a copy of it")
-        return path
 
-    def _learn(self, slot) -> tuple[bool, str]:
-        start = time.perf_counter()
-        if slot.bundle is None:
-            return False, "learn refused: no model is running to learn from"
-        running = slot.bundle.name
-        try:
-            model = self._model_file(slot)
-            base = load_bundle(self.base) if self.base else slot.bundle
-            examples = read_examples(self.examples, base, self.labels)
-            bundle = teach(base, examples, base_name=Path(self.base).name if self.base else None)
-        except (TeachError, BundleError) as e:
-            return False, f"learn refused: {e}; still running {running}"
-        previous = previous_path(model)
-        tmp = previous.with_name(f".{previous.name}.tmp")
-        try:  # the model it replaces, for undo: copied whole, then renamed into place
-            if model.exists():
-                shutil.copyfile(model, tmp)
-                os.replace(tmp, previous)
-            save_bundle(bundle, model)
-        except (OSError, BundleError) as e:
-            tmp.unlink(missing_ok=True)
-            text = str(e) if isinstance(e, BundleError) else f"{e.filename or previous}: {e.strerror or e}"
-            return False, f"learn failed: {text}; still running {running}"
-        if not slot.load("learn"):  # refused (the config's task, a runtime...): put the old one back
-            if previous.exists():
-                os.replace(previous, model)
-                slot.load("learn undone")
-            return False, f"learn failed: the new model was refused (see the line above); still running {running}"
-        counts = ", ".join(f"{l} {c}" for l, c in examples.counts.items())
-        return True, (f"learned {', '.join(examples.labels)} from {sum(examples.counts.values())} examples "
-                      f"({counts}) in {time.perf_counter() - start:.2f} s; now running {bundle.name} from {model} "
-                      f"(undo goes back to {running})")
+def _model_file(slot) -> Path:
+    """The file "learn" writes and "undo" puts back: the running model's, never the shipped one."""
+    path = slot.path
+    if path.resolve() == CHECKOUT_MODEL.resolve():
+        raise TeachError(f"the running model is the checkout's {CHECKOUT_MODEL.name}, which teach mode does "
+                         "not overwrite; set [model] path to a copy of it")
+    return path
 
-    def _undo(self, slot) -> tuple[bool, str]:
-        try:
-            model = self._model_file(slot)
-        except TeachError as e:
-            return False, f"undo refused: {e}"
-        previous = previous_path(model)
-        if not previous.exists():
-            return False, f"undo refused: nothing to undo (no {previous.name} beside {model})"
-        running = slot.bundle.name if slot.bundle else "none"
-        try:
+
+def learn(slot, base_path: str, examples_dir: Path, labels) -> tuple[bool, str]:
+    """Teach the running model (or ``base_path``) the examples, keep the model file for undo, save
+    the new one over it, and swap it in through the slot; the old one is put back if it is refused."""
+    start = time.perf_counter()
+    if slot.bundle is None:
+        return False, "learn refused: no model is running to learn from"
+    running = slot.bundle.name
+    try:
+        model = _model_file(slot)
+        base = load_bundle(base_path) if base_path else slot.bundle
+        examples = read_examples(examples_dir, base, labels)
+        bundle = teach(base, examples, base_name=Path(base_path).name if base_path else None)
+    except (TeachError, BundleError) as e:
+        return False, f"learn refused: {e}; still running {running}"
+    previous = previous_path(model)
+    tmp = previous.with_name(f".{previous.name}.tmp")
+    try:  # the model it replaces, for undo: copied whole, then renamed into place
+        if model.exists():
+            shutil.copyfile(model, tmp)
+            os.replace(tmp, previous)
+        save_bundle(bundle, model)
+    except (OSError, BundleError) as e:
+        tmp.unlink(missing_ok=True)
+        text = str(e) if isinstance(e, BundleError) else f"{e.filename or previous}: {e.strerror or e}"
+        return False, f"learn failed: {text}; still running {running}"
+    if not slot.load("learn"):  # refused (the config's task, a runtime...): put the old one back
+        if previous.exists():
             os.replace(previous, model)
-        except OSError as e:
-            return False, f"undo failed: {e.strerror or e}; still running {running}"
-        if not slot.load("undo"):
-            return False, f"undo failed: {previous.name} was refused (see the line above); still running {running}"
-        return True, f"undone: back to {slot.bundle.name} from {model}"
+            slot.load("learn undone")
+        return False, f"learn failed: the new model was refused (see the line above); still running {running}"
+    counts = ", ".join(f"{l} {c}" for l, c in examples.counts.items())
+    return True, (f"learned {', '.join(examples.labels)} from {sum(examples.counts.values())} examples "
+                  f"({counts}) in {time.perf_counter() - start:.2f} s; now running {bundle.name} from {model} "
+                  f"(undo goes back to {running})")
+
+
+def undo(slot) -> tuple[bool, str]:
+    """Put the model file that the last learn replaced back, and swap it in through the slot."""
+    try:
+        model = _model_file(slot)
+    except TeachError as e:
+        return False, f"undo refused: {e}"
+    previous = previous_path(model)
+    if not previous.exists():
+        return False, f"undo refused: nothing to undo (no {previous.name} beside {model})"
+    running = slot.bundle.name if slot.bundle else "none"
+    try:
+        os.replace(previous, model)
+    except OSError as e:
+        return False, f"undo failed: {e.strerror or e}; still running {running}"
+    if not slot.load("undo"):
+        return False, f"undo failed: {previous.name} was refused (see the line above); still running {running}"
+    return True, f"undone: back to {slot.bundle.name} from {model}"
 
 
 def read_keys(stream, teaching) -> threading.Thread:
