@@ -301,15 +301,53 @@ def test_corrupt_zip_member_is_refused_at_start_too(tmp_path, tiny_model):
         daemon.stop()
 
 
-def test_watchdog_pings_come_from_the_running_loop_and_journald_gets_no_timestamps(tmp_path, model_copy, notify):
-    frames = write_frames(tmp_path / "frames", model_copy, [(0, 2)])
-    daemon = start(tmp_path, config_for(tmp_path, model_copy, frames), notify,
-                   env={"WATCHDOG_USEC": "100000", "JOURNAL_STREAM": "8:12345"})
+def _ping_gaps(notify, seconds: float) -> list[float]:
+    """The gaps between WATCHDOG=1 datagrams over ``seconds`` (seen by polling every 5 ms), the
+    time before the first and after the last included."""
+    seen, times, t0 = notify.messages.count("WATCHDOG=1"), [], time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        count = notify.messages.count("WATCHDOG=1")
+        if count != seen:
+            seen = count
+            times.append(time.monotonic())
+        time.sleep(0.005)
+    edges = [t0, *times, time.monotonic()]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+def test_watchdog_pings_come_from_the_running_loop_and_journald_gets_no_timestamps(tmp_path, tiny_model, notify):
+    """WATCHDOG=1 (every 50 ms here) comes from the loop's progress, not from a timer: frames
+    running, the pings come; a camera read that hangs stops them (systemd then restarts the
+    service); during a camera fault's long retry pauses (up to 1.5 s) the pauses keep them coming."""
+    camera_dir = tmp_path / "camera"
+    write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
+    config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2", "timeout": 0.1},
+                        daemon={"max_backoff": 1.5})
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir),
+           "WATCHDOG_USEC": "100000", "JOURNAL_STREAM": "8:12345"}
+    daemon = start(tmp_path, config, notify, env=env)
     try:
-        daemon.wait_for(lambda: notify.messages.count("WATCHDOG=1") >= 5, what="watchdog pings")
+        daemon.wait_state(label="1", what="running on the camera")
+        frames = daemon.state()["frames"]
+        running = _ping_gaps(notify, 1.0)
+        assert len(running) >= 10 and max(running) < 0.5, running  # the frame loop pings
+        assert daemon.state()["frames"] > frames
+
+        (camera_dir / "stalled").touch()  # the next capture hangs: the loop is stuck
+        time.sleep(0.3)
+        stuck = _ping_gaps(notify, 1.0)
+        assert len(stuck) == 1, stuck  # not one ping in that second
+
+        (camera_dir / "unplugged").touch()  # reads time out: retries, pausing 0.05 s doubling to 1.5 s
+        (camera_dir / "stalled").unlink()
+        daemon.wait_state(state="camera fault", what="fault")
+        time.sleep(1.5)  # the pauses have grown to their longest
+        faulty = _ping_gaps(notify, 3.0)
+        assert len(faulty) >= 10 and max(faulty) < 0.5, faulty  # the pauses ping (a capture waits 0.1-0.2 s)
         daemon.signal(signal.SIGTERM)
-        assert daemon.wait() == 0
+        assert daemon.wait(timeout=5) == 0, daemon.output
     finally:
+        (camera_dir / "stalled").unlink(missing_ok=True)
         daemon.stop()
     shows = [line for line in daemon.lines if "shows" in line]
     assert shows and all(line.startswith("shows ") for line in shows), daemon.output  # journald stamps lines itself

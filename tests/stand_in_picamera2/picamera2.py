@@ -11,7 +11,8 @@ Driven by files in the folder named by $STAND_IN_CAMERA_DIR:
   frames/*.png   the pictures the sensor sees (cycled; grey);
   absent         no camera attached;          busy   another process holds the camera;
   unplugged      captures fail with a timeout, as when the ribbon cable comes loose;
-  short          captures return a buffer cut short (4 rows), as a driver fault might.
+  short          captures return a buffer cut short (4 rows), as a driver fault might;
+  stalled        a capture hangs while it exists, whatever its wait=, as a hung driver would.
 Every call is appended to calls.log there, so a test can see what the daemon asked for.
 """
 
@@ -71,6 +72,8 @@ class Picamera2:
     def capture_array(self, name="main", wait=None):
         if not self.started:
             raise RuntimeError("Camera is not started")
+        while (_dir() / "stalled").exists():
+            time.sleep(0.01)
         if (_dir() / "unplugged").exists():
             time.sleep(min(float(wait) if wait not in (None, True) else 1.0, 0.2))
             raise TimeoutError("Camera frontend has timed out!")
