@@ -87,7 +87,8 @@ class WebPage:
         self.live = None     # device.webserver.LiveState while [web] is enabled
         self.server = None   # device.webserver.WebServer while it listens
 
-    def start(self, web, teaching) -> None:
+    def start(self, web, teaching, model) -> None:
+        """Serve ``web`` ([web]) if enabled; ``model``: the ModelSlot, whose model the page shows."""
         if not web.enabled:
             return
         from device.webserver import LiveState, WebServer, is_loopback
@@ -95,6 +96,8 @@ class WebPage:
         if self.live is None:
             self.live = LiveState()
             self.live.teaching = teaching
+        if model.bundle is not None:
+            self.set_model(model.bundle, model.runtime, model.config)
         try:
             self.server = WebServer(self.live, web.host, web.port, log=self.log).start()
         except OSError as e:
@@ -105,6 +108,16 @@ class WebPage:
         if not is_loopback(web.host):
             self.log(f"warning: the web page listens on {web.host}, reachable from the network without a "
                      "password (camera picture, model); use host = \"127.0.0.1\" and an ssh tunnel to keep it private")
+
+    def restart(self, web, old, teaching, model) -> bool:
+        """After SIGHUP: serve again if [web] changed or did not listen; True if it did."""
+        if web == old and (not web.enabled or self.server is not None):
+            return False
+        self.close(off=not web.enabled)
+        if not web.enabled and old.enabled:
+            self.log("web page off")
+        self.start(web, teaching, model)
+        return True
 
     def publish(self, frame, found, shown) -> None:
         if self.live is not None:
@@ -125,6 +138,28 @@ class WebPage:
             server.stop()
         if off:
             self.live = None
+
+
+class Console:
+    """Log lines, time-stamped unless journald (which stamps its own) takes them; in a simulation on
+    a terminal, the LEDs drawn on one line below them (device.outputs.TerminalRenderer)."""
+
+    def __init__(self, out, journal: bool, simulate: bool):
+        self.out = out
+        self.journal = journal
+        self.renderer = TerminalRenderer(out) if simulate and out.isatty() and not journal else None
+
+    def log(self, message: str) -> None:
+        line = message if self.journal else f"{time.strftime('%H:%M:%S')} {message}"
+        if self.renderer is not None:
+            self.renderer.log(line)
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
 
 
 def read_config(path, stop: threading.Event):
@@ -162,37 +197,111 @@ def signals_handled(handlers: dict):
             signal.signal(s, h)
 
 
+class Reports:
+    """What the appliance tells, and when: the status LED, the state record (the state file and
+    the web page's status), STATUS= lines, a log line for each change of what is shown, and the
+    terminal's line in a simulation. The daemon hands it ``outputs`` (the LEDs of the moment)."""
+
+    def __init__(self, heartbeat, model, camera, web, console, state: StateFile, notifier):
+        self.heartbeat, self.model, self.camera, self.web = heartbeat, model, camera, web
+        self.console, self.state, self.notifier = console, state, notifier
+        self.outputs = None
+        self.shown = NOTHING_SHOWN   # what the LEDs show (the last Decision)
+        self.frame_errors = FrameErrors()
+        self.started = time.monotonic()
+
+    def frame(self, found, shown) -> None:
+        """After each frame: READY, a change of what is shown, the status line, the terminal's line."""
+        self.shown = shown
+        beat = self.heartbeat.frame(time.monotonic())
+        if beat == "ready":
+            self.set_status("running")
+            self.heartbeat.say(self.status_line(), "READY=1")
+            self.console.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
+                             f"({self.camera.describe()})")
+        if shown.changed:
+            self.console.log(f"shows {_in_words(shown, found.reason)}")
+            self.write_state("running")
+        if beat == "status":
+            self.heartbeat.say(self.status_line())
+            self.write_state("running")
+        if self.console.renderer is not None:
+            self.console.renderer.render(self.outputs.snapshot(), shown.label, shown.confidence,
+                                         self.heartbeat.fps or 0.0, self.model.bundle.name)
+
+    def frame_failed(self, error: Exception) -> None:
+        line = self.frame_errors.add(error, time.monotonic())
+        if line:
+            self.console.log(line)
+            self.write_state(self.running)
+
+    def camera_changed(self) -> None:
+        """A camera fault began or goes on (the status LED flickers), or the camera is back."""
+        if self.camera.error is not None:
+            self.set_status("camera fault")
+            self.write_state("camera fault")
+            self.heartbeat.say(self.status_line())
+        else:
+            self.set_status(self.running)
+            self.write_state("running")
+
+    def model_changed(self) -> None:
+        """A load decided: taken, or refused (with no model yet: a model fault, the LED blinks slowly)."""
+        if self.model.bundle is None:
+            self.set_status("model fault")
+            self.write_state("model fault")
+        else:
+            self.write_state(self.running)
+
+    @property
+    def running(self) -> str:
+        return "running" if self.heartbeat.ready else "starting"
+
+    def status_line(self) -> str:
+        return self.heartbeat.status_line(self.model, self.camera, self.shown)
+
+    def write_state(self, state: str) -> None:
+        """The state record, to the state file and the web page."""
+        if self.outputs is not None and (self.state.path or self.web.live is not None):
+            record = state_record(state, self.shown, self.heartbeat, self.model, self.camera, self.frame_errors,
+                                  self.notifier, self.outputs)
+            if self.web.live is not None:
+                self.web.live.set_record(record)
+            self.state.write(record)
+
+    def set_status(self, status: str) -> None:
+        if self.outputs is not None:
+            self.outputs.set_status(status)
+
+
 class Daemon:
-    """The appliance's parts and its loop (``run``). ``stop``: set it (the signal handler does)
-    and the loop ends. The main thread never waits on ``stop`` itself, it only looks at it:
-    Event.set() from a handler that interrupted a wait on the same Event could deadlock."""
+    """The appliance: its parts and the loop (``run``). ``stop``: set it (the signal handler does)
+    and the loop ends. The main thread only looks at ``stop``, it never waits on it: Event.set()
+    from a handler that interrupted a wait on the same Event could deadlock."""
 
     def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None, stop=None):
         self.config = config
         self.config_path = config_path
         self.simulate = simulate
-        self.out = out or sys.stdout
         self.environ = os.environ if environ is None else environ
         self.journal = bool(self.environ.get("JOURNAL_STREAM"))
-        self.renderer = TerminalRenderer(self.out) if simulate and self.out.isatty() and not self.journal else None
+        self.console = Console(out or sys.stdout, self.journal, simulate)
+        self.log = self.console.log
         self.stop = stop or threading.Event()
         self.reload_requested = False
-        self.started = time.monotonic()
         self.notifier = SystemdNotifier(self.environ)
         self.heartbeat = Heartbeat(self.notifier, config.daemon.status_interval, self.log)
         self.camera = RetryingSource(lambda: open_source(self.config, self.simulate, sleep=self.sleep, log=self.log),
-                                     config.daemon.max_backoff, self.sleep, self.log, self._camera_changed)
-        self.model = ModelSlot(config, simulate, self.log, self._model_swapped, self._model_changed)
-        self.state = StateFile(state_file(config.daemon.state_file, self.environ), self.log)
+                                     config.daemon.max_backoff, self.sleep, self.log,
+                                     lambda: self.reports.camera_changed())
+        self.model = ModelSlot(config, simulate, self.log, self._model_swapped, lambda: self.reports.model_changed())
         self.web = WebPage(self.log)
-        self.frame_errors = FrameErrors()
+        self.reports = Reports(self.heartbeat, self.model, self.camera, self.web, self.console,
+                               StateFile(state_file(config.daemon.state_file, self.environ), self.log), self.notifier)
         self.outputs = None
         self.decider = None
-        self.shown = NOTHING_SHOWN
         self.teaching = None  # device.teachmode.TeachMode while [teach] is enabled
         self._keys = None
-
-    # -- the loop --
 
     def run(self) -> int:
         def on_signal(signum, frame):
@@ -202,10 +311,11 @@ class Daemon:
                 self.stop.set()
 
         self.pin_factory = mock_pin_factory() if self.simulate else None
+        reports = self.reports
         with contextlib.ExitStack() as stack:
             stack.enter_context(signals_handled(dict.fromkeys(STOP_SIGNALS + (signal.SIGHUP,), on_signal)))
             try:
-                self.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
+                self.outputs = reports.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
             except OutputError as e:
                 self.log(f"error: {e}")
                 return 2
@@ -214,30 +324,31 @@ class Daemon:
             stack.callback(self._stopped)
             stack.callback(lambda: self.outputs.close())  # [outputs] may have changed on SIGHUP
             stack.enter_context(self.camera)
-            stack.callback(self.write_state, "stopped")
+            stack.callback(reports.write_state, "stopped")
             stack.callback(lambda: self.outputs.off())
             stack.callback(self.notifier.notify, "STOPPING=1", "STATUS=stopping")
             stack.callback(self.web.close)
             stack.callback(self.stop_teach)
             self.start_teach()
             self.start_web()
-            self.set_status("starting")
+            reports.set_status("starting")
             self.outputs.show(None)
             self.model.load("start")
-            self.heartbeat.say(self.status_line())
+            self.heartbeat.say(reports.status_line())
 
             for frame in self.frames():
                 try:
                     found = classify(frame, self.model.bundle, self.model.runtime)
                     shown = self.decider.update(found.probabilities)
                 except Exception as e:  # this frame only: skipped, counted, logged now and then
-                    self._frame_failed(e)
+                    reports.frame_failed(e)
                     continue
-                self.shown = shown
+                if shown.changed:
+                    self.outputs.show(shown.label)
                 self.web.publish(frame, found, shown)
                 if self.teaching is not None:  # presses since the last frame, with this frame
                     self.teaching.serve(frame, found.prepared, self.model, self.outputs, self.heartbeat.say)
-                self._frame_done(found, shown)
+                reports.frame(found, shown)
         return 0
 
     def frames(self):
@@ -250,7 +361,7 @@ class Daemon:
             if self.reload_requested:
                 self.reload()
             if not self.model.poll(now):
-                self.heartbeat.say(self.status_line())
+                self.heartbeat.say(self.reports.status_line())
                 self.sleep(min(self.config.model.poll_interval, 0.2))
                 continue
             try:
@@ -260,101 +371,6 @@ class Daemon:
                 return
             if frame is not None and not self.stop.is_set():
                 yield frame
-
-    def _frame_done(self, found, shown) -> None:
-        """After each frame: READY, what is shown, the status line, the terminal's line."""
-        beat = self.heartbeat.frame(time.monotonic())
-        if beat == "ready":
-            self.set_status("running")
-            self.heartbeat.say(self.status_line(), "READY=1")
-            self.log(f"ready: first frame classified {time.monotonic() - self.started:.2f} s after start "
-                     f"({self.camera.describe()})")
-        if shown.changed:
-            self.outputs.show(shown.label)
-            self.log(f"shows {_in_words(shown, found.reason)}")
-            self.write_state("running")
-        if beat == "status":
-            self.heartbeat.say(self.status_line())
-            self.write_state("running")
-        if self.renderer is not None:
-            self.renderer.render(self.outputs.snapshot(), shown.label, shown.confidence, self.heartbeat.fps or 0.0,
-                                 self.model.bundle.name)
-
-    def _frame_failed(self, error: Exception) -> None:
-        line = self.frame_errors.add(error, time.monotonic())
-        if line:
-            self.log(line)
-            self.write_state("running" if self.heartbeat.ready else "starting")
-
-    # -- what the parts report --
-
-    def _camera_changed(self) -> None:
-        """A camera fault began or goes on (the status LED flickers), or the camera is back."""
-        if self.camera.error is not None:
-            self.set_status("camera fault")
-            self.write_state("camera fault")
-            self.heartbeat.say(self.status_line())
-        else:
-            self.set_status("running" if self.heartbeat.ready else "starting")
-            self.write_state("running")
-
-    def _model_swapped(self, bundle, runtime) -> None:
-        decision = self.config.decision
-        if self.decider is None:
-            self.decider = Decider(bundle.labels, decision.window, decision.enter, decision.exit)
-        else:
-            self.decider.relabel(bundle.labels)
-        self.web.set_model(bundle, runtime, self.config.model)
-        missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
-        if missing and not self.config.outputs.display:
-            self.log(f"note: labels {' '.join(missing)} have no LED in [outputs] leds; they show only on screen")
-
-    def _model_changed(self) -> None:
-        """A load decided: taken, or refused (with no model yet: a model fault, the LED blinks slowly)."""
-        if self.model.bundle is None:
-            self.set_status("model fault")
-            self.write_state("model fault")
-        else:
-            self.write_state("running" if self.heartbeat.ready else "starting")
-
-    def status_line(self) -> str:
-        return self.heartbeat.status_line(self.model, self.camera, self.shown)
-
-    def write_state(self, state: str) -> None:
-        """The state record, to the state file and the web page."""
-        if self.outputs is None or (not self.state.path and self.web.live is None):
-            return
-        bundle = self.model.bundle
-        record = {
-            "pid": os.getpid(), "state": state, "label": self.shown.label,
-            "confidence": round(self.shown.confidence, 4),
-            "fps": round(self.heartbeat.fps, 1) if self.heartbeat.fps is not None else None,
-            "frames": self.heartbeat.frames,
-            "model": bundle.name if bundle else None,
-            "model_sha256": bundle.meta["weights_sha256"] if bundle else None,
-            "model_path": str(bundle.path) if bundle else None,
-            "task": bundle.meta.get("task") if bundle else None,
-            "labels": list(bundle.labels) if bundle else None,
-            "reloads": self.model.reloads, "refusals": self.model.refusals,
-            "camera_error": self.camera.error, "model_error": self.model.error,
-            "frame_errors": self.frame_errors.count, "frame_error": self.frame_errors.last,
-            "notify_dropped": self.notifier.dropped,
-        } | self.outputs.snapshot()
-        if self.web.live is not None:
-            self.web.live.set_record(record)
-        self.state.write(record)
-
-    def set_status(self, status: str) -> None:
-        if self.outputs is not None:
-            self.outputs.set_status(status)
-
-    def log(self, message: str) -> None:
-        line = message if self.journal else f"{time.strftime('%H:%M:%S')} {message}"
-        if self.renderer is not None:
-            self.renderer.log(line)
-        else:
-            self.out.write(line + "\n")
-            self.out.flush()
 
     def sleep(self, seconds: float) -> None:
         """A pause that a stop cuts short (within 20 ms), and that keeps the watchdog fed."""
@@ -366,32 +382,31 @@ class Daemon:
             self.notifier.watchdog(now)
             time.sleep(min(0.02, end - now))
 
-    # -- the page and teach mode, which SIGHUP may switch on and off --
+    def _model_swapped(self, bundle, runtime) -> None:
+        d = self.config.decision
+        self.decider = self.decider or Decider(bundle.labels, d.window, d.enter, d.exit)
+        self.decider.relabel(bundle.labels)
+        self.web.set_model(bundle, runtime, self.config.model)
+        missing = [l for l in bundle.labels if l not in self.config.outputs.leds]
+        if missing and not self.config.outputs.display:
+            self.log(f"note: labels {' '.join(missing)} have no LED in [outputs] leds; they show only on screen")
+
+    # -- the parts SIGHUP may switch on, off or over --
 
     def start_web(self) -> None:
-        """Serve [web] if enabled; a port that cannot be had is logged, and the appliance runs on."""
-        if not self.config.web.enabled:
-            return
-        self.web.start(self.config.web, self.teaching)
-        self.write_state("running" if self.heartbeat.ready else "starting")  # the page's status from the start
-        if self.model.bundle is not None:
-            self.web.set_model(self.model.bundle, self.model.runtime, self.config.model)
+        self.web.start(self.config.web, self.teaching, self.model)
+        if self.config.web.enabled:
+            self.reports.write_state(self.reports.running)  # the page's status from the start
 
     def start_teach(self) -> None:
-        """[teach]: its buttons, and in simulation the keyboard (device/teachmode.py). Buttons that
-        cannot be had are logged, and the appliance runs on without teach mode."""
+        """[teach]: its buttons (device/teachmode.py), and in simulation the keyboard."""
         if not self.config.teach.enabled:
             return
-        from device.teachmode import KEYS, TeachMode, read_keys
+        from device.teachmode import KEYS, read_keys, start_teach
 
-        try:
-            self.teaching = TeachMode(self.config.teach, self.log, self.pin_factory)
-        except OutputError as e:
-            self.log(f"teach mode off: {e}; fix [teach] and send SIGHUP")
-            return
+        self.teaching = start_teach(self.config.teach, self.log, self.pin_factory)
         self.web.set_teaching(self.teaching)
-        self.log(f"teach mode: labels {' '.join(self.teaching.labels)}, examples in {self.teaching.examples}")
-        if self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
+        if self.teaching and self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
             self._keys = read_keys(sys.stdin, lambda: self.teaching)
             self.log(f"teach keys: {KEYS}")
 
@@ -400,8 +415,6 @@ class Daemon:
         self.web.set_teaching(None)
         if teaching is not None:
             teaching.close()
-
-    # -- reload on SIGHUP --
 
     def reload(self) -> None:
         """The config read again; each part whose section changed is remade, the model loaded again."""
@@ -413,24 +426,21 @@ class Daemon:
             return
         if loaded is None:  # stopped while waiting for it
             return
-        config, where = loaded
-        old = self.config
+        (config, where), old = loaded, self.config
         self.log(f"reloading ({where})")
-        if config.outputs != old.outputs and not self._swap_outputs(config.outputs):
-            config = dataclasses.replace(config, outputs=old.outputs)
+        if config.outputs != old.outputs:
+            outputs = new_outputs(self.outputs, config.outputs, self.pin_factory, self.log)
+            if outputs is None:
+                config = dataclasses.replace(config, outputs=old.outputs)
+            self.outputs = self.reports.outputs = outputs or self.outputs
         self.config = config
         if config.camera != old.camera:
             self.camera.close()  # opened again, as now configured, at the next read
-        self.camera.max_backoff = config.daemon.max_backoff
-        self.heartbeat.status_interval = config.daemon.status_interval
-        path = state_file(config.daemon.state_file, self.environ)
-        if path != self.state.configured:
-            self.state = StateFile(path, self.log)
-        if config.web != old.web or (config.web.enabled and self.web.server is None):
-            self.web.close(off=not config.web.enabled)
-            if not config.web.enabled and old.web.enabled:
-                self.log("web page off")
-            self.start_web()
+        self.camera.max_backoff, self.heartbeat.status_interval = config.daemon.max_backoff, config.daemon.status_interval
+        if state_file(config.daemon.state_file, self.environ) != self.reports.state.configured:
+            self.reports.state = StateFile(state_file(config.daemon.state_file, self.environ), self.log)
+        if self.web.restart(config.web, old.web, self.teaching, self.model) and config.web.enabled:
+            self.reports.write_state(self.reports.running)
         if config.teach != old.teach:
             self.stop_teach()
             self.start_teach()
@@ -439,24 +449,43 @@ class Daemon:
             d = config.decision
             self.decider = Decider(self.model.bundle.labels, d.window, d.enter, d.exit)
 
-    def _swap_outputs(self, outputs_config) -> bool:
-        try:
-            outputs = Outputs.from_config(outputs_config, self.pin_factory)
-        except OutputError as e:
-            self.log(f"new [outputs] refused: {e}")
-            return False
-        status = self.outputs.status
-        self.outputs.close()
-        self.outputs = outputs
-        self.outputs.set_status(status)
-        self.outputs.show(self.shown.label)
-        return True
-
     def _stopped(self) -> None:
-        if self.renderer is not None:
-            self.renderer.close()
+        self.console.close()
         self.notifier.close()
         self.log("stopped: LEDs off, camera closed")
+
+
+def new_outputs(outputs, config, pin_factory, log):
+    """[outputs] changed on SIGHUP: the new LEDs, showing what the old ones showed (which are let
+    go), or None if they cannot be had (logged; the old ones stay)."""
+    try:
+        new = Outputs.from_config(config, pin_factory)
+    except OutputError as e:
+        log(f"new [outputs] refused: {e}")
+        return None
+    status, label = outputs.status, outputs.label
+    outputs.close()
+    new.set_status(status)
+    new.show(label)
+    return new
+
+
+def state_record(state, shown, heartbeat, model, camera, frame_errors, notifier, outputs) -> dict:
+    """The state record (device/status.py): what runs, what it shows, what went wrong, the LEDs."""
+    bundle = model.bundle
+    return {
+        "pid": os.getpid(), "state": state, "label": shown.label, "confidence": round(shown.confidence, 4),
+        "fps": round(heartbeat.fps, 1) if heartbeat.fps is not None else None, "frames": heartbeat.frames,
+        "model": bundle.name if bundle else None,
+        "model_sha256": bundle.meta["weights_sha256"] if bundle else None,
+        "model_path": str(bundle.path) if bundle else None,
+        "task": bundle.meta.get("task") if bundle else None,
+        "labels": list(bundle.labels) if bundle else None,
+        "reloads": model.reloads, "refusals": model.refusals,
+        "camera_error": camera.error, "model_error": model.error,
+        "frame_errors": frame_errors.count, "frame_error": frame_errors.last,
+        "notify_dropped": notifier.dropped,
+    } | outputs.snapshot()
 
 
 def _in_words(shown, reason: str) -> str:

@@ -264,6 +264,18 @@ def undo(slot) -> tuple[bool, str]:
     return True, f"undone: back to {slot.bundle.name} from {model}"
 
 
+def start_teach(teach_config, log, pin_factory=None) -> TeachMode | None:
+    """[teach] on: its buttons. Buttons that cannot be had are logged, and the appliance runs on
+    without teach mode (None)."""
+    try:
+        teaching = TeachMode(teach_config, log, pin_factory)
+    except OutputError as e:
+        log(f"teach mode off: {e}; fix [teach] and send SIGHUP")
+        return None
+    log(f"teach mode: labels {' '.join(teaching.labels)}, examples in {teaching.examples}")
+    return teaching
+
+
 def read_keys(stream, teaching) -> threading.Thread:
     """The simulation's keyboard (KEYS): a thread reading lines from ``stream``, asking
     ``teaching()``, the teach mode of the moment (None: off)."""
