@@ -17,6 +17,12 @@ time between the first and last change seen. Machines shared with other work mak
 the CPU time per frame (/proc: the whole process, and the loop's own thread) is printed too: the
 server's cost shows there whatever else runs. Prints the median of each phase and the ratios
 page/off and idle/off.
+
+Memory: a process does not give back what it once used, so the phases above cannot tell what the
+page costs. Two more daemons are started, one with the page off and one with it on from the start,
+one picture classified through it and a client polling it; each one's VmRSS after twice --seconds
+of that is printed against bench/pipeline.py's dependency floor (the goal: at most 6 MB above it,
+the page open included).
 """
 
 from __future__ import annotations
@@ -35,19 +41,23 @@ import time
 from pathlib import Path
 
 from _common import REPO, model_file, simulation_config
+from pipeline import dependency_floor, rss_mb
 
+from device.bundle import load_bundle
+from device.camera import SAMPLES_DIR
+from device.runtime import make_runtime
 from training.options import count, positive
 
 POLL_MS = 250  # as device/web/app.js
 
 
 class Daemon:
-    def __init__(self, workdir: Path, model: Path):
+    def __init__(self, workdir: Path, model: Path, web: bool = False):
         self.config = workdir / "bench.toml"
         self.state = workdir / "state.json"
         self.model = model
         self.url = None
-        self.write(web=False)
+        self.write(web)
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"):
             env.pop(key, None)
@@ -56,6 +66,9 @@ class Daemon:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=workdir)
         threading.Thread(target=lambda: self.lines.extend(l.rstrip() for l in self.proc.stdout), daemon=True).start()
         self.wait(lambda: any("ready:" in l for l in self.lines), "READY")
+        if web:
+            self.wait(lambda: any("web page at " in l for l in self.lines), "web page address")
+            self.url = [l.split("web page at ", 1)[1].strip() for l in self.lines if "web page at " in l][-1]
 
     def write(self, web: bool) -> None:
         self.config.write_text(simulation_config(self.model, self.state, 0.2, model={"watch": False},
@@ -117,6 +130,10 @@ class Daemon:
         frames = last[1] - first[1]
         return (frames / (last[0] - first[0]), 1000 * (last[2][0] - first[2][0]) / frames,
                 1000 * (last[2][1] - first[2][1]) / frames)
+
+    def rss(self) -> float:
+        """The daemon's VmRSS in MB."""
+        return rss_mb(self.proc.pid)[0]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -182,6 +199,30 @@ class ChromiumPage:
         self._p.stop()
 
 
+def fresh_rss(workdir: Path, model: Path, web: bool, seconds: float) -> float:
+    """VmRSS (MB) of a daemon started with the page off or on (then polled like the page, after
+    one picture classified through /api/predict, which makes the server's own runtime) after
+    ``seconds`` of running at full speed."""
+    daemon = Daemon(workdir, model, web=web)
+    try:
+        client = None
+        if web:
+            host, port = daemon.url.split("//", 1)[1].strip("/").rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("POST", "/api/predict", (SAMPLES_DIR / "c-1-1.png").read_bytes(), {"Content-Type": "image/png"})
+            if conn.getresponse().status != 200:
+                raise SystemExit("bench: /api/predict did not answer 200")
+            conn.close()
+            client = PageClient(daemon.url)
+        daemon.loop_fps(seconds)
+        rss = daemon.rss()
+        if client:
+            client.close()
+        return rss
+    finally:
+        daemon.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Daemon loop fps with the web page open, idle and off.")
     parser.add_argument("--model", type=model_file, default=REPO / "models" / "digits01.npz")
@@ -212,6 +253,9 @@ def main() -> None:
                     served.append((client.requests, client.bytes))
         finally:
             daemon.stop()
+        rss = {web: fresh_rss(Path(tmp), args.model.resolve(), web, 2 * args.seconds) for web in (False, True)}
+        runtime = make_runtime(load_bundle(args.model), "auto").name  # as the daemon's default config
+        floor = dependency_floor(args.model.resolve(), runtime, Path(tmp))
     med = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in results.items()}
     who = "headless Chromium with the page" if args.chromium else f"a client polling like the page ({POLL_MS} ms)"
     print(f"daemon loop, {args.rounds} rounds of {args.seconds:g} s per phase, samples at full speed (medians):")
@@ -225,6 +269,9 @@ def main() -> None:
         print(f"  page = {who}: {reqs:.1f} requests/s, {kb:.0f} KB/s")
     ratio = {k: med[k][0] / med["off"][0] for k in ("page", "idle")}
     cpu_ratio = {k: med[k][1] / med["off"][1] for k in ("page", "idle")}
+    print(f"memory (fresh daemons): page off {rss[False]:.1f} MB, page on (a drawing classified, polled) {rss[True]:.1f} MB; dependency "
+          f"floor ({runtime} runtime, bench/pipeline.py) {floor:.1f} MB: {rss[False] - floor:+.1f} and "
+          f"{rss[True] - floor:+.1f} MB above it (goal: +6 MB at most)")
     print(f"fps ratios: page/off {ratio['page']:.3f}, idle/off {ratio['idle']:.3f};  process CPU per frame: "
           f"page/off {cpu_ratio['page']:.3f}, idle/off {cpu_ratio['idle']:.3f}")
     if args.json:
@@ -233,6 +280,8 @@ def main() -> None:
                           "ratio_idle_off": round(ratio["idle"], 4),
                           "cpu_ms_per_frame": {k: round(v[1], 4) for k, v in med.items()},
                           "loop_cpu_ms_per_frame": {k: round(v[2], 4) for k, v in med.items()},
+                          "rss_mb_page_off": round(rss[False], 1), "rss_mb_page_on": round(rss[True], 1),
+                          "floor_rss_mb": round(floor, 1),
                           "client": who, "fps_runs": {k: [round(r[0], 1) for r in v] for k, v in results.items()}}))
 
 if __name__ == "__main__":

@@ -20,11 +20,23 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if "http.client" not in sys.modules and "ssl" not in sys.modules:
+    # http.server reads headers with http.client, which imports ssl for its HTTPS client: OpenSSL
+    # would cost the daemon 4 MB of RSS (of the 6 MB it may use above its dependencies) for a
+    # client it never makes. So http.client comes in without it; in a process that imports this
+    # module first, http.client has no HTTPSConnection (ssl itself still imports).
+    sys.modules["ssl"] = None  # `import ssl` raises ImportError, which http.client expects
+    try:
+        import http.client  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 
 class RequestError(Exception):

@@ -140,6 +140,16 @@ def test_live_pictures_are_pngs_of_the_frame_and_the_network_input(served, bundl
     assert status == 200 and kind == "image/png" and thumb.size == (240, 180)
 
 
+def test_the_web_page_loads_neither_openssl_nor_freetype():
+    """http.client's HTTPS half (OpenSSL, 4 MB of RSS) and ImageDraw (FreeType, 1.5 MB) would take
+    most of the daemon's 6 MB over its dependencies (bench/web.py); the page needs neither."""
+    code = ("import sys, device.webserver, http.client; "
+            "print(sorted(m for m in ('ssl', '_ssl', 'PIL.ImageDraw', 'PIL._imagingft') if m in sys.modules)); "
+            "import ssl; print(hasattr(ssl, 'SSLContext'), hasattr(http.client, 'HTTPConnection'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.stdout.split("\n")[:2] == ["[]", "True True"], proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("frame", [np.full((480, 640), 128, np.uint8), np.full((480, 640, 3), 128, np.uint8),
                                    np.full((480, 640), 0.5, np.float32), np.full((480, 640), 32896, np.uint16)],
                          ids=["grey", "colour", "float", "16-bit"])
