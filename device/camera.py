@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +54,7 @@ class FrameSource:
     """open / read / close, usable as ``with source: frame = source.read()``."""
 
     name = "source"
+    may_hang = False  # True: a read can hang in a driver (the daemon then reads it on a thread, ReaderThread)
 
     def open(self) -> None:
         pass
@@ -83,6 +86,7 @@ class Picamera2Source(FrameSource):
     """The Raspberry Pi camera through picamera2, imported only when this source opens."""
 
     name = "picamera2"
+    may_hang = True
 
     def __init__(self, size=FRAME_SIZE, buffer_count=2, timeout=2.0, camera_num=0):
         self.size = (int(size[0]), int(size[1]))
@@ -161,6 +165,7 @@ class OpenCVSource(FrameSource):
     """A webcam through OpenCV (headless build), converted to grey."""
 
     name = "opencv"
+    may_hang = True
 
     def __init__(self, device=0, size=FRAME_SIZE):
         self.device = device
@@ -379,15 +384,18 @@ class RetryingSource:
     a second; the next read opens the source again. ``on_change()`` is called when a fault begins
     or repeats and when frames come back (the daemon sets its status LED and state from
     ``error``). ``open_source()`` makes a new, unopened source (the config of the moment).
-    ``ReplayFinished`` passes through.
+    ``ReplayFinished`` passes through. A source whose reads can hang (``may_hang``) is read on a
+    thread of its own (ReaderThread); ``stopped()`` says when the loop no longer waits for it.
     """
 
-    def __init__(self, open_source, max_backoff: float, sleep=time.sleep, log=_to_stderr, on_change=lambda: None):
+    def __init__(self, open_source, max_backoff: float, sleep=time.sleep, log=_to_stderr, on_change=lambda: None,
+                 stopped=lambda: False):
         self.open_source = open_source
         self.max_backoff = max_backoff
         self.sleep = sleep
         self.log = log
         self.on_change = on_change
+        self.stopped = stopped   # the loop is stopping: a read that hangs is given up (ReaderThread)
         self.source = None
         self.error = None        # the fault going on (its message); None while frames come
         self._since = 0.0
@@ -396,11 +404,14 @@ class RetryingSource:
     def read(self) -> np.ndarray | None:
         try:
             if self.source is None:
-                self.source = self.open_source()
+                source = self.open_source()
+                self.source = ReaderThread(source, self.stopped) if source.may_hang else source
                 self.source.open()
             frame = self.source.read()
         except CameraError as e:
             self._fault(str(e))
+            return None
+        if frame is None:  # stopping while a read hung
             return None
         if self.error is not None:
             self.log(f"camera back after {time.monotonic() - self._since:.1f} s")
@@ -433,3 +444,63 @@ class RetryingSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ReaderThread(FrameSource):
+    """A source used from a thread of its own: its open, read and close run there, and the caller
+    waits for each in slices of 20 ms, giving up once ``stopped()``. A camera read can hang in a
+    driver (a loose cable, a driver fault), and the loop must still stop at once (a hang while not
+    stopping still stops the loop, and its watchdog pings: systemd restarts it). Only for the
+    cameras (``may_hang``): at their frame rate the handoff costs nothing; replays are read in
+    the loop itself."""
+
+    def __init__(self, source: FrameSource, stopped):
+        self.source = source
+        self.stopped = stopped
+        self.name = source.name
+        self._jobs = queue.SimpleQueue()
+        self._answers = queue.SimpleQueue()
+        self._waiting = 0  # jobs asked and not yet answered (more than one after giving up on a read)
+        threading.Thread(target=self._serve, name=f"cardcam-{source.name}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                answer = (job(), None)
+            except BaseException as e:  # handed to the caller's thread
+                answer = (None, e)
+            self._answers.put(answer)
+            if job == self.source.close:
+                return
+
+    def _ask(self, job, patience: float | None = None):
+        """``job()``'s result (or its exception), or None once stopped (or after ``patience`` s)."""
+        self._jobs.put(job)
+        self._waiting += 1
+        end = None if patience is None else time.monotonic() + patience
+        while True:
+            try:
+                value, error = self._answers.get(timeout=0.02)
+            except queue.Empty:
+                if self.stopped() or (end is not None and time.monotonic() > end):
+                    return None
+                continue
+            self._waiting -= 1
+            if self._waiting == 0:  # this job's answer, not that of a read given up on
+                break
+        if error is not None:
+            raise error
+        return value
+
+    def open(self) -> None:
+        self._ask(self.source.open)
+
+    def read(self):
+        return self._ask(self.source.read)
+
+    def close(self) -> None:
+        self._ask(self.source.close, patience=1.0)  # a camera still hanging is let go with the process
+
+    def describe(self) -> str:
+        return self.source.describe()

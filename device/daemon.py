@@ -293,7 +293,7 @@ class Daemon:
         self.heartbeat = Heartbeat(self.notifier, config.daemon.status_interval, self.log)
         self.camera = RetryingSource(lambda: open_source(self.config, self.simulate, sleep=self.sleep, log=self.log),
                                      config.daemon.max_backoff, self.sleep, self.log,
-                                     lambda: self.reports.camera_changed())
+                                     lambda: self.reports.camera_changed(), self.stop.is_set)
         self.model = ModelSlot(config, simulate, self.log, self._model_swapped, lambda: self.reports.model_changed())
         self.web = WebPage(self.log)
         self.reports = Reports(self.heartbeat, self.model, self.camera, self.web, self.console,

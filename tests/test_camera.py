@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 
 from daemon_fixtures import STAND_IN_DIR
-from device.camera import (SAMPLES_DIR, CameraError, Picamera2Source, ReplayFinished, ReplaySource, make_source,
-                           samples_source)
+from device.camera import (SAMPLES_DIR, CameraError, FrameSource, Picamera2Source, ReaderThread, ReplayFinished,
+                           ReplaySource, RetryingSource, make_source, samples_source)
 from device.preprocess import load_image
 
 
@@ -190,3 +191,50 @@ def test_picamera2_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
     with pytest.raises(CameraError, match="python3-picamera2"):
         Picamera2Source().open()
+
+
+class FlakyCamera(FrameSource):
+    """A camera that fails to open ``failures`` times, then gives frames; ``hang`` makes reads hang."""
+
+    may_hang = True
+
+    def __init__(self, failures=0, hang=None):
+        self.failures, self.hang, self.calls = failures, hang, []
+
+    def open(self):
+        self.calls.append("open")
+        if self.failures:
+            self.failures -= 1
+            raise CameraError("busy")
+
+    def read(self):
+        if self.hang is not None:
+            self.hang.wait()
+        return np.zeros((4, 4), np.uint8)
+
+    def close(self):
+        self.calls.append("close")
+
+
+def test_retrying_source_pauses_longer_after_each_fault_and_says_when_the_camera_is_back():
+    camera, pauses, lines, changes = FlakyCamera(failures=4), [], [], []
+    source = RetryingSource(lambda: camera, max_backoff=0.15, sleep=pauses.append, log=lines.append,
+                            on_change=lambda: changes.append(source.error))
+    got = [source.read() for _ in range(5)]
+    assert [g is None for g in got] == [True] * 4 + [False]
+    assert pauses == [0.05, 0.1, 0.15, 0.15]  # doubling, capped
+    assert lines[0] == "camera fault: busy; retrying" and lines[1].startswith("camera back after") and len(lines) == 2
+    assert changes == ["busy"] * 4 + [None] and source.error is None
+    assert camera.calls == ["open", "close"] * 4 + ["open"]
+
+
+def test_reader_thread_gives_up_a_hung_read_once_stopped():
+    hang, stop = threading.Event(), threading.Event()
+    source = ReaderThread(FlakyCamera(hang=hang), stop.is_set)
+    source.open()
+    threading.Timer(0.1, stop.set).start()
+    t0 = time.monotonic()
+    assert source.read() is None and time.monotonic() - t0 < 0.5  # stopped while the read hung
+    hang.set()
+    source.close()
+

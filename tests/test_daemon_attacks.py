@@ -324,3 +324,24 @@ def test_the_first_status_line_has_no_fps_until_one_is_measured(tmp_path, model_
         stop_within_deadline(daemon)
     finally:
         daemon.stop()
+
+
+def test_sigterm_while_a_camera_capture_hangs_stops_at_once(tmp_path, tiny_model):
+    """A capture that never returns (a hung driver; the stand-in's 'stalled'): the camera is read on
+    a thread of its own, so SIGTERM still turns everything off and exits 0 within the deadline."""
+    camera_dir = tmp_path / "camera"
+    write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
+    config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2"})
+    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
+    daemon = start(tmp_path, config, env=env)
+    try:
+        daemon.wait_state(label="1", what="running on the camera")
+        (camera_dir / "stalled").touch()
+        frames = daemon.state()["frames"]
+        time.sleep(0.3)
+        assert daemon.state()["frames"] <= frames + 1  # the loop waits for the hung capture
+        stop_within_deadline(daemon)
+    finally:
+        (camera_dir / "stalled").unlink(missing_ok=True)
+        daemon.stop()
+    assert daemon.state()["state"] == "stopped" and daemon.state()["leds"] == {"0": 0, "1": 0}
