@@ -8,26 +8,30 @@ out turns the LEDs off and closes the camera) and then runs the frame path:
         shown = decider.update(found.probabilities)       # device/decision.py
         outputs.show(shown.label)                         # device/outputs.py
         web.publish(frame, found, shown)                  # device/webserver.py
+        reports.frame(found, shown)                       # READY, STATUS, the state file
 
-The parts, each owning one of the things that keep an appliance alive for months:
+``frames()`` does the housekeeping between two frames (watchdog, SIGHUP, the model file). The
+parts, each owning one of the things that keep an appliance alive for months:
 
 - ``RetryingSource`` (device/camera.py): camera faults logged and retried with a growing, capped
-  pause; the status LED says so;
+  pause; a camera whose reads can hang is read on a thread of its own (``ReaderThread``);
 - ``ModelSlot`` (device/modelfile.py): the model file watched; a new file is taken only once it
   has stopped changing and passed every check, between two frames; a bad one is refused and the
   running model stays; a missing model is retried;
 - ``Heartbeat`` (device/systemd.py): READY=1 once the first frame is classified, WATCHDOG=1 from
   the loop itself, STATUS= lines with the fps, over $NOTIFY_SOCKET;
-- ``StateFile`` (device/status.py): the JSON record monitoring and `cardcam-train deploy` read;
-- ``WebPage``: optionally ([web]), a web page and JSON API on a thread of its own
+- ``Reports`` (here): the status LED, the state record (``StateFile``, device/status.py, which
+  monitoring and `cardcam-train deploy` read, and the web page's status), the log of each change;
+- ``WebPage`` (here): optionally ([web]), a web page and JSON API on a thread of its own
   (device/webserver.py), handed references to the latest frame and result; the loop never waits on it;
-- teach mode (device/teachmode.py), when [teach] is on: served between two frames.
+- teach mode (device/teachmode.py), when [teach] is on: served between two frames, with the frame
+  just classified.
 
 Signals: SIGTERM/SIGINT set ``stop`` (a threading.Event) and the loop ends at the next frame or
-pause (LEDs off, camera closed, exit 0); SIGHUP reloads the config and the model. Nothing is
-raised out of a signal handler: every wait in the loop is short (pauses are slices of 20 ms, a
-camera read ends at the camera's own timeout), and the one read that can block for ever, a
-config file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
+pause (LEDs off, camera closed, exit 0); SIGHUP sets a flag, and the loop reloads the config and
+the model between two frames. Nothing is raised out of a signal handler: every wait in the loop
+is short (pauses are slices of 20 ms), and what can block for ever, a camera read hanging in its
+driver or a config file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
 """
 
 from __future__ import annotations
@@ -274,6 +278,8 @@ class Reports:
             self.outputs.set_status(status)
 
 
+# About 180 lines, over the ~150 aimed at: its parts and the loop, and reload(), which remakes the
+# parts whose config section changed; only the daemon holds all of them.
 class Daemon:
     """The appliance: its parts and the loop (``run``). ``stop``: set it (the signal handler does)
     and the loop ends. The main thread only looks at ``stop``, it never waits on it: Event.set()

@@ -239,16 +239,27 @@ def test_a_missing_notify_socket_is_logged_once(tmp_path, model_copy):
         daemon.stop()
 
 
-def test_a_frame_the_pipeline_fails_on_is_skipped_counted_and_logged_now_and_then(tmp_path, tiny_model):
-    """The Pi camera (picamera2 stand-in) delivers short buffers: 4-row frames, which preprocessing
-    refuses (ImageError). The loop did not catch it: one bad frame ended the daemon."""
+def start_on_camera(tmp_path, model):
+    """The daemon on the Pi camera source (the picamera2 stand-in, driven by files in the camera
+    folder it returns), showing a "1" card; once it runs."""
     camera_dir = tmp_path / "camera"
-    write_frames(camera_dir / "frames", tiny_model, [(1, 2)])
-    config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2"})
+    write_frames(camera_dir / "frames", model, [(1, 2)])
+    config = config_for(tmp_path, model, camera_dir, camera={"source": "picamera2"})
     env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
     daemon = start(tmp_path, config, env=env)
     try:
         daemon.wait_state(label="1", what="running on the camera")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon, camera_dir
+
+
+def test_a_frame_the_pipeline_fails_on_is_skipped_counted_and_logged_now_and_then(tmp_path, tiny_model):
+    """The Pi camera (picamera2 stand-in) delivers short buffers: 4-row frames, which preprocessing
+    refuses (ImageError). The loop did not catch it: one bad frame ended the daemon."""
+    daemon, camera_dir = start_on_camera(tmp_path, tiny_model)
+    try:
         (camera_dir / "short").touch()
         daemon.wait_for(lambda: daemon.state().get("frame_errors", 0) > 30, what="failed frames counted")
         state = daemon.state()
@@ -329,13 +340,8 @@ def test_the_first_status_line_has_no_fps_until_one_is_measured(tmp_path, model_
 def test_sigterm_while_a_camera_capture_hangs_stops_at_once(tmp_path, tiny_model):
     """A capture that never returns (a hung driver; the stand-in's 'stalled'): the camera is read on
     a thread of its own, so SIGTERM still turns everything off and exits 0 within the deadline."""
-    camera_dir = tmp_path / "camera"
-    write_frames(camera_dir / "frames", tiny_model, [(1, 1)])
-    config = config_for(tmp_path, tiny_model, camera_dir, camera={"source": "picamera2"})
-    env = {"PYTHONPATH": f"{STAND_IN_DIR}:{CODE_ROOT}", "STAND_IN_CAMERA_DIR": str(camera_dir)}
-    daemon = start(tmp_path, config, env=env)
+    daemon, camera_dir = start_on_camera(tmp_path, tiny_model)
     try:
-        daemon.wait_state(label="1", what="running on the camera")
         (camera_dir / "stalled").touch()
         frames = daemon.state()["frames"]
         time.sleep(0.3)
