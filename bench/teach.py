@@ -14,13 +14,16 @@ Every example and test picture is a simulated camera frame of its card (training
 and cards held up in a room), read through the base's preprocessing, as on the Pi.
 
 For each base x label set x examples per label (5, 10, 20), over 3 draws of the examples, the
-accuracy on 100 further pictures per label of three output-layer fits:
-  shipped   device.teach.fit_output (softmax regression, 100 Nesterov steps) on the examples and their
-            1-pixel shifts (device.teach.shifted)
-  softmax   the same fit on the examples alone
+accuracy on 100 further pictures per label of these output-layer fits:
+  shipped   device.teach.fit_output (softmax regression, 100 Nesterov steps) on device.teach.features
+            (the base's layers to its flatten) of the examples and their variants (device.teach.variants:
+            1-pixel shifts, small turns and scales)
+  shifts    the same on the examples and their 1-pixel shifts only (device.teach.shifted)
+  before    the fit shipped before (93acbaa): the same fit on the last hidden dense layer's values
+            (before its ReLU) of the examples and their 1-pixel shifts
   ridge     closed form: least squares to one-hot targets with a ridge, logits scaled by a fitted
-            temperature
-  means     nearest class mean (squared distance, standardised features) with a learnt scale
+            temperature (shipped's features and variants)
+  means     nearest class mean (squared distance, standardised features) with a learnt scale (same)
 Times: the fits alone, and a whole teach (read 3 x 20 PNG camera frames, preprocess, frozen
 network, fit) against its peer in the same run: classifying the same 60 files (`cardcam predict`'s
 work: read, preprocess, NumpyRuntime).
@@ -43,7 +46,7 @@ from _common import REPO, best_of
 from device import teach
 from device.bundle import BundleError, load_bundle
 from device.preprocess import load_image, preprocess
-from device.runtime import NumpyRuntime
+from device.runtime import NumpyRuntime, last_hidden_layer
 
 FONTS = sorted((Path("/usr/share/fonts/truetype/dejavu")).glob("DejaVu*.ttf"))
 TEST_PER_LABEL = 100
@@ -184,9 +187,29 @@ def fit_means(feats, targets, classes):
     return scale[:, None] * w * s, (b - mean @ (scale[:, None] * w)) * s
 
 
-# name -> (fit, on the examples and their 1-pixel shifts?)
-FITS = {"shipped": (teach.fit_output, True), "softmax": (teach.fit_output, False), "ridge": (fit_ridge, True),
-        "means": (fit_means, True)}
+def before_features(base, inputs):
+    """The frozen network as taught before (commit 93acbaa): the base's layers up to its last
+    hidden dense layer, read before that layer's ReLU."""
+    return last_hidden_layer(base)(inputs)
+
+
+# name -> (fit, frozen network: "kept" (device.teach.features) or "before" (before_features),
+#          examples: "variants" (device.teach.variants) or "shifts" (device.teach.shifted))
+FITS = {"shipped": (teach.fit_output, "kept", "variants"), "shifts": (teach.fit_output, "kept", "shifts"),
+        "before": (teach.fit_output, "before", "shifts"), "ridge": (fit_ridge, "kept", "variants"),
+        "means": (fit_means, "kept", "variants")}
+NETWORKS = {"kept": teach.features, "before": before_features}
+EXAMPLES = {"variants": (teach.variants, teach.VARIANTS), "shifts": (teach.shifted, len(teach.SHIFTS))}
+
+
+def training_sets(base, inputs, targets) -> dict:
+    """(network, examples) -> (features, targets) for every pair FITS uses."""
+    out = {}
+    for _, network, examples in FITS.values():
+        if (network, examples) not in out:
+            make, copies = EXAMPLES[examples]
+            out[network, examples] = NETWORKS[network](base, make(inputs)), np.tile(targets, copies)
+    return out
 
 
 # --- the measurements --------------------------------------------------------------------------
@@ -239,15 +262,13 @@ def accuracy_table(bundles: dict, counts=(5, 10, 20), draws: int = 3, one_card: 
                 label_of = np.array([c for c, _, _ in feats])
                 index = np.array([k for _, k, _ in feats])
                 test = index >= max(counts)
-                test_feats = teach.features(base, inputs[test])
+                test_feats = {name: network(base, inputs[test]) for name, network in NETWORKS.items()}
                 for n in counts:
                     train = index < n
-                    plain = teach.features(base, inputs[train]), label_of[train]
-                    moved = teach.features(base, teach.shifted(inputs[train])), np.tile(label_of[train],
-                                                                                       len(teach.SHIFTS))
-                    for fit_name, (fit, shifts) in FITS.items():
-                        kernel, bias = fit(*(moved if shifts else plain), len(labels))
-                        p = softmax_probs(kernel, bias, test_feats)
+                    sets = training_sets(base, inputs[train], label_of[train])
+                    for fit_name, (fit, network, examples) in FITS.items():
+                        kernel, bias = fit(*sets[network, examples], len(labels))
+                        p = softmax_probs(kernel, bias, test_feats[network])
                         right = p.argmax(axis=1) == label_of[test]
                         rows.append({"cards": "one card" if one_card else "many cards", "base": base_name,
                                      "labels": set_name, "examples": n, "fit": fit_name,
@@ -291,7 +312,6 @@ def timings(bundles: dict, folder: Path, camera: bool = True) -> list[dict]:
     for base_name, base in bundles.items():
         runtime = NumpyRuntime(base)
         examples = teach.read_examples(root, base)
-        feats = teach.features(base, examples.inputs)
 
         def predict_all():
             for path in files:
@@ -303,11 +323,10 @@ def timings(bundles: dict, folder: Path, camera: bool = True) -> list[dict]:
                "read_preprocess_s": best_of(lambda: teach.read_examples(root, base), repeats=5),
                "features_s": best_of(lambda: teach.features(base, examples.inputs), repeats=5),
                "predict_files_s": best_of(predict_all, repeats=5)}
-        moved = teach.features(base, teach.shifted(examples.inputs)), np.tile(examples.targets, len(teach.SHIFTS))
-        row["features_shifted_s"] = best_of(lambda: teach.features(base, teach.shifted(examples.inputs)), repeats=5)
-        for fit_name, (fit, shifts) in FITS.items():
-            row[f"fit_{fit_name}_s"] = best_of(lambda: fit(*(moved if shifts else (feats, examples.targets)), 3),
-                                               repeats=5)
+        sets = training_sets(base, examples.inputs, examples.targets)
+        row["features_variants_s"] = best_of(lambda: teach.features(base, teach.variants(examples.inputs)), repeats=5)
+        for fit_name, (fit, network, kind) in FITS.items():
+            row[f"fit_{fit_name}_s"] = best_of(lambda: fit(*sets[network, kind], 3), repeats=5)
         row["teach_vs_predict"] = row["teach_s"] / row["predict_files_s"]
         rows.append(row)
     return rows
@@ -340,11 +359,12 @@ def main():
 
 def print_times(times):
     print("teach 3 labels x 20 frames (160 x 120 PNG), best of 5, seconds; peer: predict the same 60 files")
-    print("(network: the frozen layers on the 60 examples and their shifts, 300 inputs; fits on those 300)")
+    print(f"(network: the frozen layers on the 60 examples and their variants, {60 * teach.VARIANTS} inputs; each "
+          "fit on its own features)")
     print(f"{'base':16} {'teach':>7} {'read+prep':>9} {'network':>8} " + " ".join(f"{f:>8}" for f in FITS)
           + f" {'predict':>8} {'teach/predict':>13}")
     for r in times:
-        print(f"{r['base']:16} {r['teach_s']:7.3f} {r['read_preprocess_s']:9.3f} {r['features_shifted_s']:8.4f} "
+        print(f"{r['base']:16} {r['teach_s']:7.3f} {r['read_preprocess_s']:9.3f} {r['features_variants_s']:8.4f} "
               + " ".join(f"{r[f'fit_{f}_s']:8.4f}" for f in FITS) + f" {r['predict_files_s']:8.3f} "
               f"{r['teach_vs_predict']:13.2f}")
 

@@ -16,6 +16,7 @@ the pictures and the frozen network's forward pass take the rest.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,36 +149,85 @@ def read_examples(root, base: Bundle, labels=None) -> Examples:
 
 # --- the frozen network ----------------------------------------------------------------------
 
-def kept_layers(base: Bundle, where="base model") -> int:
-    """How many of the base's layers a taught model keeps: those before its output layer (the
-    last dense one), but for the ReLU (and dropout) right before it. The new output layer reads
-    the last hidden layer's values before its ReLU: what the ReLU zeroes was of no use to the
-    base's labels but may tell new ones apart (bench/teach.py: 96.6 % instead of 93.7 % on
-    further pictures of a taught card, 78 % instead of 73 % of other cards). They must include
-    a layer with weights, or there is nothing to keep."""
+MAX_FEATURES = 1024  # a flatten wider than this is max-pooled (2 x 2) first: the fit's cost grows with it
+
+
+def kept_layers(base: Bundle, where="base model") -> list:
+    """Which of the base's layers a taught model keeps, in order, and the max-pools it adds after
+    them: (architecture, old index of each kept layer or None for an added pool).
+
+    The taught network reads the base's convolutional part: its layers up to the flatten before
+    the first dense layer. A 2-class base's dense layers keep little about strokes its two labels
+    never needed; its convolutions see every stroke (bench/teach.py: 96.6 % instead of 95.4 % on
+    further pictures of a taught card, 78 % instead of 74 % of other cards). The ReLU before the
+    last max-pool is left out (max-pool commutes with it): the new layer reads the values before
+    it, what the ReLU zeroes was no use to the base's labels but may tell new ones apart. A
+    flatten wider than MAX_FEATURES is max-pooled to at most that first. A base with no layer with
+    weights before its flatten (or no flatten) keeps its layers up to its last hidden dense layer,
+    before that layer's ReLU. There must be some layer with weights to keep."""
     layers = nn.infer_shapes(base.architecture, base.input_shape)
-    dense = [l.index for l in layers if l.spec["type"] == "dense"]
+    kinds = [l.spec["type"] for l in layers]
+    dense = [i for i, kind in enumerate(kinds) if kind == "dense"]
     if not dense:
         raise TeachError(f"{where}: has no dense output layer to replace")
-    cut = dense[-1]
-    if not any(l.weights for l in layers[:cut]):
-        raise TeachError(f"{where}: has no hidden layer to keep (its only layer with weights is the output "
-                         "layer); teach from a model with conv or dense layers before its last one")
-    while layers[cut - 1].spec["type"] in ("relu", "dropout"):
-        cut -= 1
-    return cut
+    flat = [i for i in range(dense[0]) if kinds[i] == "flatten"]
+    if flat and any(l.weights for l in layers[:flat[-1]]):
+        cut = flat[-1]      # the flatten itself goes after the added pools
+    else:
+        cut = dense[-1]
+        if not any(l.weights for l in layers[:cut]):
+            raise TeachError(f"{where}: has no hidden layer to keep (its only layer with weights is the output "
+                             "layer); teach from a model with conv or dense layers before its last one")
+    kept = list(range(cut))
+    i = cut - 1
+    while i >= 0 and kinds[i] in ("maxpool2d", "dropout"):
+        i -= 1
+    if i >= 0 and kinds[i] == "relu":
+        kept.remove(i)
+    architecture = [dict(layers[i].spec) for i in kept]
+    origin = list(kept)
+    if kinds[cut] == "flatten":
+        h, w, c = layers[cut].input_shape
+        while h * w * c > MAX_FEATURES and h >= 2 and w >= 2:
+            architecture.append({"type": "maxpool2d", "size": 2})
+            origin.append(None)
+            h, w = h // 2, w // 2
+        architecture.append({"type": "flatten"})
+        origin.append(cut)
+    return architecture, origin
+
+
+def _network(base: Bundle, labels, kernel=None, bias=None, *, where="base model", provenance=None,
+             name=None, task="taught") -> Bundle:
+    """The taught bundle: the base's kept layers (kept_layers) with their weights, renumbered,
+    then a dense layer (``kernel``, ``bias``; zeros if not given) and softmax."""
+    kept, origin = kept_layers(base, where)
+    architecture = kept + [{"type": "dense", "units": len(labels)}, {"type": "softmax"}]
+    layers = nn.infer_shapes(architecture, base.input_shape)
+    weights = {}
+    for new, old in enumerate(origin):
+        for key in layers[new].weights:
+            weights[f"L{new}.{key}"] = base.weights[f"L{old}.{key}"]
+    out = layers[len(kept)]
+    weights[f"L{out.index}.kernel"] = np.zeros(out.weights["kernel"], np.float32) if kernel is None else kernel
+    weights[f"L{out.index}.bias"] = np.zeros(out.weights["bias"], np.float32) if bias is None else bias
+    meta = make_meta(name=name or f"{base.name[:200]}-taught", task=task, labels=labels,
+                     input_shape=base.input_shape, preprocess=base.meta["preprocess"],
+                     architecture=architecture, provenance=provenance or {}, weights=weights)
+    return Bundle(meta, weights)
 
 
 def features(base: Bundle, inputs: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) inputs -> (N, D): the base's kept layers (kept_layers), in inference mode
-    (device.runtime's NumPy forward pass, stopped there)."""
-    kept_layers(base, str(base.path or "base model"))
-    return last_hidden_layer(base)(inputs)
+    """(N, H, W, C) inputs -> (N, D): what the taught model's new output layer reads (the
+    base's kept layers, kept_layers), in inference mode (device.runtime's NumPy forward pass,
+    stopped before the output layer)."""
+    return last_hidden_layer(_network(base, ["a", "b"], where=str(base.path or "base model")))(inputs)
 
 
-# --- the new output layer --------------------------------------------------------------------
+# --- the examples seen a little otherwise ----------------------------------------------------
 
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+TURNS = ((8.0, 1.0), (-8.0, 1.0), (0.0, 1.1), (0.0, 0.9))  # (degrees, scale) about the centre
 
 
 def shifted(inputs: np.ndarray) -> np.ndarray:
@@ -188,49 +238,94 @@ def shifted(inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([np.roll(inputs, shift, axis=(1, 2)) for shift in SHIFTS])
 
 
+def warped(inputs: np.ndarray, degrees: float, scale: float) -> np.ndarray:
+    """Each input turned by ``degrees`` and scaled by ``scale`` about its centre (bilinear; what
+    comes in from outside is background, 0)."""
+    n, h, w, c = inputs.shape
+    turn = math.radians(degrees)
+    cos, sin = math.cos(turn) / scale, math.sin(turn) / scale
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    dy, dx = y - (h - 1) / 2, x - (w - 1) / 2
+    sy, sx = -sin * dx + cos * dy + (h - 1) / 2, cos * dx + sin * dy + (w - 1) / 2
+    margin = 2 + int(max(h, w) * abs(1 - 1 / scale) + max(h, w) * abs(math.sin(turn)))
+    sy, sx = np.clip(sy, -margin, h + margin - 2), np.clip(sx, -margin, w + margin - 2)
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    fy, fx = (sy - y0)[None, :, :, None], (sx - x0)[None, :, :, None]
+    padded = np.pad(inputs, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+    y0, x0 = y0 + margin, x0 + margin
+    return ((1 - fy) * ((1 - fx) * padded[:, y0, x0] + fx * padded[:, y0, x0 + 1])
+            + fy * ((1 - fx) * padded[:, y0 + 1, x0] + fx * padded[:, y0 + 1, x0 + 1])).astype(inputs.dtype)
+
+
+def variants(inputs: np.ndarray) -> np.ndarray:
+    """Each example as the camera may also show it: moved a pixel (shifted), turned a little
+    or a little bigger or smaller (TURNS), whole copies of the batch after each other (SHIFTS
+    first, then TURNS). len(variants(x)) == VARIANTS * len(x)."""
+    return np.concatenate([shifted(inputs)] + [warped(inputs, d, s) for d, s in TURNS])
+
+
+VARIANTS = len(SHIFTS) + len(TURNS)
+
+
+# --- the new output layer --------------------------------------------------------------------
+
 def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int = STEPS, l2: float = L2):
     """A dense layer (kernel (D, K), bias (K,)) whose softmax fits ``targets``.
 
     The features are standardised (each to mean 0, spread 1 over the examples; a feature that
     never varies is left out), the weights start at the class means, and Nesterov's accelerated
     gradient descent on the mean cross-entropy + l2 * |W|^2 / 2 takes ``steps`` full-batch steps
-    of 1 / (its smoothness bound). The standardisation is folded into the returned kernel and bias."""
+    of 1 / (its smoothness bound). The standardisation is folded into the returned kernel and bias.
+
+    With fewer examples than features, the same steps run on W = X' A (the class means and
+    every gradient lie in that span), using the N x N products X X': the same weights, for a
+    cost that no longer grows with the features at each step."""
     n = len(feats)
     mean = feats.mean(axis=0)
     spread = feats.std(axis=0)
     used = spread > 1e-6 * max(float(spread.max()), 1e-12)
     scale = np.where(used, 1.0 / np.where(used, spread, 1.0), 0.0)
-    x = (feats - mean) * scale
-    onehot = np.eye(classes)[targets]
+    x = ((feats - mean) * scale).astype(np.float32)  # float32 halves the steps' cost; 100 steps lose nothing
+    onehot = np.eye(classes, dtype=np.float32)[targets]
     counts = onehot.sum(axis=0)
-    w = (x.T @ onehot) / counts / max(x.shape[1], 1) ** 0.5   # class means, small
-    b = np.zeros(classes)
+    dual = n < x.shape[1]
+    gram = x @ x.T if dual else None
     # Softmax cross-entropy's Hessian is at most 1/2 * X'X / n (plus l2): a safe, fast step.
-    step = 1.0 / (0.5 * _top_eigenvalue(x.T @ x) / n + 0.5 + l2)
+    top = _top_eigenvalue(gram.__matmul__ if dual else lambda v: x.T @ (x @ v), len(gram) if dual else x.shape[1])
+    step = np.float32(1.0 / (0.5 * top / n + 0.5 + l2))
+    l2 = np.float32(l2)
+    # Weights: the class means, small. In the dual, W = X' A with A = onehot / counts * that factor.
+    w = onehot / counts / np.float32(max(x.shape[1], 1) ** 0.5)
+    if not dual:
+        w = x.T @ w
+    b = np.zeros(classes, np.float32)
     w_before, b_before = w, b
     for t in range(steps):
-        momentum = t / (t + 3)
+        momentum = np.float32(t / (t + 3))
         w_ahead, b_ahead = w + momentum * (w - w_before), b + momentum * (b - b_before)
-        z = x @ w_ahead + b_ahead
+        z = (gram @ w_ahead if dual else x @ w_ahead) + b_ahead
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
         g = (p - onehot) / n
         w_before, b_before = w, b
-        w = w_ahead - step * (x.T @ g + l2 * w_ahead)
+        w = w_ahead - step * ((g if dual else x.T @ g) + l2 * w_ahead)
         b = b_ahead - step * g.sum(axis=0)
-    kernel = scale[:, None] * w
+    if dual:
+        w = x.T @ w
+    kernel = scale[:, None] * w.astype(np.float64)
     bias = b - mean @ kernel
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def _top_eigenvalue(gram: np.ndarray, iterations: int = 30) -> float:
-    """The largest eigenvalue of a symmetric positive semi-definite matrix, by power iteration
-    (an SVD of the features took 0.1 s on 2 busy cores), rounded up by 10 % for safety."""
-    v = np.ones(len(gram)) / max(len(gram), 1) ** 0.5
+def _top_eigenvalue(product, size: int, iterations: int = 30) -> float:
+    """The largest eigenvalue of a symmetric positive semi-definite matrix (``product``: v -> M v,
+    ``size`` its side), by power iteration (an SVD of the features took 0.1 s on 2 busy cores),
+    rounded up by 10 % for safety."""
+    v = np.full(size, 1 / max(size, 1) ** 0.5, np.float32)
     value = 0.0
     for _ in range(iterations):
-        w = gram @ v
+        w = product(v)
         value = float(np.linalg.norm(w))
         if value == 0.0:
             return 0.0
@@ -241,15 +336,12 @@ def _top_eigenvalue(gram: np.ndarray, iterations: int = 30) -> float:
 # --- the new bundle --------------------------------------------------------------------------
 
 def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> Bundle:
-    """A bundle for ``examples.labels``: the base's network to its output layer, then a new
-    dense layer fitted here and softmax. Not saved (device.bundle.save_bundle)."""
-    last = kept_layers(base, str(base.path or "base model"))
-    kernel, bias = fit_output(features(base, shifted(examples.inputs)), np.tile(examples.targets, len(SHIFTS)),
+    """A bundle for ``examples.labels``: the base's kept layers (kept_layers), then a new dense
+    layer fitted here (fit_output, on the examples and their variants) and softmax. Not saved
+    (device.bundle.save_bundle)."""
+    where = str(base.path or "base model")
+    kernel, bias = fit_output(features(base, variants(examples.inputs)), np.tile(examples.targets, VARIANTS),
                               len(examples.labels))
-    architecture = [dict(spec) for spec in base.architecture[:last]] + [
-        {"type": "dense", "units": len(examples.labels)}, {"type": "softmax"}]
-    weights = {name: a for name, a in base.weights.items() if int(name[1:].split(".")[0]) < last}
-    weights[f"L{last}.kernel"], weights[f"L{last}.bias"] = kernel, bias
     base_name = base_name or (base.path.name if base.path else base.name)
     provenance = {
         "taught": "taught on the device (cardcam teach): the base model's layers frozen, a new output layer "
@@ -258,8 +350,9 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
         "base_name": base.name,
         "base_weights_sha256": base.meta["weights_sha256"],
         "examples": {"counts": dict(examples.counts), "sha256": examples.sha256},
-        "fit": f"softmax regression on standardised features of the examples and their 1-pixel shifts, "
-               f"{STEPS} full-batch steps with Nesterov's momentum, l2 {L2}",
+        "fit": f"softmax regression on standardised features (the base's layers to its flatten, before the "
+               f"last ReLU) of the examples, their 1-pixel shifts, turns by +-8 degrees and scales by 0.9 and "
+               f"1.1; {STEPS} full-batch steps with Nesterov's momentum, l2 {L2}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": f"{sum(examples.counts.values())} examples taught on the device "
                 f"({', '.join(f'{l}: {c}' for l, c in examples.counts.items())})",
@@ -267,10 +360,7 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
     # The task names the examples as a training folder: `cardcam-train report` and `export` judge
     # and calibrate on them by default, and `train --task` takes the same words.
     task = f"folder:{examples.root}" if examples.root and len(str(examples.root)) < 1000 else "taught"
-    meta = make_meta(name=f"{base.name[:200]}-taught", task=task, labels=examples.labels,
-                     input_shape=base.input_shape, preprocess=base.meta["preprocess"],
-                     architecture=architecture, provenance=provenance, weights=weights)
-    return Bundle(meta, weights)
+    return _network(base, examples.labels, kernel, bias, where=where, provenance=provenance, task=task)
 
 
 def teach_folder(base: Bundle, root, *, labels=None, base_name: str | None = None) -> Bundle:

@@ -61,17 +61,19 @@ def test_taught_bundle_loads_keeps_the_base_and_reads_the_new_labels(trained01, 
     taught, base = load_bundle(out), load_bundle(trained01.path)
     assert taught.labels == list(NEW_LABELS)
     assert taught.meta["preprocess"] == base.meta["preprocess"] and taught.input_shape == base.input_shape
-    # Frozen: every layer kept is the base's, weight for weight; the last hidden layer is read before its ReLU.
-    kept = teach.kept_layers(base)
-    assert taught.architecture[:kept] == base.architecture[:kept]
-    assert base.architecture[kept]["type"] == "relu" and taught.architecture[kept:] == [
-        {"type": "dense", "units": 3}, {"type": "softmax"}]
-    for name, array in base.weights.items():
-        if int(name[1:].split(".")[0]) < kept:
-            np.testing.assert_array_equal(taught.weights[name], array)
+    # Frozen: every layer kept is the base's, weight for weight: its layers to the flatten, but for the
+    # ReLU before the last max-pool (the new layer reads the values before it).
+    kept, origin = teach.kept_layers(base)
+    assert [base.architecture[i]["type"] for i in range(origin[-1]) if i not in origin] == ["relu"]
+    assert taught.architecture == kept + [{"type": "dense", "units": 3}, {"type": "softmax"}]
+    assert kept == [base.architecture[i] for i in origin] and kept[-1] == {"type": "flatten"}
+    for new, old in enumerate(origin):
+        for name, array in base.weights.items():
+            if name.startswith(f"L{old}."):
+                np.testing.assert_array_equal(taught.weights[f"L{new}." + name.split(".")[1]], array)
     # What the fit saw is what the saved network computes.
     inputs = teach.read_examples(examples, base).inputs
-    last = taught.weights[f"L{kept}.kernel"], taught.weights[f"L{kept}.bias"]
+    last = taught.weights[f"L{len(kept)}.kernel"], taught.weights[f"L{len(kept)}.bias"]
     np.testing.assert_allclose(NumpyRuntime(taught).predict(inputs),
                                nn.softmax(teach.features(base, inputs) @ last[0] + last[1]), atol=1e-5)
     p = taught.meta["provenance"]
@@ -243,3 +245,58 @@ def test_cardcam_train_reports_and_exports_a_taught_bundle(trained01, examples, 
     assert exported.tflite is not None and exported.labels == list(NEW_LABELS)
     code, said, _ = run("predict", "--model", out, "--runtime", "tflite", examples / "K" / "00.png", capsys=capsys)
     assert code == 0 and ": K (" in said
+
+
+KEPT = {  # base architecture (input 16 x 16 x 1) -> the taught network's layers before its new output layer
+    "conv: to the flatten, before the last ReLU": (
+        [{"type": "conv2d", "filters": 2, "kernel": 3, "padding": "same"}, {"type": "relu"},
+         {"type": "maxpool2d", "size": 2}, {"type": "dropout", "rate": 0.1}, {"type": "flatten"},
+         {"type": "dense", "units": 4}, {"type": "relu"}, {"type": "dense", "units": 2}, {"type": "softmax"}],
+        [0, 2, 3, 4]),
+    "a wide flatten is max-pooled first": (
+        [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same"}, {"type": "batchnorm"}, {"type": "relu"},
+         {"type": "flatten"}, {"type": "dense", "units": 2}, {"type": "softmax"}],
+        [0, 1, None, 3]),
+    "no conv: to the last hidden dense layer, before its ReLU": (
+        [{"type": "flatten"}, {"type": "dense", "units": 8}, {"type": "relu"}, {"type": "dropout", "rate": 0.1},
+         {"type": "dense", "units": 2}, {"type": "softmax"}],
+        [0, 1, 3]),
+}
+
+
+@pytest.mark.parametrize("case", KEPT)
+def test_kept_layers(case):
+    architecture, expected = KEPT[case]
+    base = make_bundle(architecture, input_shape=(16, 16, 1))
+    kept, origin = teach.kept_layers(base)
+    assert origin == expected
+    assert kept == [base.architecture[i] if i is not None else {"type": "maxpool2d", "size": 2} for i in origin]
+    taught = teach._network(base, ["x", "y", "z"])
+    features = teach.features(base, np.random.default_rng(0).random((3, 16, 16, 1), np.float32))
+    assert features.shape[1] <= teach.MAX_FEATURES and taught.weights[f"L{len(kept)}.kernel"].shape == (
+        features.shape[1], 3)
+
+
+def test_variants_move_turn_and_scale_the_examples():
+    x = np.zeros((2, 16, 16, 1), np.float32)
+    x[:, 4:12, 7:9] = 1  # an upright bar
+    np.testing.assert_allclose(teach.warped(x, 0.0, 1.0), x, atol=1e-6)
+    turned = teach.warped(x, 90.0, 1.0)[0, :, :, 0]
+    assert turned[7:9, 4:12].mean() > 0.9 and turned[4:6, 7:9].sum() == 0  # lying down
+    assert teach.warped(x, 0.0, 1.1).sum() > x.sum() > teach.warped(x, 0.0, 0.9).sum()
+    copies = teach.variants(x)
+    assert len(copies) == teach.VARIANTS * len(x)
+    np.testing.assert_array_equal(copies[:2], x)
+
+
+def test_the_fit_is_the_same_with_fewer_examples_than_features():
+    """With fewer examples than features the fit runs on X X' (the dual); repeating every
+    example changes neither the loss nor the weights, but makes it run on the features."""
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(3), 8)
+    feats = rng.normal(size=(24, 40)) + targets[:, None] * rng.normal(size=40)
+    dual = teach.fit_output(feats, targets, 3)
+    primal = teach.fit_output(np.concatenate([feats, feats]), np.concatenate([targets, targets]), 3)
+    np.testing.assert_allclose(dual[0], primal[0], atol=1e-5)
+    np.testing.assert_allclose(dual[1], primal[1], atol=1e-5)
+    assert (np.argmax(feats @ dual[0] + dual[1], axis=1) == targets).all()
