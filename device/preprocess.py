@@ -588,16 +588,7 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
     ink = np.zeros((h, w), np.float32)
     ink[y0:y1, x0:x1] = np.where(mask, strength[y0:y1, x0:x1], np.float32(0.0))
-    # The main cluster: alternate row and column projections so stray marks drop out.
-    gap = max(2, window // 2)
-    top, bottom, left, right = 0, h, 0, w
-    for axis in (1, 0, 1):
-        if axis == 1:
-            top_, bottom_ = _main_run(ink[top:bottom, left:right].sum(axis=1), gap)
-            top, bottom = top + top_, top + bottom_
-        else:
-            left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
-            left, right = left + left_, left + right_
+    top, bottom, left, right = _main_cluster(ink, gap=max(2, window // 2))
     fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count  # ink > 0 where mask
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
@@ -682,6 +673,21 @@ def _cell_span(cells: np.ndarray, n: int, count: int) -> tuple[int, int]:
     """The [start, end) pixels of the sorted cell numbers ``cells`` (of ``count`` along ``n``
     pixels; the last cell holds the remainder, see _to_pixels)."""
     return 4 * int(cells[0]), n if cells[-1] == count - 1 else 4 * int(cells[-1]) + 4
+
+
+def _main_cluster(ink: np.ndarray, gap: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the ink's main cluster: row, column, then row projections
+    again, each within the last, so stray marks drop out."""
+    h, w = ink.shape
+    top, bottom, left, right = 0, h, 0, w
+    for axis in (1, 0, 1):
+        if axis == 1:
+            top_, bottom_ = _main_run(ink[top:bottom, left:right].sum(axis=1), gap)
+            top, bottom = top + top_, top + bottom_
+        else:
+            left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
+            left, right = left + left_, left + right_
+    return top, bottom, left, right
 
 
 def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
