@@ -457,6 +457,10 @@ def _conv_steps(op: Conv, full: np.ndarray, dest: np.ndarray, choice: _FormChoic
     m*n*k >= 65536*4): threaded, a product was many times slower while another process kept the
     cores busy, as preprocessing or a camera does on the Pi.
     Max-pooling commutes with a per-channel bias and with ReLU, so both follow the pooling.
+
+    Why one long function: the forms are closures over the layer's geometry (k, c, f, the
+    input's windows, the BLAS block), built and timed together; as separate functions each would
+    take that geometry as eight arguments, and the choice among them would be harder to read.
     """
     kernel, bias, pool_sizes, relu = op.kernel, op.bias, op.pools, op.relu
     c, n, hp, wp = full.shape
