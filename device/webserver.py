@@ -39,22 +39,16 @@ import numpy as np
 from PIL import Image
 
 from device.classify import classify
-from device.preprocess import ImageError, open_image, to_frame, to_picture
+from device.preprocess import ImageError, to_frame, to_picture
 from device.runtime import RuntimeUnavailable, make_runtime
 from device.webhttp import HardenedHandler, HardenedServer, HardenedServer6, Limits, RequestError
+from device.upload import MAX_UPLOAD, check_upload, decode_upload
 from device.webteach import TEACH_POSTS, seen_png, teach_post, teach_state
 
 PAGE_DIR = Path(__file__).resolve().parent / "web"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
-MAX_UPLOAD = 1 << 20  # bytes: a drawing is a few kilobytes, a phone photo as JPEG well under this
-# Pixels a picture may declare before it is decoded: 4x the camera's 640x480 frame, plenty for a
-# drawing (the page sends 280x280). A 70 KB PNG can declare 4000x4000, 64 MB once decoded as RGBA.
-MAX_UPLOAD_SIZE = (1280, 960)
-MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIZE[0] * MAX_UPLOAD_SIZE[1]
 MAX_PREDICTS = 8  # predict requests in flight (a body of at most 1 MB each, waiting or running); more: 503
-UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
-UPLOAD_FORMATS = tuple(dict.fromkeys(UPLOAD_TYPES.values()))  # Pillow's names: ("PNG", "JPEG")
 THUMB_WIDTH = 240
 POSTS = ("/api/predict",) + TEACH_POSTS
 
@@ -110,33 +104,6 @@ def is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
-
-
-def check_upload(body: bytes, content_type: str) -> None:
-    """What can be checked of an upload before it is decoded: its type, that it has a body, and
-    the size its header declares (Image.open reads the header only) against MAX_UPLOAD_PIXELS."""
-    kind = content_type.split(";")[0].strip().lower()
-    if kind not in UPLOAD_TYPES:
-        raise RequestError(415, f"Content-Type must be image/png or image/jpeg, got {kind or 'none'!r}")
-    if not body:
-        raise RequestError(400, "empty body: send the picture as the request body")
-    try:
-        with Image.open(io.BytesIO(body), formats=UPLOAD_FORMATS) as im:
-            w, h = im.size
-    except Exception:  # not a picture, or a damaged header: decode_upload says which, in its words
-        return
-    if w * h > MAX_UPLOAD_PIXELS:
-        raise RequestError(413, f"picture is {w}x{h} pixels; the largest accepted is {MAX_UPLOAD_PIXELS} pixels "
-                                f"({MAX_UPLOAD_SIZE[0]}x{MAX_UPLOAD_SIZE[1]})")
-
-
-def decode_upload(body: bytes, content_type: str):
-    """The uploaded picture as a Pillow image (PNG or JPEG only, sizes checked before decoding)."""
-    check_upload(body, content_type)
-    try:
-        return open_image(io.BytesIO(body), "picture", formats=UPLOAD_FORMATS)
-    except ImageError as e:
-        raise RequestError(400, str(e)) from None
 
 
 def png_bytes(image: Image.Image) -> bytes:

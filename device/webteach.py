@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 from device.files import open_regular
 from device.preprocess import preprocess, to_frame
+from device.upload import decode_upload
 from device.webhttp import RequestError
 
 TEACH_POSTS = ("/api/teach/example", "/api/teach/learn", "/api/teach/undo")
@@ -62,8 +63,6 @@ def teach_post(teaching, route: str, query: str, body: bytes, content_type: str,
             raise RequestError(400, f"unknown label {label!r} (teach labels: {', '.join(teaching.labels)})")
         frame = prepared = None
         if body:  # an uploaded picture: decoded and preprocessed here, as /api/predict does
-            from device.webserver import decode_upload
-
             if model is None:
                 raise RequestError(503, "no model loaded yet", retry_after=5)
             bundle = model[0]
