@@ -294,7 +294,9 @@ def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int 
     onehot = np.eye(classes, dtype=np.float32)[targets]
     counts = onehot.sum(axis=0)
     dual = n < x.shape[1]
-    gram = x @ x.T if dual else None
+    # X X' as a plain product of two arrays: NumPy sends x @ x.T to float32 SYRK, which gave NaN in
+    # 10 of 40 tries under qemu's arm64 emulation (the copy's GEMM: 0 of 40; notes/issue23-accuracy.md).
+    gram = x @ np.ascontiguousarray(x.T) if dual else None
     # Softmax cross-entropy's Hessian is at most 1/2 * X'X / n (plus l2): a safe, fast step.
     top = _top_eigenvalue(gram.__matmul__ if dual else lambda v: x.T @ (x @ v), len(gram) if dual else x.shape[1])
     step = np.float32(1.0 / (0.5 * top / n + 0.5 + l2))
