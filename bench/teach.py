@@ -17,7 +17,7 @@ For each base x label set x examples per label (5, 10, 20), over 3 draws of the 
 accuracy on 100 further pictures per label of these output-layer fits:
   shipped   device.teach.fit_output (softmax regression, 100 Nesterov steps) on device.teach.features
             (the base's layers to its flatten) of the examples and their variants (device.teach.variants:
-            1-pixel shifts, small turns and scales)
+            small turns and scales, 1-pixel shifts; as many as device.teach.variant_count allows)
   shifts    the same on the examples and their 1-pixel shifts only (device.teach.shifted)
   before    the fit shipped before (93acbaa): the same fit on the last hidden dense layer's values
             (before its ReLU) of the examples and their 1-pixel shifts
@@ -199,7 +199,8 @@ FITS = {"shipped": (teach.fit_output, "kept", "variants"), "shifts": (teach.fit_
         "before": (teach.fit_output, "before", "shifts"), "ridge": (fit_ridge, "kept", "variants"),
         "means": (fit_means, "kept", "variants")}
 NETWORKS = {"kept": teach.features, "before": before_features}
-EXAMPLES = {"variants": (teach.variants, teach.VARIANTS), "shifts": (teach.shifted, len(teach.SHIFTS))}
+EXAMPLES = {"variants": lambda base, x: teach.variants(x, teach.variant_count(base, len(x))),
+            "shifts": lambda base, x: teach.shifted(x)}
 
 
 def training_sets(base, inputs, targets) -> dict:
@@ -207,8 +208,8 @@ def training_sets(base, inputs, targets) -> dict:
     out = {}
     for _, network, examples in FITS.values():
         if (network, examples) not in out:
-            make, copies = EXAMPLES[examples]
-            out[network, examples] = NETWORKS[network](base, make(inputs)), np.tile(targets, copies)
+            copies = EXAMPLES[examples](base, inputs)
+            out[network, examples] = NETWORKS[network](base, copies), np.tile(targets, len(copies) // len(inputs))
     return out
 
 
@@ -324,7 +325,9 @@ def timings(bundles: dict, folder: Path, camera: bool = True) -> list[dict]:
                "features_s": best_of(lambda: teach.features(base, examples.inputs), repeats=5),
                "predict_files_s": best_of(predict_all, repeats=5)}
         sets = training_sets(base, examples.inputs, examples.targets)
-        row["features_variants_s"] = best_of(lambda: teach.features(base, teach.variants(examples.inputs)), repeats=5)
+        row["variants"] = teach.variant_count(base, len(examples.inputs))
+        row["features_variants_s"] = best_of(lambda: teach.features(base, EXAMPLES["variants"](base, examples.inputs)),
+                                             repeats=5)
         for fit_name, (fit, network, kind) in FITS.items():
             row[f"fit_{fit_name}_s"] = best_of(lambda: fit(*sets[network, kind], 3), repeats=5)
         row["teach_vs_predict"] = row["teach_s"] / row["predict_files_s"]
@@ -359,12 +362,13 @@ def main():
 
 def print_times(times):
     print("teach 3 labels x 20 frames (160 x 120 PNG), best of 5, seconds; peer: predict the same 60 files")
-    print(f"(network: the frozen layers on the 60 examples and their variants, {60 * teach.VARIANTS} inputs; each "
-          "fit on its own features)")
-    print(f"{'base':16} {'teach':>7} {'read+prep':>9} {'network':>8} " + " ".join(f"{f:>8}" for f in FITS)
+    print("(network: the frozen layers on the 60 examples and their variants, variants x 60 inputs; each fit on "
+          "its own features)")
+    print(f"{'base':16} {'teach':>7} {'read+prep':>9} {'variants':>8} {'network':>8} " + " ".join(f"{f:>8}" for f in FITS)
           + f" {'predict':>8} {'teach/predict':>13}")
     for r in times:
-        print(f"{r['base']:16} {r['teach_s']:7.3f} {r['read_preprocess_s']:9.3f} {r['features_variants_s']:8.4f} "
+        print(f"{r['base']:16} {r['teach_s']:7.3f} {r['read_preprocess_s']:9.3f} {r['variants']:8d} "
+              f"{r['features_variants_s']:8.4f} "
               + " ".join(f"{r[f'fit_{f}_s']:8.4f}" for f in FITS) + f" {r['predict_files_s']:8.3f} "
               f"{r['teach_vs_predict']:13.2f}")
 

@@ -22,6 +22,7 @@ import datetime
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -262,14 +263,40 @@ def warped(inputs: np.ndarray, degrees: float, scale: float) -> np.ndarray:
             + fy * ((1 - fx) * padded[:, y0 + 1, x0] + fx * padded[:, y0 + 1, x0 + 1])).astype(inputs.dtype)
 
 
-def variants(inputs: np.ndarray) -> np.ndarray:
-    """Each example as the camera may also show it: moved a pixel (shifted), turned a little
-    or a little bigger or smaller (TURNS), whole copies of the batch after each other (SHIFTS
-    first, then TURNS). len(variants(x)) == VARIANTS * len(x)."""
-    return np.concatenate([shifted(inputs)] + [warped(inputs, d, s) for d, s in TURNS])
+VARIANTS = 1 + len(TURNS) + len(SHIFTS) - 1  # each example, its turns and scales, its 1-pixel shifts
+# The frozen network's multiply-adds in one teach, at most: examples x variants x the network's work
+# on one input. 3 labels x 20 examples keep all 9 variants on digits01 (0.36 M a picture) and smiley
+# (1.1 M); digits (3.7 M) keeps 4. About 0.8 s on a Pi 3B by notes/issue23-accuracy.md's estimate.
+NETWORK_BUDGET = 1_000_000_000
 
 
-VARIANTS = len(SHIFTS) + len(TURNS)
+def variants(inputs: np.ndarray, count: int = VARIANTS) -> np.ndarray:
+    """Each example as the camera may also show it: itself, turned a little or a little bigger
+    or smaller (TURNS), moved a pixel (SHIFTS); the first ``count`` of these, whole copies of the
+    batch after each other. Turns and scales come before shifts: on their own they did better
+    (notes/issue23-accuracy.md)."""
+    makers = [lambda: inputs] + [partial(warped, inputs, d, s) for d, s in TURNS] + [
+        partial(np.roll, inputs, shift, axis=(1, 2)) for shift in SHIFTS[1:]]
+    return np.concatenate([make() for make in makers[:count]])
+
+
+def multiply_adds(base: Bundle, where="base model") -> int:
+    """The kept network's multiply-adds (kept_layers) for one input."""
+    kept, _ = kept_layers(base, where)
+    layers = nn.infer_shapes(kept + [{"type": "dense", "units": 2}, {"type": "softmax"}], base.input_shape)
+    total = 0
+    for layer in layers[:len(kept)]:
+        if "kernel" in layer.weights:
+            positions = math.prod(layer.output_shape[:-1]) if layer.spec["type"] == "conv2d" else 1
+            total += math.prod(layer.weights["kernel"]) * positions
+    return total
+
+
+def variant_count(base: Bundle, examples: int, where="base model") -> int:
+    """How many variants of each example a teach of ``examples`` examples fits on: all VARIANTS
+    while the frozen network's work stays within NETWORK_BUDGET, fewer (at least the example
+    itself) on a heavy base or many examples, so that a teach stays interactive on a Pi."""
+    return max(1, min(VARIANTS, NETWORK_BUDGET // max(1, examples * multiply_adds(base, where))))
 
 
 # --- the new output layer --------------------------------------------------------------------
@@ -347,7 +374,8 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
     layer fitted here (fit_output, on the examples and their variants) and softmax. Not saved
     (device.bundle.save_bundle)."""
     where = str(base.path or "base model")
-    kernel, bias = fit_output(features(base, variants(examples.inputs)), np.tile(examples.targets, VARIANTS),
+    count = variant_count(base, len(examples.inputs), where)
+    kernel, bias = fit_output(features(base, variants(examples.inputs, count)), np.tile(examples.targets, count),
                               len(examples.labels))
     base_name = base_name or (base.path.name if base.path else base.name)
     provenance = {
@@ -358,8 +386,9 @@ def teach(base: Bundle, examples: Examples, *, base_name: str | None = None) -> 
         "base_weights_sha256": base.meta["weights_sha256"],
         "examples": {"counts": dict(examples.counts), "sha256": examples.sha256},
         "fit": f"softmax regression on standardised features (the base's layers to its flatten, before the "
-               f"last ReLU) of the examples, their 1-pixel shifts, turns and scales {list(map(list, TURNS))} "
-               f"(degrees, scale); {STEPS} full-batch steps with Nesterov's momentum, l2 {L2}",
+               f"last ReLU) of the examples and {count - 1} variants of each (of: turns and scales "
+               f"{list(map(list, TURNS))} (degrees, scale), then 1-pixel shifts); {STEPS} full-batch steps with "
+               f"Nesterov's momentum, l2 {L2}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": f"{sum(examples.counts.values())} examples taught on the device "
                 f"({', '.join(f'{l}: {c}' for l, c in examples.counts.items())})",
@@ -377,4 +406,4 @@ def teach_folder(base: Bundle, root, *, labels=None, base_name: str | None = Non
 
 
 __all__ = ["TeachError", "Examples", "BundleError", "check_label", "read_examples", "features", "fit_output",
-           "kept_layers", "teach", "teach_folder"]
+           "kept_layers", "variants", "variant_count", "teach", "teach_folder"]

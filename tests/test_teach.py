@@ -287,6 +287,17 @@ def test_variants_move_turn_and_scale_the_examples():
     copies = teach.variants(x)
     assert len(copies) == teach.VARIANTS * len(x)
     np.testing.assert_array_equal(copies[:2], x)
+    np.testing.assert_array_equal(teach.variants(x, 2)[2:], teach.warped(x, *teach.TURNS[0]))
+
+
+def test_a_heavy_base_or_many_examples_take_fewer_variants():
+    base = make_bundle([{"type": "conv2d", "filters": 2, "kernel": 3, "padding": "same"}, {"type": "relu"},
+                        {"type": "flatten"}, {"type": "dense", "units": 2}, {"type": "softmax"}],
+                       input_shape=(16, 16, 1))
+    assert teach.multiply_adds(base) == 16 * 16 * 3 * 3 * 2
+    assert teach.variant_count(base, 60) == teach.VARIANTS
+    many = teach.NETWORK_BUDGET // teach.multiply_adds(base) // 3
+    assert teach.variant_count(base, many) == 3 and teach.variant_count(base, 10 * many) == 1
 
 
 def test_the_fit_is_the_same_with_fewer_examples_than_features():
