@@ -321,17 +321,19 @@ def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int 
     onehot = np.eye(classes, dtype=np.float32)[targets]
     counts = onehot.sum(axis=0)
     dual = n < x.shape[1]
-    # X X' as a plain product of two arrays: NumPy sends x @ x.T to float32 SYRK, which gave NaN in
-    # 10 of 40 tries under qemu's arm64 emulation (the copy's GEMM: 0 of 40; notes/issue23-accuracy.md).
-    gram = x @ np.ascontiguousarray(x.T) if dual else None
+    # X' as an array of its own: faster products than the transposed view, and X X' as a plain product of
+    # two arrays: NumPy sends x @ x.T to float32 SYRK, which gave NaN in 10 of 40 tries under qemu's arm64
+    # emulation (GEMM: 0 of 40; notes/issue23-accuracy.md).
+    xt = np.ascontiguousarray(x.T)
+    gram = x @ xt if dual else None
     # Softmax cross-entropy's Hessian is at most 1/2 * X'X / n (plus l2): a safe, fast step.
-    top = _top_eigenvalue(gram.__matmul__ if dual else lambda v: x.T @ (x @ v), len(gram) if dual else x.shape[1])
+    top = _top_eigenvalue(gram.__matmul__ if dual else lambda v: xt @ (x @ v), len(gram) if dual else x.shape[1])
     step = np.float32(1.0 / (0.5 * top / n + 0.5 + l2))
     l2 = np.float32(l2)
     # Weights: the class means, small. In the dual, W = X' A with A = onehot / counts * that factor.
     w = onehot / counts / np.float32(max(x.shape[1], 1) ** 0.5)
     if not dual:
-        w = x.T @ w
+        w = xt @ w
     b = np.zeros(classes, np.float32)
     w_before, b_before = w, b
     for t in range(steps):
@@ -343,10 +345,10 @@ def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int 
         p /= p.sum(axis=1, keepdims=True)
         g = (p - onehot) / n
         w_before, b_before = w, b
-        w = w_ahead - step * ((g if dual else x.T @ g) + l2 * w_ahead)
+        w = w_ahead - step * ((g if dual else xt @ g) + l2 * w_ahead)
         b = b_ahead - step * g.sum(axis=0)
     if dual:
-        w = x.T @ w
+        w = xt @ w
     kernel = scale[:, None] * w.astype(np.float64)
     bias = b - mean @ kernel
     return kernel.astype(np.float32), bias.astype(np.float32)
