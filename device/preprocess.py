@@ -482,7 +482,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     ink = (closed - darkest) > ink_threshold * closed
     score_map = closed * near_centre
     free = np.ones(coarse.shape, bool)
-    best, best_score, best_reference = None, -1.0, 0.0
+    best, best_score, best_reference, blank = None, -1.0, 0.0, None
     for candidate in range(candidates):
         seed = divmod(int(np.argmax(score_map * free)), coarse.shape[1])
         reference = float(closed[seed])
@@ -502,20 +502,30 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         own_ink = ink & _filter(region, 5, np.minimum)
         count = np.count_nonzero(own_ink)
         centrality = float((near_centre * own_ink).sum()) / count if count else 0.0
-        # A glyph's worth of ink around the centre: the card.
-        if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region):
+        # A glyph's worth of ink around the centre: the card (beside a blank one, not around it:
+        # a wall that has the blank card as its "stroke" has the card's edges as its ink).
+        if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region) and (blank is None or not (region & blank[0]).any()):
             return region, reference
         if not _enclosed(region, like):
-            # Large blank paper at the centre, first found: a blank card, not something to look past.
+            # Large blank paper at the centre, first found: a blank card, not something to look
+            # past. Unless a glyph's worth of ink lies near the centre off it (a white box or
+            # sheet beside the card held up): then a later candidate is taken only if it is a
+            # card with a glyph, and otherwise this one.
             if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * region.size:
-                return region, reference
+                blank = region, reference
+                # (ink with an edge inside its cell, as a stroke has: the wall's shading next to
+                # a bright card can read as ink, but it is smooth)
+                edged = (coarse - darkest) > ink_threshold * closed
+                elsewhere = np.count_nonzero(ink & edged & (near_centre > 0.5) & ~region)
+                if elsewhere < max(3, 0.01 * np.count_nonzero(region)):
+                    return blank
             score = count * (0.05 + centrality) ** 2
             if score > best_score:
                 best, best_score, best_reference = region, score, reference
         free &= ~region
         if np.count_nonzero(free) < 0.03 * free.size:
             break
-    return best, best_reference
+    return blank or (best, best_reference)
 
 
 def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:

@@ -186,6 +186,27 @@ def test_card_in_a_room_as_light_as_the_card():
     assert_reads(picture, expected)
 
 
+def room_with_card_beside_a_white_sheet(digit="4", card_paper=(175, 175, 170)):
+    """A grey card with a glyph, and beside it, nearer the middle, a blank white sheet brighter
+    than the card: the brightest paper near the centre is blank."""
+    room = Image.new("RGB", (640, 480), (70, 72, 75))
+    ImageDraw.Draw(room).rectangle((150, 120, 330, 330), fill=(250, 250, 250))  # the white sheet
+    card = draw(digit, (200, 250), (40, 50, 160, 200), 10, paper=card_paper)
+    room.paste(card, (350, 130))
+    return room
+
+
+def test_a_card_beside_a_brighter_blank_sheet_is_read():
+    """The white sheet is the first candidate and blank; the glyph's ink near the centre, off
+    it, makes preprocessing look on, and the grey card is read (before: "no ink")."""
+    expected = preprocess(draw("4", (200, 250), (40, 50, 160, 200), 10), SETTINGS, SHAPE).input
+    p = assert_reads(camera(room_with_card_beside_a_white_sheet(), noise=0.01), expected)
+    assert p.box[0] > 340, p.box  # on the card, not the sheet
+    # Without the glyph both are blank: nothing to read, whichever is taken.
+    blank = preprocess(camera(room_with_card_beside_a_white_sheet(None), noise=0.01), SETTINGS, SHAPE)
+    assert not blank.found and blank.reason == "no ink"
+
+
 # --- nothing to read ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,picture", [
