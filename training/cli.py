@@ -20,16 +20,18 @@ except extras.ExtraMissing as e:
 import numpy as np  # noqa: E402
 
 from device.bundle import BundleError, load_bundle  # noqa: E402
-from device.preprocess import ImageError, PreprocessSettings, load_image, preprocess  # noqa: E402
+from device.classify import classify  # noqa: E402
+from device.preprocess import ImageError, PreprocessSettings, load_image  # noqa: E402
 from device.runtime import RUNTIMES, RuntimeUnavailable, make_runtime  # noqa: E402
 from training import cache, parallel, progress  # noqa: E402
 from training.keras_model import KerasMissing  # noqa: E402
 from training.data import DataError, label_folders, label_pictures, split  # noqa: E402
+from training.evaluation import judge_cards  # noqa: E402
 from training.nets import ARCHS  # noqa: E402
 from training.optim import OPTIMISERS  # noqa: E402
 from training.options import count, output_file, positive, writable_folder  # noqa: E402
 from training.tasks import TASKS, default_arch, load_task, task_preprocess  # noqa: E402
-from training.trainer import TrainConfig, as_float, confusion_matrix, make_inputs, predict_labels, train  # noqa: E402
+from training.trainer import TrainConfig, confusion_matrix, train  # noqa: E402
 
 def parse_preprocess(pairs) -> dict:
     """``--preprocess KEY=VALUE`` options -> PreprocessSettings fields (checked there)."""
@@ -174,14 +176,9 @@ def judge_task(bundle, runtime, args) -> dict | None:
     idx = val_idx if split_name == "val" else np.arange(len(cards))
     if not _labels_known(cards.names, bundle.labels, args.data):
         return None
-    to_model = np.array([bundle.labels.index(n) for n in cards.names])
     kind = "camera" if args.camera else "clean"
-    idx = np.repeat(idx, args.frames)
-    jobs = [(int(i), kind, 999 + k % args.frames) for k, i in enumerate(idx)]
-    x, kept = make_inputs(cards.cards, jobs, bundle.preprocess, bundle.input_shape, 0)
-    y = to_model[cards.labels[idx]]
-    pred, _ = predict_labels(runtime, as_float(x), kept, len(idx))
-    outcomes = [(int(t), int(p), "" if p >= 0 else "not found", None, None) for t, p in zip(y, pred)]
+    judged = judge_cards(bundle, runtime, cards, idx, kind, args.frames)
+    outcomes = [(int(t), int(p), "" if p >= 0 else "not found", None, None) for t, p in zip(judged.y, judged.pred)]
     return {"split": split_name} | summarise_outcomes(outcomes, bundle.labels, kind, runtime)
 
 
@@ -191,27 +188,21 @@ def judge_pictures(bundle, runtime, root) -> dict | None:
     folders = label_folders(root)
     if not _labels_known([f.name for f in folders], bundle.labels, root):
         return None
-    outcomes, found, inputs = [], [], []  # found: (place in outcomes, true label, file) of each input
+    outcomes = []
     errors = {}  # file -> why it could not be read
     for folder in folders:
         true = bundle.labels.index(folder.name)
         for path in label_pictures(folder):
             try:
-                prepared = preprocess(load_image(path), bundle.preprocess, bundle.input_shape)
+                found = classify(load_image(path), bundle, runtime)
             except ImageError as e:  # kept with the file: "one flat colour", "not an image", ...
                 outcomes.append((true, -1, "unreadable", 0.0, str(path)))
                 errors[str(path)] = str(e).removeprefix(f"{path}: ")
                 continue
-            if not prepared.found:
-                outcomes.append((true, -1, prepared.reason or "not found", 0.0, str(path)))
-                continue
-            found.append((len(outcomes), true, str(path)))
-            inputs.append(prepared.input)
-            outcomes.append(None)
-    for start in range(0, len(inputs), 256):
-        probs = runtime.predict(np.stack(inputs[start:start + 256]))
-        for (k, true, path), p in zip(found[start:start + 256], probs):
-            outcomes[k] = (true, int(p.argmax()), "", float(p[true]), path)
+            if not found.found:
+                outcomes.append((true, -1, found.reason or "not found", 0.0, str(path)))
+            else:
+                outcomes.append((true, int(found.probabilities.argmax()), "", float(found.probabilities[true]), str(path)))
     result = {"split": "all"} | summarise_outcomes(outcomes, bundle.labels, "clean", runtime)
     for f in result["files"]:
         if f["file"] in errors:

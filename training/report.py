@@ -31,7 +31,8 @@ from device.bundle import Bundle, load_bundle
 from device.runtime import make_runtime
 from training.data import CardSet, DataError, load_folder, split
 from training.tasks import load_task
-from training.trainer import as_float, confusion_matrix, epoch_log, predict_labels, validation_inputs
+from training.evaluation import judge_cards
+from training.trainer import confusion_matrix, epoch_log
 
 PICTURES = {
     "curves": ("curves.png", "Loss and accuracy per epoch"),
@@ -80,21 +81,13 @@ class Validation:
     """The bundle's validation split as model inputs and its predictions on them."""
 
     def __init__(self, bundle: Bundle, cards: CardSet):
-        missing = sorted(set(cards.names) - set(bundle.labels))
-        if missing:
-            raise DataError(f"data label {missing[0]!r} is not one of the model's {bundle.labels}")
-        to_model = np.array([bundle.labels.index(n) for n in cards.names])
         fraction = (bundle.meta.get("provenance", {}).get("config") or {}).get("val_fraction", 0.15)
         _, val_idx = split(cards, fraction)
         runtime = make_runtime(bundle, "numpy")
         self.sets = {}
-        for kind, (x, kept) in validation_inputs(cards.cards, val_idx, bundle.preprocess, bundle.input_shape).items():
-            x = as_float(x)
-            pred, conf = predict_labels(runtime, x, kept, len(val_idx))
-            y = to_model[cards.labels[val_idx]]
-            inputs = np.zeros((len(val_idx), *bundle.input_shape), np.float32)
-            inputs[kept] = x
-            self.sets[kind] = {"x": inputs, "y": y, "pred": pred, "confidence": conf}
+        for kind in ("clean", "camera"):  # as `cardcam-train evaluate` judges them
+            judged = judge_cards(bundle, runtime, cards, val_idx, kind)
+            self.sets[kind] = {"x": judged.inputs, "y": judged.y, "pred": judged.pred, "confidence": judged.confidence}
 
     def confusion(self, kind: str, classes: int) -> np.ndarray:
         return confusion_matrix(self.sets[kind]["y"], self.sets[kind]["pred"], classes)
