@@ -246,8 +246,11 @@ def test_progress_in_a_log_is_plain_lines(mnist01_cards, capsys, monkeypatch, tm
 def ctrl_c_after(args, ready, env=None, timeout=300, delay=0.5):
     """Start cardcam-train in a process group of its own, wait for a line containing ``ready``
     (stdout or stderr), then send SIGINT to the whole group, as a terminal's Ctrl-C does."""
+    # SIGINT as a terminal leaves it: a suite started in the background of a shell without job
+    # control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
     proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     seen = []
     deadline = time.monotonic() + timeout
