@@ -266,7 +266,7 @@ def warped(inputs: np.ndarray, degrees: float, scale: float) -> np.ndarray:
 VARIANTS = 1 + len(TURNS) + len(SHIFTS) - 1  # each example, its turns and scales, its 1-pixel shifts
 # The frozen network's multiply-adds in one teach, at most: examples x variants x the network's work
 # on one input. 3 labels x 20 examples keep all 9 variants on digits01 (0.36 M a picture) and smiley
-# (1.1 M); digits (3.7 M) keeps 4. About 0.8 s on a Pi 3B by notes/issue23-accuracy.md's estimate.
+# (1.1 M); digits (3.7 M) keeps 4. The cap keeps a teach interactive on a Pi 3B (README: "Teach it on the Pi").
 NETWORK_BUDGET = 1_000_000_000
 
 
@@ -356,7 +356,7 @@ def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int 
 
 def _top_eigenvalue(product, size: int, iterations: int = 30) -> float:
     """The largest eigenvalue of a symmetric positive semi-definite matrix (``product``: v -> M v,
-    ``size`` its side), by power iteration (an SVD of the features took 0.1 s on 2 busy cores),
+    ``size`` its side), by power iteration (cheaper than an SVD of the features),
     rounded up by 10 % for safety."""
     v = np.full(size, 1 / max(size, 1) ** 0.5, np.float32)
     value = 0.0

@@ -331,7 +331,7 @@ def validation_inputs(cards: list, val_idx, settings, input_shape, processes=Non
 
     The last answer is kept (read-only): the report drawn right after training asks again for
     the same cards list, split and settings, and gets the same arrays instead of preprocessing
-    them twice (digits: 19 s)."""
+    them twice (seconds for digits)."""
     key = (np.asarray(val_idx).tobytes(), settings, tuple(input_shape))
     if _last_validation and _last_validation[0][0] is cards and _last_validation[0][1] == key:
         return _last_validation[0][2]
