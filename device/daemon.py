@@ -278,8 +278,45 @@ class Reports:
             self.outputs.set_status(status)
 
 
-# About 180 lines, over the ~150 aimed at: its parts and the loop, and reload(), which remakes the
-# parts whose config section changed; only the daemon holds all of them.
+class TeachSwitch:
+    """[teach] switched on, off or over (at start, on SIGHUP): teach mode's buttons
+    (device/teachmode.py, imported only when it is on), in simulation the keyboard, and the web
+    page told. ``mode`` is the TeachMode while [teach] is enabled."""
+
+    def __init__(self, web, log, keyboard: bool):
+        self.web, self.log, self.keyboard = web, log, keyboard
+        self.mode = None
+        self._keys = None
+
+    def start(self, config, pin_factory) -> None:
+        if not config.enabled:
+            return
+        from device.teachmode import KEYS, read_keys, start_teach
+
+        self.mode = start_teach(config, self.log, pin_factory)
+        self.web.set_teaching(self.mode)
+        if self.mode and self.keyboard and self._keys is None:
+            self._keys = read_keys(sys.stdin, lambda: self.mode)
+            self.log(f"teach keys: {KEYS}")
+
+    def stop(self) -> None:
+        mode, self.mode = self.mode, None
+        self.web.set_teaching(None)
+        if mode is not None:
+            mode.close()
+
+
+def pause(seconds: float, stop: threading.Event, notifier) -> None:
+    """A pause that a stop cuts short (within 20 ms), and that keeps the watchdog fed."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= end:
+            return
+        notifier.watchdog(now)
+        time.sleep(min(0.02, end - now))
+
+
 class Daemon:
     """The appliance: its parts and the loop (``run``). ``stop``: set it (the signal handler does)
     and the loop ends. The main thread only looks at ``stop``, it never waits on it: Event.set()
@@ -306,8 +343,7 @@ class Daemon:
                                StateFile(state_file(config.daemon.state_file, self.environ), self.log), self.notifier)
         self.outputs = None
         self.decider = None
-        self.teaching = None  # device.teachmode.TeachMode while [teach] is enabled
-        self._keys = None
+        self.teach = TeachSwitch(self.web, self.log, simulate and sys.stdin is not None and not self.journal)
 
     def run(self) -> int:
         def on_signal(signum, frame):
@@ -326,16 +362,19 @@ class Daemon:
                 self.log(f"error: {e}")
                 return 2
             # Out in reverse order: the page, teach mode, STOPPING=1; LEDs off; the state file says
-            # "stopped"; camera closed; the pins let go; the last log line.
-            stack.callback(self._stopped)
+            # "stopped"; camera closed; the pins let go; the terminal and systemd let go, and the
+            # last log line.
+            stack.callback(self.log, "stopped: LEDs off, camera closed")
+            stack.callback(self.notifier.close)
+            stack.callback(self.console.close)
             stack.callback(lambda: self.outputs.close())  # [outputs] may have changed on SIGHUP
             stack.enter_context(self.camera)
             stack.callback(reports.write_state, "stopped")
             stack.callback(lambda: self.outputs.off())
             stack.callback(self.notifier.notify, "STOPPING=1", "STATUS=stopping")
             stack.callback(self.web.close)
-            stack.callback(self.stop_teach)
-            self.start_teach()
+            stack.callback(self.teach.stop)
+            self.teach.start(self.config.teach, self.pin_factory)
             self.start_web()
             reports.set_status("starting")
             self.outputs.show(None)
@@ -352,8 +391,8 @@ class Daemon:
                 if shown.changed:
                     self.outputs.show(shown.label)
                 self.web.publish(frame, found, shown)
-                if self.teaching is not None:  # presses since the last frame, with this frame
-                    self.teaching.serve(frame, found.prepared, self.model, self.outputs, self.heartbeat.say)
+                if self.teach.mode is not None:  # presses since the last frame, with this frame
+                    self.teach.mode.serve(frame, found.prepared, self.model, self.outputs, self.heartbeat.say)
                 reports.frame(found, shown)
         return 0
 
@@ -379,14 +418,12 @@ class Daemon:
                 yield frame
 
     def sleep(self, seconds: float) -> None:
-        """A pause that a stop cuts short (within 20 ms), and that keeps the watchdog fed."""
-        end = time.monotonic() + seconds
-        while not self.stop.is_set():
-            now = time.monotonic()
-            if now >= end:
-                return
-            self.notifier.watchdog(now)
-            time.sleep(min(0.02, end - now))
+        pause(seconds, self.stop, self.notifier)
+
+    @property
+    def teaching(self):
+        """The TeachMode while [teach] is enabled, else None."""
+        return self.teach.mode
 
     def _model_swapped(self, bundle, runtime) -> None:
         d = self.config.decision
@@ -400,27 +437,9 @@ class Daemon:
     # -- the parts SIGHUP may switch on, off or over --
 
     def start_web(self) -> None:
-        self.web.start(self.config.web, self.teaching, self.model)
+        self.web.start(self.config.web, self.teach.mode, self.model)
         if self.config.web.enabled:
             self.reports.write_state(self.reports.running)  # the page's status from the start
-
-    def start_teach(self) -> None:
-        """[teach]: its buttons (device/teachmode.py), and in simulation the keyboard."""
-        if not self.config.teach.enabled:
-            return
-        from device.teachmode import KEYS, read_keys, start_teach
-
-        self.teaching = start_teach(self.config.teach, self.log, self.pin_factory)
-        self.web.set_teaching(self.teaching)
-        if self.teaching and self.simulate and self._keys is None and sys.stdin is not None and not self.journal:
-            self._keys = read_keys(sys.stdin, lambda: self.teaching)
-            self.log(f"teach keys: {KEYS}")
-
-    def stop_teach(self) -> None:
-        teaching, self.teaching = self.teaching, None
-        self.web.set_teaching(None)
-        if teaching is not None:
-            teaching.close()
 
     def reload(self) -> None:
         """The config read again; each part whose section changed is remade, the model loaded again."""
@@ -445,20 +464,16 @@ class Daemon:
         self.camera.max_backoff, self.heartbeat.status_interval = config.daemon.max_backoff, config.daemon.status_interval
         if state_file(config.daemon.state_file, self.environ) != self.reports.state.configured:
             self.reports.state = StateFile(state_file(config.daemon.state_file, self.environ), self.log)
-        if self.web.restart(config.web, old.web, self.teaching, self.model) and config.web.enabled:
+        if self.web.restart(config.web, old.web, self.teach.mode, self.model) and config.web.enabled:
             self.reports.write_state(self.reports.running)
         if config.teach != old.teach:
-            self.stop_teach()
-            self.start_teach()
+            self.teach.stop()
+            self.teach.start(config.teach, self.pin_factory)
         self.model.configure(config)
         if self.model.load("sighup") and config.decision != old.decision:
             d = config.decision
             self.decider = Decider(self.model.bundle.labels, d.window, d.enter, d.exit)
 
-    def _stopped(self) -> None:
-        self.console.close()
-        self.notifier.close()
-        self.log("stopped: LEDs off, camera closed")
 
 
 def new_outputs(outputs, config, pin_factory, log):

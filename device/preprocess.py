@@ -489,14 +489,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         if reference <= 0.0:
             break
         allowed = (coarse >= contrast * reference) & plain & open_ground & free
-        open_paper = _filter(allowed, 3, np.minimum)  # seed in open paper, not between strokes
-        if open_paper.any():
-            seed = divmod(int(np.argmax(score_map * open_paper)), coarse.shape[1])
-        allowed[seed] = True
-        paper = _fill(1 << (seed[0] * grid.stride + seed[1]), _pack(allowed, grid), grid)
-        # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
-        like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
-        region = _unpack(_with_strokes(paper, _pack(plain & open_ground & ~like, grid), grid), grid)
+        seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, open_ground, score_map, grid)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
         own_ink = ink & _filter(region, 5, np.minimum)
@@ -526,6 +519,20 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         if np.count_nonzero(free) < 0.03 * free.size:
             break
     return blank or (best, best_reference)
+
+
+def _candidate(seed, allowed: np.ndarray, reference: float, coarse: np.ndarray, plain: np.ndarray,
+               open_ground: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
+    """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper
+    as a bitset, the card with its strokes, the plain cells ``like`` its paper)."""
+    open_paper = _filter(allowed, 3, np.minimum)  # seed in open paper, not between strokes
+    if open_paper.any():
+        seed = divmod(int(np.argmax(score_map * open_paper)), coarse.shape[1])
+    allowed[seed] = True
+    paper = _fill(1 << (seed[0] * grid.stride + seed[1]), _pack(allowed, grid), grid)
+    # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
+    like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
+    return seed, paper, _unpack(_with_strokes(paper, _pack(plain & open_ground & ~like, grid), grid), grid), like
 
 
 def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
