@@ -407,14 +407,6 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
             return region
 
 
-def _connected(seed, allowed: np.ndarray) -> np.ndarray:
-    """The cells of ``allowed`` 4-connected to ``seed`` (a (row, column), or a mask)."""
-    grid = _grid(*allowed.shape)
-    free = _pack(allowed, grid)
-    region = 1 << (int(seed[0]) * grid.stride + int(seed[1])) if isinstance(seed, tuple) else _pack(seed, grid)
-    return _unpack(_fill(region, free, grid), grid)
-
-
 @lru_cache(maxsize=16)
 def _border(shape: tuple) -> np.ndarray:
     border = np.ones(shape, bool)

@@ -378,11 +378,16 @@ def test_every_setting_at_either_end_of_its_range_is_safe(key, value, card_drawe
 
 
 def test_connected_cells_are_a_breadth_first_fill():
-    """The bitset fill (_connected) against the plain one, on random masks of every shape up to
-    the card search's grid."""
+    """The bitset fill (_fill, as the card search uses it) against the plain one, on random masks
+    of every shape up to the card search's grid."""
     from collections import deque
 
-    from device.preprocess import _connected
+    from device.preprocess import _fill, _grid, _pack, _unpack
+
+    def _connected(seed, allowed):
+        grid = _grid(*allowed.shape)
+        region = 1 << (seed[0] * grid.stride + seed[1]) if isinstance(seed, tuple) else _pack(seed, grid)
+        return _unpack(_fill(region, _pack(allowed, grid), grid), grid)
 
     def plain_fill(seed, allowed):
         h, w = allowed.shape
