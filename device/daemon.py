@@ -420,11 +420,6 @@ class Daemon:
     def sleep(self, seconds: float) -> None:
         pause(seconds, self.stop, self.notifier)
 
-    @property
-    def teaching(self):
-        """The TeachMode while [teach] is enabled, else None."""
-        return self.teach.mode
-
     def _model_swapped(self, bundle, runtime) -> None:
         d = self.config.decision
         self.decider = self.decider or Decider(bundle.labels, d.window, d.enter, d.exit)

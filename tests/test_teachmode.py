@@ -138,7 +138,7 @@ def test_buttons_add_examples_learn_switch_and_undo(model, tmp_path):
             for n in range(1, 4):
                 app.press(BUTTONS[label])
                 app.wait(lambda: app.logged(f"example {n} of '{label}' stored"), f"example {n} of {label}")
-        assert app.daemon.teaching.counts() == {"A": 3, "K": 3, "R": 3}
+        assert app.daemon.teach.mode.counts() == {"A": 3, "K": 3, "R": 3}
         for label in LABELS:
             assert len(list((examples / label).glob("*.png"))) == 3
             seen = list((examples / label / "seen").glob("*.png"))
