@@ -17,8 +17,10 @@ drawing) a close-up in which the paper fills the picture. The steps:
    ``card_contrast`` of it, and not across a step in brightness), with the strokes on it, shaved
    at its edges where the room's darkness and the card's shadow bleed in (_card). The picture's
    own border is not an edge: a close-up keeps its ink;
-5. the ink's main cluster (projections along rows and columns, nearest the centre when stray
-   marks compete) gives the crop; too little ink there is the outcome "no ink", not a guess;
+5. ink that runs into the card's outer edge (a cable or pen lying across the card, the shadow
+   along its edge) is not the glyph's, unless it is most of the ink; the rest's main cluster
+   (projections along rows and columns, nearest the centre when stray marks compete) gives the
+   crop; too little ink there is the outcome "no ink", not a guess;
 6. the crop is scaled to fit ``fit`` of the input keeping its aspect ratio, ink normalised to
    1.0 on a 0.0 background, and centred by its centre of mass, like MNIST.
 
@@ -577,7 +579,8 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         return Prepared(None, "no card")
     # Each cell's strongest ink: its darkest pixel against its paper. The strongest on the card
     # is its third darkest cell (a thin pen's whole glyph is many times that).
-    cell_ink = ((closed - darkest) / np.maximum(closed, np.float32(1e-3)))[shaved]
+    cell_strength = (closed - darkest) / np.maximum(closed, np.float32(1e-3))
+    cell_ink = cell_strength[shaved]
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
@@ -592,6 +595,9 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     strength = np.zeros((h, w), np.float32)
     strength[y0:y1, x0:x1] = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
     mask = (strength[y0:y1, x0:x1] > cut) & card
+    off_card = _ink_from_the_edge(cell_strength > cut, card_coarse, shaved)
+    if off_card is not None:
+        mask &= ~_to_pixels(off_card[cells], y1 - y0, x1 - x0)
     ink_count = np.count_nonzero(mask)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
@@ -605,6 +611,26 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
         return Prepared(None, "too much ink", ink_fraction=fraction)
     return Prepared(_render(strength, (left, top, right, bottom), cut, settings, input_shape),
                     box=tuple(round(v / scale, 1) for v in (left, top, right, bottom)), ink_fraction=fraction)
+
+
+def _ink_from_the_edge(ink: np.ndarray, card: np.ndarray, shaved: np.ndarray) -> np.ndarray | None:
+    """The ``ink`` cells of the ``shaved`` card joined to the ``card``'s outer edge (a picture's
+    border is not one) by ink, or None if there are none or they are most of the shaved card's
+    ink. A glyph sits inside its card, with paper around it; ink that runs into the edge is
+    something else: a cable or a pen lying across the card, the shadow along its edge, the room
+    seen past a corner. A glyph drawn up to the edge is most of the ink, and stays. Cells
+    touching only at a corner count as joined."""
+    grid = _grid(*card.shape)
+    inside, ink_bits, kept = _pack(card, grid), _pack(ink & card, grid), _pack(ink & shaved, grid)
+    outside = grid.cells & ~inside
+    off = _fill(grid.border & outside, outside, grid)  # a hole in the card is not its edge
+    edge = inside & ((off << 1) | (off >> 1) | (off << grid.stride) | (off >> grid.stride))
+    if not ink_bits & edge:
+        return None
+    joined = _fill(ink_bits & edge, ink_bits | ((ink_bits << 1) & grid.cells), grid) & kept
+    if not joined or 2 * joined.bit_count() > kept.bit_count():
+        return None
+    return _unpack(joined, grid)
 
 
 def _has_edges(strength: np.ndarray, cut: float) -> bool:

@@ -207,6 +207,17 @@ def test_a_card_beside_a_brighter_blank_sheet_is_read():
     assert not blank.found and blank.reason == "no ink"
 
 
+def test_a_cable_across_the_cards_edge_is_not_part_of_the_glyph():
+    """A dark cable lies across the card's lower edge, onto the card, short of the glyph: ink that
+    runs into the card's edge is not the glyph's (before: the crop took the cable's end in)."""
+    room = room_with_card("4", hand=False, clutter=False, angle=0)  # the card: (200, 90)-(440, 390)
+    ImageDraw.Draw(room).line((330, 470, 420, 350), fill=(40, 40, 45), width=5)
+    expected = preprocess(draw("4", (240, 300), (50, 60, 190, 240), 10), SETTINGS, SHAPE).input
+    p = assert_reads(camera(room, noise=0.01), expected)
+    left, top, right, bottom = p.box
+    assert right < 400 and bottom < 340, p.box  # the glyph's strokes end at x 390, y 330
+
+
 # --- nothing to read ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,picture", [
