@@ -330,18 +330,22 @@ def work_picture(image, settings: PreprocessSettings) -> np.ndarray:
     return gray
 
 
-def _block_max(a: np.ndarray, op=np.maximum) -> np.ndarray:
-    """The maximum (``op``) of every 2 x 2 block (a last odd row or column is dropped)."""
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    return op(op(a[0:h:2, 0:w:2], a[1:h:2, 0:w:2]), op(a[0:h:2, 1:w:2], a[1:h:2, 1:w:2]))
+def _cells(a: np.ndarray, op=np.maximum) -> np.ndarray:
+    """The maximum (``op``) of every 4 x 4 block, the picture's quarter-resolution cells (the
+    last rows and columns short of a whole cell are dropped). Rows are paired before columns:
+    pairing rows takes whole contiguous rows, and leaves the strided column pairing a quarter
+    of the pixels."""
+    h, w = a.shape[0] // 4 * 4, a.shape[1] // 4 * 4
+    rows = op(a[0:h:2], a[1:h:2])
+    rows = op(rows[0::2], rows[1::2])
+    columns = op(rows[:, 0:w:2], rows[:, 1:w:2])
+    return op(columns[:, 0::2], columns[:, 1::2])
 
 
-def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(coarse, closed): the picture in quarter-resolution cells (4 x 4 block maxima: noise and
-    thin strokes are gone), and the paper's brightness in those cells, a grey closing of them
-    with a window wider than any stroke."""
-    coarse = _block_max(_block_max(gray))
-    return coarse, paper_brightness(coarse, max(2, round(window / 4)))
+def _paper_level(coarse: np.ndarray, window: int) -> np.ndarray:
+    """The paper's brightness in the cells ``coarse`` (4 x 4 block maxima: noise and thin
+    strokes are gone): a grey closing of them with a window wider than any stroke."""
+    return paper_brightness(coarse, max(2, round(window / 4)))
 
 
 class _Grid(NamedTuple):
@@ -559,8 +563,8 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     if float(gray.max()) < settings.min_paper:
         return Prepared(None, "too dark")
     window = max(4, round(settings.paper_window * max(h, w)))
-    coarse, closed = _paper_level(gray, window)
-    darkest = _block_max(_block_max(gray, np.minimum), np.minimum)
+    coarse, darkest = _cells(gray), _cells(gray, np.minimum)
+    closed = _paper_level(coarse, window)
     card_coarse, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
     if card_coarse is None:
         return Prepared(None, "no card")
@@ -589,22 +593,20 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
     card = _to_pixels(shaved[cells], y1 - y0, x1 - x0)
     card_count = np.count_nonzero(card)
-    strength = np.zeros((h, w), np.float32)
-    strength[y0:y1, x0:x1] = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
-    mask = (strength[y0:y1, x0:x1] > cut) & card
+    strength = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))  # in the card's box, as are the next
+    mask = (strength > cut) & card
     ink_count = np.count_nonzero(mask)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
-    ink = np.zeros((h, w), np.float32)
-    ink[y0:y1, x0:x1] = np.where(mask, strength[y0:y1, x0:x1], np.float32(0.0))
-    top, bottom, left, right = _main_cluster(ink, gap=max(2, window // 2))
-    fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count  # ink > 0 where mask
+    top, bottom, left, right = _main_cluster(mask, strength, (y0, x0), (h, w), gap=max(2, window // 2))
+    fraction = np.count_nonzero(mask[top:bottom, left:right]) / card_count
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
         return Prepared(None, "too much ink", ink_fraction=fraction)
     return Prepared(_render(strength, (left, top, right, bottom), cut, settings, input_shape),
-                    box=tuple(round(v / scale, 1) for v in (left, top, right, bottom)), ink_fraction=fraction)
+                    box=tuple(round(v / scale, 1) for v in (x0 + left, y0 + top, x0 + right, y0 + bottom)),
+                    ink_fraction=fraction)
 
 
 def _has_edges(strength: np.ndarray, cut: float) -> bool:
@@ -617,8 +619,8 @@ def _has_edges(strength: np.ndarray, cut: float) -> bool:
         return True
     s = strength[:h, :w]
     means = (s[0::2, 0::2] + s[1::2, 0::2] + s[0::2, 1::2] + s[1::2, 1::2]) * np.float32(0.25)
-    rise = max(float(np.abs(means[2:, :] - means[:-2, :]).max()), float(np.abs(means[:, 2:] - means[:, :-2]).max()))
-    return rise >= 0.5 * cut
+    return float(np.abs(means[2:, :] - means[:-2, :]).max()) >= 0.5 * cut \
+        or float(np.abs(means[:, 2:] - means[:, :-2]).max()) >= 0.5 * cut
 
 
 def to_picture_size(image) -> tuple[int, int]:
@@ -657,10 +659,12 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
 def _resize(a: np.ndarray, size: tuple) -> np.ndarray:
     """Values in [0, 1] (ink strength: never outside) resized to (width, height) in 8 bits (what
     an input keeps): area averaging down, bilinear up. Pillow's 8-bit resize is several times its
-    float one."""
-    im = Image.fromarray(np.round(a * np.float32(255)).astype(np.uint8), "L")
-    down = size[0] < im.width
-    return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.BILINEAR)) * np.float32(1 / 255)
+    float one. (The bytes go in and out by frombuffer and tobytes: fromarray and asarray take
+    longer than the resize.)"""
+    levels = np.rint(a * np.float32(255)).astype(np.uint8)  # rint: np.round's halves to even, sooner
+    im = Image.frombuffer("L", (a.shape[1], a.shape[0]), levels, "raw", "L", 0, 1)
+    resized = im.resize(size, Image.Resampling.BOX if size[0] < im.width else Image.Resampling.BILINEAR)
+    return np.frombuffer(resized.tobytes(), np.uint8).reshape(size[1], size[0]) * np.float32(1 / 255)
 
 
 @lru_cache(maxsize=32)
@@ -684,10 +688,19 @@ def _cell_span(cells: np.ndarray, n: int, count: int) -> tuple[int, int]:
     return 4 * int(cells[0]), n if cells[-1] == count - 1 else 4 * int(cells[-1]) + 4
 
 
-def _main_cluster(ink: np.ndarray, gap: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the ink's main cluster: row, column, then row projections
-    again, each within the last, so stray marks drop out."""
-    h, w = ink.shape
+def _main_cluster(mask: np.ndarray, strength: np.ndarray, origin: tuple, shape: tuple,
+                  gap: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the ink's main cluster: row, column, then row projections of
+    the picture's ink again, each within the last, so stray marks drop out. The ink is ``mask``
+    (its ``strength``) in the card's box at ``origin`` (top, left) of a picture of ``shape``;
+    the cluster is in the box's coordinates."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if _one_run(rows, gap) and _one_run(columns, gap):
+        # (the common case) Each projection below then finds all the ink: its bounding box.
+        return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    (y0, x0), (h, w) = origin, shape
+    ink = np.zeros((h, w), np.float32)
+    ink[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = np.where(mask, strength, np.float32(0.0))
     top, bottom, left, right = 0, h, 0, w
     for axis in (1, 0, 1):
         if axis == 1:
@@ -696,7 +709,14 @@ def _main_cluster(ink: np.ndarray, gap: int) -> tuple[int, int, int, int]:
         else:
             left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
             left, right = left + left_, left + right_
-    return top, bottom, left, right
+    return top - y0, bottom - y0, left - x0, right - x0
+
+
+def _one_run(idx: np.ndarray, gap: int) -> bool:
+    """Whether the sorted positions ``idx`` (not none) are surely one run once gaps up to ``gap``
+    are bridged: all their gaps together are no wider. (Several narrow gaps can be one run too:
+    _main_run looks at each.)"""
+    return idx[-1] + 1 - idx[0] - idx.size <= gap
 
 
 def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
@@ -705,7 +725,7 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     idx = np.flatnonzero(profile)
     if idx.size == 0:
         return 0, len(profile)
-    if idx[-1] + 1 - idx[0] - idx.size <= gap:  # all its gaps together bridged: one run (the common case)
+    if _one_run(idx, gap):  # (the common case)
         return int(idx[0]), int(idx[-1]) + 1
     breaks = np.flatnonzero(np.diff(idx) > gap + 1)
     starts = np.concatenate((idx[:1], idx[breaks + 1]))
