@@ -361,14 +361,21 @@ class _Grid(NamedTuple):
     column_steps: int   # ... a column
     cells: int          # every cell
     border: int         # the cells on the picture's border
+    left: int           # the cells of its first column
+    right: int          # ... its last column
+    top: int            # ... its first row
+    bottom: int         # ... its last row
 
 
 @lru_cache(maxsize=16)
 def _grid(h: int, w: int) -> _Grid:
     stride = w + 1
-    cells = sum(((1 << w) - 1) << (row * stride) for row in range(h))
-    inner = sum(((1 << max(0, w - 2)) - 1) << (row * stride + 1) for row in range(1, h - 1))
-    return _Grid(h, w, stride, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length()), cells, cells & ~inner)
+    left = sum(1 << (row * stride) for row in range(h))
+    cells = left * ((1 << w) - 1)  # (a row's pattern times one bit a row: the pattern in every row)
+    top = (1 << w) - 1
+    right, bottom = left << (w - 1), top << ((h - 1) * stride)
+    return _Grid(h, w, stride, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length()), cells,
+                 left | right | top | bottom, left, right, top, bottom)
 
 
 def _pack(mask: np.ndarray, grid: _Grid) -> int:
@@ -381,6 +388,50 @@ def _unpack(bits: int, grid: _Grid) -> np.ndarray:
     h, stride = grid.h, grid.stride
     raw = np.frombuffer(bits.to_bytes((h * stride + 7) // 8, "little"), np.uint8)
     return np.unpackbits(raw, bitorder="little")[:h * stride].view(bool).reshape(h, stride)[:, :grid.w]
+
+
+def _erode(bits: int, grid: _Grid, radius: int) -> int:
+    """The cells whose every cell within ``radius`` rows and columns is set (a min filter with a
+    (2 radius + 1) square, edges replicated, as _filter), masks as in _Grid: ``radius`` erosions
+    by a 3 x 3 square, each a cell's neighbours along its row, then along its column. A
+    neighbour off the picture counts as set."""
+    for _ in range(radius):
+        bits &= ((bits >> 1) | grid.right) & ((bits << 1) | grid.left)
+        bits &= ((bits >> grid.stride) | grid.bottom) & ((bits << grid.stride) | grid.top)
+    return bits
+
+
+def _dilate(bits: int, grid: _Grid, radius: int) -> int:
+    """The cells within ``radius`` rows and columns of a set cell (a max filter with a
+    (2 radius + 1) square, as _filter), masks as in _Grid. Each pass reaches ``step`` further
+    each way, steps doubling (1, 2, 4, ... then what is left): a shift along a row takes only the
+    cells it keeps in their row."""
+    reach, step = 0, 1
+    while reach < radius:
+        step = min(step, radius - reach)
+        kept = grid.left * ((1 << max(0, grid.w - step)) - 1)  # columns a step rightwards keeps in the row
+        bits |= ((bits & kept) << step) | ((bits >> step) & kept)
+        bits |= ((bits << step * grid.stride) & grid.cells) | (bits >> step * grid.stride)
+        reach, step = reach + step, step * 2
+    return bits
+
+
+def _bounds(bits: int, grid: _Grid) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the [top, bottom) rows and [left, right) columns of the set
+    cells (not none) of a mask as in _Grid. Its columns: its rows folded onto the first, halves
+    at a time."""
+    folded, rows = bits, grid.h
+    while rows > 1:
+        half = (rows + 1) // 2
+        folded = (folded | (folded >> half * grid.stride)) & ((1 << half * grid.stride) - 1)
+        rows = half
+    return (_lowest(bits) // grid.stride, (bits.bit_length() - 1) // grid.stride + 1,
+            _lowest(folded), folded.bit_length())
+
+
+def _lowest(bits: int) -> int:
+    """The number of the lowest set bit."""
+    return (bits & -bits).bit_length() - 1
 
 
 def _fill(region: int, free: int, grid: _Grid) -> int:
@@ -409,14 +460,6 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
                 region |= through & ((region << jump) if up else (region >> jump))
         if region == before:
             return region
-
-
-@lru_cache(maxsize=16)
-def _border(shape: tuple) -> np.ndarray:
-    border = np.ones(shape, bool)
-    border[1:-1, 1:-1] = False
-    border.flags.writeable = False
-    return border
 
 
 @lru_cache(maxsize=16)
@@ -457,8 +500,9 @@ def _steps(level: np.ndarray, plain: np.ndarray, rise: float) -> np.ndarray:
 
 
 def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast: float, ink_threshold: float,
-          edge_step: float = 0.08, candidates: int = 3) -> tuple[np.ndarray, float]:
-    """(card, reference) in quarter-resolution cells: the card, and its paper's brightness.
+          edge_step: float = 0.08, candidates: int = 3) -> tuple[int | None, float]:
+    """(card, reference) in quarter-resolution cells: the card (a mask as in _Grid), and its
+    paper's brightness.
 
     A candidate is an area of paper grown from the brightest open paper near the centre: at
     least ``contrast`` of its seed's brightness, and not across a step in brightness (a card's
@@ -474,8 +518,8 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     near_centre, grid = _near_centre(*closed.shape), _grid(*closed.shape)
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = _steps(np.log(np.maximum(coarse, np.float32(1e-3))), plain, -math.log(1.0 - edge_step))
-    open_ground = ~step
-    ink = (closed - darkest) > ink_threshold * closed
+    plain_open = plain & ~step
+    ink = _pack((closed - darkest) > ink_threshold * closed, grid)
     score_map = closed * near_centre
     free = np.ones(coarse.shape, bool)
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
@@ -484,61 +528,64 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
         reference = float(closed[seed])
         if reference <= 0.0:
             break
-        allowed = (coarse >= contrast * reference) & plain & open_ground & free
-        seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, open_ground, score_map, grid)
+        allowed = (coarse >= contrast * reference) & plain_open & free
+        seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, plain_open, score_map, grid)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
-        own_ink = ink & _filter(region, 5, np.minimum)
-        count = np.count_nonzero(own_ink)
-        centrality = float((near_centre * own_ink).sum()) / count if count else 0.0
+        own_ink = ink & _erode(region, grid, 2)
+        count = own_ink.bit_count()
+        centrality = float((near_centre * _unpack(own_ink, grid)).sum()) / count if count else 0.0
         # A glyph's worth of ink around the centre: the card (beside a blank one, not around it:
         # a wall that has the blank card as its "stroke" has the card's edges as its ink).
-        if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region) and (blank is None or not (region & blank[0]).any()):
+        if centrality > 0.5 and count >= 0.01 * region.bit_count() and (blank is None or not region & blank[0]):
             return region, reference
-        if not _enclosed(region, like):
+        if not _enclosed(region, like, grid):
             # Large blank paper at the centre, first found: a blank card, not something to look
             # past. Unless a glyph's worth of ink lies near the centre off it (a white box or
             # sheet beside the card held up): then a later candidate is taken only if it is a
             # card with a glyph, and otherwise this one.
-            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * region.size:
+            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * closed.size:
                 blank = region, reference
                 # (ink with an edge inside its cell, as a stroke has: the wall's shading next to
                 # a bright card can read as ink, but it is smooth)
                 edged = (coarse - darkest) > ink_threshold * closed
-                elsewhere = np.count_nonzero(ink & edged & (near_centre > 0.5) & ~region)
-                if elsewhere < max(3, 0.01 * np.count_nonzero(region)):
+                elsewhere = (ink & _pack(edged & (near_centre > 0.5), grid) & ~region).bit_count()
+                if elsewhere < max(3, 0.01 * region.bit_count()):
                     return blank
             score = count * (0.05 + centrality) ** 2
             if score > best_score:
                 best, best_score, best_reference = region, score, reference
-        free &= ~region
+        free &= ~_unpack(region, grid)
         if np.count_nonzero(free) < 0.03 * free.size:
             break
     return blank or (best, best_reference)
 
 
 def _candidate(seed, allowed: np.ndarray, reference: float, coarse: np.ndarray, plain: np.ndarray,
-               open_ground: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
-    """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper
-    as a bitset, the card with its strokes, the plain cells ``like`` its paper)."""
-    open_paper = _filter(allowed, 3, np.minimum)  # seed in open paper, not between strokes
-    if open_paper.any():
-        seed = divmod(int(np.argmax(score_map * open_paper)), coarse.shape[1])
-    allowed[seed] = True
-    paper = _fill(1 << (seed[0] * grid.stride + seed[1]), _pack(allowed, grid), grid)
+               plain_open: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
+    """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper,
+    the card with its strokes, the plain cells ``like`` its paper), masks as in _Grid but the
+    seed. ``plain_open``: the plain cells not on the darker side of a step."""
+    allowed = _pack(allowed, grid)
+    open_paper = _erode(allowed, grid, 1)  # seed in open paper, not between strokes
+    if open_paper:
+        seed = divmod(int(np.argmax(score_map * _unpack(open_paper, grid))), coarse.shape[1])
+    seed_cell = 1 << (seed[0] * grid.stride + seed[1])
+    paper = _fill(seed_cell, allowed | seed_cell, grid)
     # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
-    like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
-    return seed, paper, _unpack(_with_strokes(paper, _pack(plain & open_ground & ~like, grid), grid), grid), like
+    like = _pack(plain & (np.abs(coarse - reference) <= 0.15 * reference), grid)
+    return seed, paper, _with_strokes(paper, _pack(plain_open, grid) & ~like, grid), like
 
 
-def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
+def _enclosed(region: int, like: int, grid: _Grid) -> bool:
     """Whether the region is the loop of a "0": not on the picture's border, and beyond its
     ring of ink (two to eight cells out) mostly paper ``like`` its own, where a card has the
-    room around it."""
-    if (region & _border(region.shape)).any():
+    room around it (masks as in _Grid)."""
+    if region & grid.border:
         return False
-    around = _filter(region, 17, np.maximum) & ~_filter(region, 5, np.maximum)
-    return np.count_nonzero(around & like) >= 0.4 * np.count_nonzero(around)
+    ring = _dilate(region, grid, 2)
+    around = _dilate(ring, grid, 6) & ~ring
+    return (around & like).bit_count() >= 0.4 * around.bit_count()
 
 
 def _with_strokes(paper: int, surface: int, grid: _Grid) -> int:
@@ -565,41 +612,51 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     window = max(4, round(settings.paper_window * max(h, w)))
     coarse, darkest = _cells(gray), _cells(gray, np.minimum)
     closed = _paper_level(coarse, window)
-    card_coarse, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
-    if card_coarse is None:
+    card, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
+    if card is None:
         return Prepared(None, "no card")
     if reference < settings.min_paper:
         return Prepared(None, "too dark")
-    if np.count_nonzero(card_coarse) < max(1.0, settings.min_card * card_coarse.size):
+    if card.bit_count() < max(1.0, settings.min_card * closed.size):
         return Prepared(None, "no card")
     # The card shaved by two cells where the room's darkness bleeds into its paper estimate and
     # a card's edge casts its shadow, or things held against it overlap it. The picture's border
     # is replicated, so a close-up is not shaved.
-    shaved = _filter(card_coarse, 5, np.minimum)
-    rows, columns = np.flatnonzero(shaved.any(axis=1)), np.flatnonzero(shaved.any(axis=0))
-    if rows.size == 0:
+    grid = _grid(*closed.shape)
+    shaved_cells = _erode(card, grid, 2)
+    if not shaved_cells:
         return Prepared(None, "no card")
+    shaved = _unpack(shaved_cells, grid)
     # Each cell's strongest ink: its darkest pixel against its paper. The strongest on the card
     # is its third darkest cell (a thin pen's whole glyph is many times that).
     cell_ink = ((closed - darkest) / np.maximum(closed, np.float32(1e-3)))[shaved]
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
-    # Pixels from here on, in the card's bounding box only: the paper under every pixel (its
-    # cell's, never darker than the pixel itself), and how much darker each pixel is.
-    (y0, y1), (x0, x1) = _cell_span(rows, h, shaved.shape[0]), _cell_span(columns, w, shaved.shape[1])
-    cells = np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    return _read_ink(gray, closed, shaved, _bounds(shaved_cells, grid), cut, (window, scale), settings, input_shape)
+
+
+def _read_ink(gray: np.ndarray, closed: np.ndarray, card: np.ndarray, card_bounds: tuple, cut: float,
+              sizes: tuple, settings: PreprocessSettings, input_shape) -> Prepared:
+    """The ink on the ``card`` (its cells, within ``card_bounds``: their [top, bottom) rows and
+    [left, right) columns) from its pixels, ``cut`` the least ink strength that is ink. Pixels
+    only in the card's bounding box: the paper under every pixel (its cell's, never darker than
+    the pixel itself), how much darker each pixel is, and which of them are ink on the card.
+    ``sizes``: (the closing's window, work pixels per picture pixel)."""
+    (top, bottom, left, right), (h, w), (window, scale) = card_bounds, gray.shape, sizes
+    (y0, y1), (x0, x1) = _cell_span(top, bottom, h, card.shape[0]), _cell_span(left, right, w, card.shape[1])
+    cells = np.s_[top:bottom, left:right]
     gray_box = gray[y0:y1, x0:x1]
     paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
-    card = _to_pixels(shaved[cells], y1 - y0, x1 - x0)
-    card_count = np.count_nonzero(card)
-    strength = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))  # in the card's box, as are the next
-    mask = (strength > cut) & card
-    ink_count = np.count_nonzero(mask)
+    on_card = _to_pixels(card[cells], y1 - y0, x1 - x0)
+    card_count = np.count_nonzero(on_card)
+    strength = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
+    ink = (strength > cut) & on_card
+    ink_count = np.count_nonzero(ink)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
-    top, bottom, left, right = _main_cluster(mask, strength, (y0, x0), (h, w), gap=max(2, window // 2))
-    fraction = np.count_nonzero(mask[top:bottom, left:right]) / card_count
+    top, bottom, left, right = _main_cluster(ink, strength, (y0, x0), (h, w), gap=max(2, window // 2))
+    fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
@@ -682,10 +739,10 @@ def _to_pixels(cells: np.ndarray, h: int, w: int) -> np.ndarray:
     return cells[_cell_index(h, cells.shape[0])][:, _cell_index(w, cells.shape[1])]
 
 
-def _cell_span(cells: np.ndarray, n: int, count: int) -> tuple[int, int]:
-    """The [start, end) pixels of the sorted cell numbers ``cells`` (of ``count`` along ``n``
-    pixels; the last cell holds the remainder, see _to_pixels)."""
-    return 4 * int(cells[0]), n if cells[-1] == count - 1 else 4 * int(cells[-1]) + 4
+def _cell_span(start: int, end: int, n: int, count: int) -> tuple[int, int]:
+    """The [start, end) pixels of the cells [start, end) (of ``count`` along ``n`` pixels; the
+    last cell holds the remainder, see _to_pixels)."""
+    return 4 * start, n if end == count else 4 * end
 
 
 def _main_cluster(mask: np.ndarray, strength: np.ndarray, origin: tuple, shape: tuple,
