@@ -310,12 +310,14 @@ def paper_brightness(gray: np.ndarray, window: int) -> np.ndarray:
 # --- finding the ink -------------------------------------------------------------------------
 
 def work_picture(image, settings: PreprocessSettings) -> np.ndarray:
-    """The picture preprocessing works on: grey levels in [0, 1] (float32), dark ink,
-    ``work_size`` pixels on its longer side (a camera frame at that size is taken as it is)."""
+    """The picture preprocessing works on, dark ink, ``work_size`` pixels on its longer side: a
+    camera frame at that size as it is (8-bit), anything else grey levels in [0, 1] (float32).
+    _grey gives the grey levels of either, or of any part of it: of a frame's cell maxima and
+    its card only, not of every pixel (a frame's maximum is the maximum of its grey levels, as
+    the grey levels only scale its bytes)."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2 \
             and max(image.shape) == settings.work_size and min(image.shape) >= MIN_SIDE:
-        gray = image * np.float32(1 / 255)  # a camera frame at the working size, as it comes
-        return 1.0 - gray if settings.ink == "light" else gray
+        return 1.0 - _grey(image) if settings.ink == "light" else image
     picture = to_picture(image)
     w, h = picture.size
     if h < MIN_SIDE or w < MIN_SIDE:
@@ -328,6 +330,11 @@ def work_picture(image, settings: PreprocessSettings) -> np.ndarray:
     if settings.ink == "light":
         gray = 1.0 - gray
     return gray
+
+
+def _grey(levels):
+    """Grey levels in [0, 1] (float32) of (a part of) a work picture (see work_picture)."""
+    return levels * np.float32(1 / 255) if levels.dtype == np.uint8 else levels
 
 
 def _cells(a: np.ndarray, op=np.maximum) -> np.ndarray:
@@ -604,13 +611,13 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
 
 def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     """Turn a picture (Pillow image, grey array or camera frame) into the network's input."""
-    gray = work_picture(image, settings)
-    h, w = gray.shape
+    picture = work_picture(image, settings)
+    h, w = picture.shape
     scale = max(h, w) / max(to_picture_size(image))  # work pixels per picture pixel
-    if float(gray.max()) < settings.min_paper:
+    if float(_grey(picture.max())) < settings.min_paper:
         return Prepared(None, "too dark")
     window = max(4, round(settings.paper_window * max(h, w)))
-    coarse, darkest = _cells(gray), _cells(gray, np.minimum)
+    coarse, darkest = _grey(_cells(picture)), _grey(_cells(picture, np.minimum))
     closed = _paper_level(coarse, window)
     card, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
     if card is None:
@@ -633,20 +640,20 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
-    return _read_ink(gray, closed, shaved, _bounds(shaved_cells, grid), cut, (window, scale), settings, input_shape)
+    return _read_ink(picture, closed, shaved, _bounds(shaved_cells, grid), cut, (window, scale), settings, input_shape)
 
 
-def _read_ink(gray: np.ndarray, closed: np.ndarray, card: np.ndarray, card_bounds: tuple, cut: float,
+def _read_ink(picture: np.ndarray, closed: np.ndarray, card: np.ndarray, card_bounds: tuple, cut: float,
               sizes: tuple, settings: PreprocessSettings, input_shape) -> Prepared:
     """The ink on the ``card`` (its cells, within ``card_bounds``: their [top, bottom) rows and
     [left, right) columns) from its pixels, ``cut`` the least ink strength that is ink. Pixels
     only in the card's bounding box: the paper under every pixel (its cell's, never darker than
     the pixel itself), how much darker each pixel is, and which of them are ink on the card.
     ``sizes``: (the closing's window, work pixels per picture pixel)."""
-    (top, bottom, left, right), (h, w), (window, scale) = card_bounds, gray.shape, sizes
+    (top, bottom, left, right), (h, w), (window, scale) = card_bounds, picture.shape, sizes
     (y0, y1), (x0, x1) = _cell_span(top, bottom, h, card.shape[0]), _cell_span(left, right, w, card.shape[1])
     cells = np.s_[top:bottom, left:right]
-    gray_box = gray[y0:y1, x0:x1]
+    gray_box = _grey(picture[y0:y1, x0:x1])
     paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
     on_card = _to_pixels(card[cells], y1 - y0, x1 - x0)
     card_count = np.count_nonzero(on_card)
