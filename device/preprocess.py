@@ -496,13 +496,15 @@ def _steps(level: np.ndarray, plain: np.ndarray, rise: float) -> np.ndarray:
     step = np.zeros((2, n, n), bool)
     for d in (1, 2):  # an edge that falls inside a cell is spread over two
         difference = levels[:, d:] - levels[:, :-d]
-        size = np.abs(difference)
-        size *= plains[:, d:] & plains[:, :-d]
+        difference *= plains[:, d:] & plains[:, :-d]
         around = np.zeros((2, n + d, n), np.float32)  # the differences d before and d after, 0 off the ends
-        around[:, d:-d] = size
-        sharp = size > np.maximum(2.0 * np.minimum(around[:, :-2 * d], around[:, 2 * d:]), rise)
-        step[:, d:] |= sharp & (difference < 0)
-        step[:, :-d] |= sharp & (difference > 0)
+        size = np.abs(difference, out=around[:, d:-d])
+        threshold = np.minimum(around[:, :-2 * d], around[:, 2 * d:])
+        threshold *= 2.0
+        sharp = size > np.maximum(threshold, rise, out=threshold)
+        falls = sharp & (difference < 0)  # the cell d further is the darker
+        step[:, d:] |= falls
+        step[:, :-d] |= sharp ^ falls  # ... or this one (a sharp difference is not 0)
     return step[0, :h, :w] | step[1, :w, :h].T
 
 
