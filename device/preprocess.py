@@ -451,20 +451,20 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
     region &= free
     if not region:
         return 0
-    fills = []  # per direction: (towards higher bits, [(jump, cells a jump may land on)])
-    for step, steps, up in ((1, grid.row_steps, False), (grid.stride, grid.column_steps, True),
-                            (grid.stride, grid.column_steps, False)):
-        through, jumps = free, []
+    lower, higher = [], []  # (jump, the cells it may land on) towards lower and higher bits
+    for step, steps, jumps in ((1, grid.row_steps, lower), (grid.stride, grid.column_steps, lower),
+                               (grid.stride, grid.column_steps, higher)):
+        through = free
         for i in range(steps):
             jumps.append((step << i, through))
-            through &= (through << (step << i)) if up else (through >> (step << i))
-        fills.append((up, jumps))
+            through &= (through << (step << i)) if jumps is higher else (through >> (step << i))
     while True:
         before = region
         region = (((free + region) ^ free) | region) & free
-        for up, jumps in fills:
-            for jump, through in jumps:
-                region |= through & ((region << jump) if up else (region >> jump))
+        for jump, through in lower:
+            region |= through & (region >> jump)
+        for jump, through in higher:
+            region |= through & (region << jump)
         if region == before:
             return region
 
