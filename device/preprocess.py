@@ -530,14 +530,14 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     plain_open = plain & ~step
     ink = _pack((closed - darkest) > ink_threshold * closed, grid)
     score_map = closed * near_centre
-    free = np.ones(coarse.shape, bool)
+    free = grid.cells
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
     for candidate in range(candidates):
-        seed = divmod(int(np.argmax(score_map * free)), coarse.shape[1])
+        seed = divmod(int(np.argmax(score_map * _unpack(free, grid) if candidate else score_map)), coarse.shape[1])
         reference = float(closed[seed])
         if reference <= 0.0:
             break
-        allowed = (coarse >= contrast * reference) & plain_open & free
+        allowed = _pack((coarse >= contrast * reference) & plain_open, grid) & free
         seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, plain_open, score_map, grid)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
@@ -564,18 +564,17 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
             score = count * (0.05 + centrality) ** 2
             if score > best_score:
                 best, best_score, best_reference = region, score, reference
-        free &= ~_unpack(region, grid)
-        if np.count_nonzero(free) < 0.03 * free.size:
+        free &= ~region
+        if free.bit_count() < 0.03 * closed.size:
             break
     return blank or (best, best_reference)
 
 
-def _candidate(seed, allowed: np.ndarray, reference: float, coarse: np.ndarray, plain: np.ndarray,
+def _candidate(seed, allowed: int, reference: float, coarse: np.ndarray, plain: np.ndarray,
                plain_open: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
     """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper,
     the card with its strokes, the plain cells ``like`` its paper), masks as in _Grid but the
     seed. ``plain_open``: the plain cells not on the darker side of a step."""
-    allowed = _pack(allowed, grid)
     open_paper = _erode(allowed, grid, 1)  # seed in open paper, not between strokes
     if open_paper:
         seed = divmod(int(np.argmax(score_map * _unpack(open_paper, grid))), coarse.shape[1])
