@@ -423,17 +423,17 @@ def _dilate(bits: int, grid: _Grid, radius: int) -> int:
     return bits
 
 
-def _bounds(bits: int, grid: _Grid) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right): the [top, bottom) rows and [left, right) columns of the set
-    cells (not none) of a mask as in _Grid. Its columns: its rows folded onto the first, halves
-    at a time."""
+def _bounds(bits: int, grid: _Grid) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)): the [top, bottom) rows and [left, right) columns of the
+    set cells (not none) of a mask as in _Grid. Its columns: its rows folded onto the first,
+    halves at a time."""
     folded, rows = bits, grid.h
     while rows > 1:
         half = (rows + 1) // 2
         folded = (folded | (folded >> half * grid.stride)) & ((1 << half * grid.stride) - 1)
         rows = half
-    return (_lowest(bits) // grid.stride, (bits.bit_length() - 1) // grid.stride + 1,
-            _lowest(folded), folded.bit_length())
+    return ((_lowest(bits) // grid.stride, (bits.bit_length() - 1) // grid.stride + 1),
+            (_lowest(folded), folded.bit_length()))
 
 
 def _lowest(bits: int) -> int:
@@ -452,12 +452,12 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
     if not region:
         return 0
     lower, higher = [], []  # (jump, the cells it may land on) towards lower and higher bits
-    for step, steps, jumps in ((1, grid.row_steps, lower), (grid.stride, grid.column_steps, lower),
-                               (grid.stride, grid.column_steps, higher)):
+    for step, steps, up in ((1, grid.row_steps, False), (grid.stride, grid.column_steps, False),
+                            (grid.stride, grid.column_steps, True)):
         through = free
         for i in range(steps):
-            jumps.append((step << i, through))
-            through &= (through << (step << i)) if jumps is higher else (through >> (step << i))
+            (higher if up else lower).append((step << i, through))
+            through &= (through << (step << i)) if up else (through >> (step << i))
     while True:
         before = region
         region = (((free + region) ^ free) | region) & free
@@ -533,6 +533,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     free = grid.cells
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
     for candidate in range(candidates):
+        # (every cell is free for the first candidate)
         seed = divmod(int(np.argmax(score_map * _unpack(free, grid) if candidate else score_map)), coarse.shape[1])
         reference = float(closed[seed])
         if reference <= 0.0:
@@ -641,29 +642,30 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
-    return _read_ink(picture, closed, shaved, _bounds(shaved_cells, grid), cut, (window, scale), settings, input_shape)
+    return _read_ink(picture, closed, (shaved, _bounds(shaved_cells, grid)), cut, max(2, window // 2), scale,
+                     settings, input_shape)
 
 
-def _read_ink(picture: np.ndarray, closed: np.ndarray, card: np.ndarray, card_bounds: tuple, cut: float,
-              sizes: tuple, settings: PreprocessSettings, input_shape) -> Prepared:
-    """The ink on the ``card`` (its cells, within ``card_bounds``: their [top, bottom) rows and
-    [left, right) columns) from its pixels, ``cut`` the least ink strength that is ink. Pixels
-    only in the card's bounding box: the paper under every pixel (its cell's, never darker than
-    the pixel itself), how much darker each pixel is, and which of them are ink on the card.
-    ``sizes``: (the closing's window, work pixels per picture pixel)."""
-    (top, bottom, left, right), (h, w), (window, scale) = card_bounds, picture.shape, sizes
-    (y0, y1), (x0, x1) = _cell_span(top, bottom, h, card.shape[0]), _cell_span(left, right, w, card.shape[1])
-    cells = np.s_[top:bottom, left:right]
+def _read_ink(picture: np.ndarray, closed: np.ndarray, card: tuple, cut: float, gap: int, scale: float,
+              settings: PreprocessSettings, input_shape) -> Prepared:
+    """The ink on the card from its pixels: ``card`` is its cells (a mask) and their bounds (see
+    _bounds), ``cut`` the least ink strength that is ink, ``gap`` the widest gap inside a glyph,
+    ``scale`` work pixels per picture pixel. Pixels only in the card's bounding box: the paper
+    under every pixel (its cell's, never darker than the pixel itself), how much darker each
+    pixel is, and which of them are ink on the card."""
+    (cell_mask, (rows, columns)), (h, w) = card, picture.shape
+    (y0, y1), (x0, x1) = _cell_span(*rows, h, cell_mask.shape[0]), _cell_span(*columns, w, cell_mask.shape[1])
+    cells = np.s_[rows[0]:rows[1], columns[0]:columns[1]]
     gray_box = _grey(picture[y0:y1, x0:x1])
     paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
-    on_card = _to_pixels(card[cells], y1 - y0, x1 - x0)
+    on_card = _to_pixels(cell_mask[cells], y1 - y0, x1 - x0)
     card_count = np.count_nonzero(on_card)
     strength = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
     ink = (strength > cut) & on_card
     ink_count = np.count_nonzero(ink)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
-    top, bottom, left, right = _main_cluster(ink, strength, (y0, x0), (h, w), gap=max(2, window // 2))
+    top, bottom, left, right = _main_cluster(ink, strength, (y0, x0), (h, w), gap)
     fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
