@@ -528,7 +528,8 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = _steps(np.log(np.maximum(coarse, np.float32(1e-3))), plain, -math.log(1.0 - edge_step))
     plain_open = plain & ~step
-    ink = _pack((closed - darkest) > ink_threshold * closed, grid)
+    ink_floor = ink_threshold * closed
+    ink = _pack((closed - darkest) > ink_floor, grid)
     score_map = closed * near_centre
     free = grid.cells
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
@@ -558,7 +559,7 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
                 blank = region, reference
                 # (ink with an edge inside its cell, as a stroke has: the wall's shading next to
                 # a bright card can read as ink, but it is smooth)
-                edged = (coarse - darkest) > ink_threshold * closed
+                edged = (coarse - darkest) > ink_floor
                 elsewhere = (ink & _pack(edged & (near_centre > 0.5), grid) & ~region).bit_count()
                 if elsewhere < max(3, 0.01 * region.bit_count()):
                     return blank
@@ -706,8 +707,9 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
     k = side / max(right - left, bottom - top)
     gw, gh = max(1, round((right - left) * k)), max(1, round((bottom - top) * k))
     glyph = _resize(strength[top:bottom, left:right], (gw, gh))
-    glyph[glyph < cut * 0.5] = 0.0
-    inked = glyph[glyph > 0]
+    kept = glyph >= cut * 0.5
+    glyph *= kept
+    inked = glyph[kept]  # (all of them > 0, as the cut is)
     peak = _kth_largest(inked, inked.size // 10 + 1) if inked.size else 1.0
     glyph = np.minimum(glyph / np.float32(max(peak, 1e-3)), np.float32(1.0))  # (np.clip: slower)
     canvas = np.zeros((height, width), np.float32)
