@@ -459,13 +459,14 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
             (higher if up else lower).append((step << i, through))
             through &= (through << (step << i)) if up else (through >> (step << i))
     while True:
-        before = region
         region = (((free + region) ^ free) | region) & free
         for jump, through in lower:
             region |= through & (region >> jump)
         for jump, through in higher:
             region |= through & (region << jump)
-        if region == before:
+        # Done when no free cell beside the region is outside it: a check cheaper than a pass.
+        beside = (region << 1) | (region >> 1) | (region << grid.stride) | (region >> grid.stride)
+        if not beside & free & ~region:
             return region
 
 
