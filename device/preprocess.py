@@ -511,8 +511,7 @@ def _steps(level: np.ndarray, plain: np.ndarray, rise: float) -> np.ndarray:
 
 def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast: float, ink_threshold: float,
           edge_step: float = 0.08, candidates: int = 3) -> tuple[int | None, float]:
-    """(card, reference) in quarter-resolution cells: the card (a mask as in _Grid), and its
-    paper's brightness.
+    """(card, reference) in quarter-resolution cells: the card (a _Grid mask), its paper's brightness.
 
     A candidate is an area of paper grown from the brightest open paper near the centre: at
     least ``contrast`` of its seed's brightness, and not across a step in brightness (a card's
@@ -529,9 +528,8 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = _steps(np.log(np.maximum(coarse, np.float32(1e-3))), plain, -math.log(1.0 - edge_step))
     plain_open = plain & ~step
-    ink_floor = ink_threshold * closed
+    score_map, ink_floor = closed * near_centre, ink_threshold * closed
     ink = _pack((closed - darkest) > ink_floor, grid)
-    score_map = closed * near_centre
     free = grid.cells
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
     for candidate in range(candidates):
