@@ -312,12 +312,14 @@ def paper_brightness(gray: np.ndarray, window: int) -> np.ndarray:
 # --- finding the ink -------------------------------------------------------------------------
 
 def work_picture(image, settings: PreprocessSettings) -> np.ndarray:
-    """The picture preprocessing works on: grey levels in [0, 1] (float32), dark ink,
-    ``work_size`` pixels on its longer side (a camera frame at that size is taken as it is)."""
+    """The picture preprocessing works on, dark ink, ``work_size`` pixels on its longer side: a
+    camera frame at that size as it is (8-bit), anything else grey levels in [0, 1] (float32).
+    _grey gives the grey levels of either, or of any part of it: of a frame's cell maxima and
+    its card only, not of every pixel (a frame's maximum is the maximum of its grey levels, as
+    the grey levels only scale its bytes)."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2 \
             and max(image.shape) == settings.work_size and min(image.shape) >= MIN_SIDE:
-        gray = image * np.float32(1 / 255)  # a camera frame at the working size, as it comes
-        return 1.0 - gray if settings.ink == "light" else gray
+        return 1.0 - _grey(image) if settings.ink == "light" else image
     picture = to_picture(image)
     w, h = picture.size
     if h < MIN_SIDE or w < MIN_SIDE:
@@ -332,18 +334,27 @@ def work_picture(image, settings: PreprocessSettings) -> np.ndarray:
     return gray
 
 
-def _block_max(a: np.ndarray, op=np.maximum) -> np.ndarray:
-    """The maximum (``op``) of every 2 x 2 block (a last odd row or column is dropped)."""
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    return op(op(a[0:h:2, 0:w:2], a[1:h:2, 0:w:2]), op(a[0:h:2, 1:w:2], a[1:h:2, 1:w:2]))
+def _grey(levels):
+    """Grey levels in [0, 1] (float32) of (a part of) a work picture (see work_picture)."""
+    return levels * np.float32(1 / 255) if levels.dtype == np.uint8 else levels
 
 
-def _paper_level(gray: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(coarse, closed): the picture in quarter-resolution cells (4 x 4 block maxima: noise and
-    thin strokes are gone), and the paper's brightness in those cells, a grey closing of them
-    with a window wider than any stroke."""
-    coarse = _block_max(_block_max(gray))
-    return coarse, paper_brightness(coarse, max(2, round(window / 4)))
+def _cells(a: np.ndarray, op=np.maximum) -> np.ndarray:
+    """The maximum (``op``) of every 4 x 4 block, the picture's quarter-resolution cells (the
+    last rows and columns short of a whole cell are dropped). Rows are paired before columns:
+    pairing rows takes whole contiguous rows, and leaves the strided column pairing a quarter
+    of the pixels."""
+    h, w = a.shape[0] // 4 * 4, a.shape[1] // 4 * 4
+    rows = op(a[0:h:2], a[1:h:2])
+    rows = op(rows[0::2], rows[1::2])
+    columns = op(rows[:, 0:w:2], rows[:, 1:w:2])
+    return op(columns[:, 0::2], columns[:, 1::2])
+
+
+def _paper_level(coarse: np.ndarray, window: int) -> np.ndarray:
+    """The paper's brightness in the cells ``coarse`` (4 x 4 block maxima: noise and thin
+    strokes are gone): a grey closing of them with a window wider than any stroke."""
+    return paper_brightness(coarse, max(2, round(window / 4)))
 
 
 class _Grid(NamedTuple):
@@ -359,14 +370,21 @@ class _Grid(NamedTuple):
     column_steps: int   # ... a column
     cells: int          # every cell
     border: int         # the cells on the picture's border
+    left: int           # the cells of its first column
+    right: int          # ... its last column
+    top: int            # ... its first row
+    bottom: int         # ... its last row
 
 
 @lru_cache(maxsize=16)
 def _grid(h: int, w: int) -> _Grid:
     stride = w + 1
-    cells = sum(((1 << w) - 1) << (row * stride) for row in range(h))
-    inner = sum(((1 << max(0, w - 2)) - 1) << (row * stride + 1) for row in range(1, h - 1))
-    return _Grid(h, w, stride, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length()), cells, cells & ~inner)
+    left = sum(1 << (row * stride) for row in range(h))
+    cells = left * ((1 << w) - 1)  # (a row's pattern times one bit a row: the pattern in every row)
+    top = (1 << w) - 1
+    right, bottom = left << (w - 1), top << ((h - 1) * stride)
+    return _Grid(h, w, stride, max(1, (w - 1).bit_length()), max(1, (h - 1).bit_length()), cells,
+                 left | right | top | bottom, left, right, top, bottom)
 
 
 def _pack(mask: np.ndarray, grid: _Grid) -> int:
@@ -381,6 +399,50 @@ def _unpack(bits: int, grid: _Grid) -> np.ndarray:
     return np.unpackbits(raw, bitorder="little")[:h * stride].view(bool).reshape(h, stride)[:, :grid.w]
 
 
+def _erode(bits: int, grid: _Grid, radius: int) -> int:
+    """The cells whose every cell within ``radius`` rows and columns is set (a min filter with a
+    (2 radius + 1) square, edges replicated, as _filter), masks as in _Grid: ``radius`` erosions
+    by a 3 x 3 square, each a cell's neighbours along its row, then along its column. A
+    neighbour off the picture counts as set."""
+    for _ in range(radius):
+        bits &= ((bits >> 1) | grid.right) & ((bits << 1) | grid.left)
+        bits &= ((bits >> grid.stride) | grid.bottom) & ((bits << grid.stride) | grid.top)
+    return bits
+
+
+def _dilate(bits: int, grid: _Grid, radius: int) -> int:
+    """The cells within ``radius`` rows and columns of a set cell (a max filter with a
+    (2 radius + 1) square, as _filter), masks as in _Grid. Each pass reaches ``step`` further
+    each way, steps doubling (1, 2, 4, ... then what is left): a shift along a row takes only the
+    cells it keeps in their row."""
+    reach, step = 0, 1
+    while reach < radius:
+        step = min(step, radius - reach)
+        kept = grid.left * ((1 << max(0, grid.w - step)) - 1)  # columns a step rightwards keeps in the row
+        bits |= ((bits & kept) << step) | ((bits >> step) & kept)
+        bits |= ((bits << step * grid.stride) & grid.cells) | (bits >> step * grid.stride)
+        reach, step = reach + step, step * 2
+    return bits
+
+
+def _bounds(bits: int, grid: _Grid) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)): the [top, bottom) rows and [left, right) columns of the
+    set cells (not none) of a mask as in _Grid. Its columns: its rows folded onto the first,
+    halves at a time."""
+    folded, rows = bits, grid.h
+    while rows > 1:
+        half = (rows + 1) // 2
+        folded = (folded | (folded >> half * grid.stride)) & ((1 << half * grid.stride) - 1)
+        rows = half
+    return ((_lowest(bits) // grid.stride, (bits.bit_length() - 1) // grid.stride + 1),
+            (_lowest(folded), folded.bit_length()))
+
+
+def _lowest(bits: int) -> int:
+    """The number of the lowest set bit."""
+    return (bits & -bits).bit_length() - 1
+
+
 def _fill(region: int, free: int, grid: _Grid) -> int:
     """The cells of ``free`` 4-connected to ``region`` (masks as in _Grid).
 
@@ -391,30 +453,23 @@ def _fill(region: int, free: int, grid: _Grid) -> int:
     region &= free
     if not region:
         return 0
-    fills = []  # per direction: (towards higher bits, [(jump, cells a jump may land on)])
-    for step, steps, up in ((1, grid.row_steps, False), (grid.stride, grid.column_steps, True),
-                            (grid.stride, grid.column_steps, False)):
-        through, jumps = free, []
+    lower, higher = [], []  # (jump, the cells it may land on) towards lower and higher bits
+    for step, steps, up in ((1, grid.row_steps, False), (grid.stride, grid.column_steps, False),
+                            (grid.stride, grid.column_steps, True)):
+        through = free
         for i in range(steps):
-            jumps.append((step << i, through))
+            (higher if up else lower).append((step << i, through))
             through &= (through << (step << i)) if up else (through >> (step << i))
-        fills.append((up, jumps))
     while True:
-        before = region
         region = (((free + region) ^ free) | region) & free
-        for up, jumps in fills:
-            for jump, through in jumps:
-                region |= through & ((region << jump) if up else (region >> jump))
-        if region == before:
+        for jump, through in lower:
+            region |= through & (region >> jump)
+        for jump, through in higher:
+            region |= through & (region << jump)
+        # Done when no free cell beside the region is outside it: a check cheaper than a pass.
+        beside = (region << 1) | (region >> 1) | (region << grid.stride) | (region >> grid.stride)
+        if not beside & free & ~region:
             return region
-
-
-@lru_cache(maxsize=16)
-def _border(shape: tuple) -> np.ndarray:
-    border = np.ones(shape, bool)
-    border[1:-1, 1:-1] = False
-    border.flags.writeable = False
-    return border
 
 
 @lru_cache(maxsize=16)
@@ -444,19 +499,21 @@ def _steps(level: np.ndarray, plain: np.ndarray, rise: float) -> np.ndarray:
     step = np.zeros((2, n, n), bool)
     for d in (1, 2):  # an edge that falls inside a cell is spread over two
         difference = levels[:, d:] - levels[:, :-d]
-        size = np.abs(difference)
-        size *= plains[:, d:] & plains[:, :-d]
+        difference *= plains[:, d:] & plains[:, :-d]
         around = np.zeros((2, n + d, n), np.float32)  # the differences d before and d after, 0 off the ends
-        around[:, d:-d] = size
-        sharp = size > np.maximum(2.0 * np.minimum(around[:, :-2 * d], around[:, 2 * d:]), rise)
-        step[:, d:] |= sharp & (difference < 0)
-        step[:, :-d] |= sharp & (difference > 0)
+        size = np.abs(difference, out=around[:, d:-d])
+        threshold = np.minimum(around[:, :-2 * d], around[:, 2 * d:])
+        threshold *= 2.0
+        sharp = size > np.maximum(threshold, rise, out=threshold)
+        falls = sharp & (difference < 0)  # the cell d further is the darker
+        step[:, d:] |= falls
+        step[:, :-d] |= sharp ^ falls  # ... or this one (a sharp difference is not 0)
     return step[0, :h, :w] | step[1, :w, :h].T
 
 
 def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast: float, ink_threshold: float,
-          edge_step: float = 0.08, candidates: int = 3) -> tuple[np.ndarray, float]:
-    """(card, reference) in quarter-resolution cells: the card, and its paper's brightness.
+          edge_step: float = 0.08, candidates: int = 3) -> tuple[int | None, float]:
+    """(card, reference) in quarter-resolution cells: the card (a _Grid mask), its paper's brightness.
 
     A candidate is an area of paper grown from the brightest open paper near the centre: at
     least ``contrast`` of its seed's brightness, and not across a step in brightness (a card's
@@ -472,71 +529,74 @@ def _card(coarse: np.ndarray, darkest: np.ndarray, closed: np.ndarray, contrast:
     near_centre, grid = _near_centre(*closed.shape), _grid(*closed.shape)
     plain = coarse >= (1.0 - ink_threshold) * closed
     step = _steps(np.log(np.maximum(coarse, np.float32(1e-3))), plain, -math.log(1.0 - edge_step))
-    open_ground = ~step
-    ink = (closed - darkest) > ink_threshold * closed
-    score_map = closed * near_centre
-    free = np.ones(coarse.shape, bool)
+    plain_open = plain & ~step
+    score_map, ink_floor = closed * near_centre, ink_threshold * closed
+    ink = _pack((closed - darkest) > ink_floor, grid)
+    free = grid.cells
     best, best_score, best_reference, blank = None, -1.0, 0.0, None
     for candidate in range(candidates):
-        seed = divmod(int(np.argmax(score_map * free)), coarse.shape[1])
+        # (every cell is free for the first candidate)
+        seed = divmod(int(np.argmax(score_map * _unpack(free, grid) if candidate else score_map)), coarse.shape[1])
         reference = float(closed[seed])
         if reference <= 0.0:
             break
-        allowed = (coarse >= contrast * reference) & plain & open_ground & free
-        seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, open_ground, score_map, grid)
+        allowed = _pack((coarse >= contrast * reference) & plain_open, grid) & free
+        seed, paper, region, like = _candidate(seed, allowed, reference, coarse, plain, plain_open, score_map, grid)
         # Its ink: inside it, two cells off its border (the room darkens the border cells; the
         # loop of a "0" holds no ink so counted).
-        own_ink = ink & _filter(region, 5, np.minimum)
-        count = np.count_nonzero(own_ink)
-        centrality = float((near_centre * own_ink).sum()) / count if count else 0.0
+        own_ink = ink & _erode(region, grid, 2)
+        count = own_ink.bit_count()
+        centrality = float((near_centre * _unpack(own_ink, grid)).sum()) / count if count else 0.0
         # A glyph's worth of ink around the centre: the card (beside a blank one, not around it:
         # a wall that has the blank card as its "stroke" has the card's edges as its ink).
-        if centrality > 0.5 and count >= 0.01 * np.count_nonzero(region) and (blank is None or not (region & blank[0]).any()):
+        if centrality > 0.5 and count >= 0.01 * region.bit_count() and (blank is None or not region & blank[0]):
             return region, reference
-        if not _enclosed(region, like):
+        if not _enclosed(region, like, grid):
             # Large blank paper at the centre, first found: a blank card, not something to look
             # past. Unless a glyph's worth of ink lies near the centre off it (a white box or
             # sheet beside the card held up): then a later candidate is taken only if it is a
             # card with a glyph, and otherwise this one.
-            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * region.size:
+            if candidate == 0 and count == 0 and near_centre[seed] > 0.5 and paper.bit_count() >= 0.05 * closed.size:
                 blank = region, reference
                 # (ink with an edge inside its cell, as a stroke has: the wall's shading next to
                 # a bright card can read as ink, but it is smooth)
-                edged = (coarse - darkest) > ink_threshold * closed
-                elsewhere = np.count_nonzero(ink & edged & (near_centre > 0.5) & ~region)
-                if elsewhere < max(3, 0.01 * np.count_nonzero(region)):
+                edged = (coarse - darkest) > ink_floor
+                elsewhere = (ink & _pack(edged & (near_centre > 0.5), grid) & ~region).bit_count()
+                if elsewhere < max(3, 0.01 * region.bit_count()):
                     return blank
             score = count * (0.05 + centrality) ** 2
             if score > best_score:
                 best, best_score, best_reference = region, score, reference
         free &= ~region
-        if np.count_nonzero(free) < 0.03 * free.size:
+        if free.bit_count() < 0.03 * closed.size:
             break
     return blank or (best, best_reference)
 
 
-def _candidate(seed, allowed: np.ndarray, reference: float, coarse: np.ndarray, plain: np.ndarray,
-               open_ground: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
-    """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper
-    as a bitset, the card with its strokes, the plain cells ``like`` its paper)."""
-    open_paper = _filter(allowed, 3, np.minimum)  # seed in open paper, not between strokes
-    if open_paper.any():
-        seed = divmod(int(np.argmax(score_map * open_paper)), coarse.shape[1])
-    allowed[seed] = True
-    paper = _fill(1 << (seed[0] * grid.stride + seed[1]), _pack(allowed, grid), grid)
+def _candidate(seed, allowed: int, reference: float, coarse: np.ndarray, plain: np.ndarray,
+               plain_open: np.ndarray, score_map: np.ndarray, grid: _Grid) -> tuple:
+    """One candidate card grown near ``seed`` through the ``allowed`` cells: (its seed, its paper,
+    the card with its strokes, the plain cells ``like`` its paper), masks as in _Grid but the
+    seed. ``plain_open``: the plain cells not on the darker side of a step."""
+    open_paper = _erode(allowed, grid, 1)  # seed in open paper, not between strokes
+    if open_paper:
+        seed = divmod(int(np.argmax(score_map * _unpack(open_paper, grid))), coarse.shape[1])
+    seed_cell = 1 << (seed[0] * grid.stride + seed[1])
+    paper = _fill(seed_cell, allowed | seed_cell, grid)
     # The same sheet: plain paper as bright as this (close-ups cut into pieces by strokes).
-    like = plain & (np.abs(coarse - reference) <= 0.15 * reference)
-    return seed, paper, _unpack(_with_strokes(paper, _pack(plain & open_ground & ~like, grid), grid), grid), like
+    like = _pack(plain & (np.abs(coarse - reference) <= 0.15 * reference), grid)
+    return seed, paper, _with_strokes(paper, _pack(plain_open, grid) & ~like, grid), like
 
 
-def _enclosed(region: np.ndarray, like: np.ndarray) -> bool:
+def _enclosed(region: int, like: int, grid: _Grid) -> bool:
     """Whether the region is the loop of a "0": not on the picture's border, and beyond its
     ring of ink (two to eight cells out) mostly paper ``like`` its own, where a card has the
-    room around it."""
-    if (region & _border(region.shape)).any():
+    room around it (masks as in _Grid)."""
+    if region & grid.border:
         return False
-    around = _filter(region, 17, np.maximum) & ~_filter(region, 5, np.maximum)
-    return np.count_nonzero(around & like) >= 0.4 * np.count_nonzero(around)
+    ring = _dilate(region, grid, 2)
+    around = _dilate(ring, grid, 6) & ~ring
+    return (around & like).bit_count() >= 0.4 * around.bit_count()
 
 
 def _with_strokes(paper: int, surface: int, grid: _Grid) -> int:
@@ -555,28 +615,29 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
 
 def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     """Turn a picture (Pillow image, grey array or camera frame) into the network's input."""
-    gray = work_picture(image, settings)
-    h, w = gray.shape
+    picture = work_picture(image, settings)
+    h, w = picture.shape
     scale = max(h, w) / max(to_picture_size(image))  # work pixels per picture pixel
-    if float(gray.max()) < settings.min_paper:
+    if float(_grey(picture.max())) < settings.min_paper:
         return Prepared(None, "too dark")
     window = max(4, round(settings.paper_window * max(h, w)))
-    coarse, closed = _paper_level(gray, window)
-    darkest = _block_max(_block_max(gray, np.minimum), np.minimum)
-    card_coarse, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
-    if card_coarse is None:
+    coarse, darkest = _grey(_cells(picture)), _grey(_cells(picture, np.minimum))
+    closed = _paper_level(coarse, window)
+    card, reference = _card(coarse, darkest, closed, settings.card_contrast, settings.ink_threshold)
+    if card is None:
         return Prepared(None, "no card")
     if reference < settings.min_paper:
         return Prepared(None, "too dark")
-    if np.count_nonzero(card_coarse) < max(1.0, settings.min_card * card_coarse.size):
+    if card.bit_count() < max(1.0, settings.min_card * closed.size):
         return Prepared(None, "no card")
     # The card shaved by two cells where the room's darkness bleeds into its paper estimate and
     # a card's edge casts its shadow, or things held against it overlap it. The picture's border
     # is replicated, so a close-up is not shaved.
-    shaved = _filter(card_coarse, 5, np.minimum)
-    rows, columns = np.flatnonzero(shaved.any(axis=1)), np.flatnonzero(shaved.any(axis=0))
-    if rows.size == 0:
+    grid = _grid(*closed.shape)
+    shaved_cells = _erode(card, grid, 2)
+    if not shaved_cells:
         return Prepared(None, "no card")
+    shaved = _unpack(shaved_cells, grid)
     # Each cell's strongest ink: its darkest pixel against its paper. The strongest on the card
     # is its third darkest cell (a thin pen's whole glyph is many times that).
     cell_strength = (closed - darkest) / np.maximum(closed, np.float32(1e-3))
@@ -584,53 +645,60 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
-    # Pixels from here on, in the card's bounding box only: the paper under every pixel (its
-    # cell's, never darker than the pixel itself), and how much darker each pixel is.
-    (y0, y1), (x0, x1) = _cell_span(rows, h, shaved.shape[0]), _cell_span(columns, w, shaved.shape[1])
-    cells = np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
-    gray_box = gray[y0:y1, x0:x1]
+    intruding = _ink_from_the_edge(_pack(cell_strength > cut, grid), card, shaved_cells, grid)
+    if intruding:
+        shaved_cells &= ~intruding
+        shaved = _unpack(shaved_cells, grid)
+    return _read_ink(picture, closed, (shaved, _bounds(shaved_cells, grid)), cut, max(2, window // 2), scale,
+                     settings, input_shape)
+
+
+def _read_ink(picture: np.ndarray, closed: np.ndarray, card: tuple, cut: float, gap: int, scale: float,
+              settings: PreprocessSettings, input_shape) -> Prepared:
+    """The ink on the card from its pixels: ``card`` is its cells (a mask) and their bounds (see
+    _bounds), ``cut`` the least ink strength that is ink, ``gap`` the widest gap inside a glyph,
+    ``scale`` work pixels per picture pixel. Pixels only in the card's bounding box: the paper
+    under every pixel (its cell's, never darker than the pixel itself), how much darker each
+    pixel is, and which of them are ink on the card."""
+    (cell_mask, (rows, columns)), (h, w) = card, picture.shape
+    (y0, y1), (x0, x1) = _cell_span(*rows, h, cell_mask.shape[0]), _cell_span(*columns, w, cell_mask.shape[1])
+    cells = np.s_[rows[0]:rows[1], columns[0]:columns[1]]
+    gray_box = _grey(picture[y0:y1, x0:x1])
     paper = np.maximum(_to_pixels(closed[cells], y1 - y0, x1 - x0), gray_box)
-    card = _to_pixels(shaved[cells], y1 - y0, x1 - x0)
-    card_count = np.count_nonzero(card)
-    strength = np.zeros((h, w), np.float32)
-    strength[y0:y1, x0:x1] = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
-    mask = (strength[y0:y1, x0:x1] > cut) & card
-    off_card = _ink_from_the_edge(cell_strength > cut, card_coarse, shaved)
-    if off_card is not None:
-        mask &= ~_to_pixels(off_card[cells], y1 - y0, x1 - x0)
-    ink_count = np.count_nonzero(mask)
+    on_card = _to_pixels(cell_mask[cells], y1 - y0, x1 - x0)
+    card_count = np.count_nonzero(on_card)
+    strength = (paper - gray_box) / np.maximum(paper, np.float32(1e-3))
+    ink = (strength > cut) & on_card
+    ink_count = np.count_nonzero(ink)
     if ink_count == 0 or ink_count < settings.min_ink * card_count:
         return Prepared(None, "no ink", ink_fraction=ink_count / card_count)
-    ink = np.zeros((h, w), np.float32)
-    ink[y0:y1, x0:x1] = np.where(mask, strength[y0:y1, x0:x1], np.float32(0.0))
-    top, bottom, left, right = _main_cluster(ink, gap=max(2, window // 2))
-    fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count  # ink > 0 where mask
+    top, bottom, left, right = _main_cluster(ink, strength, (y0, x0), (h, w), gap)
+    fraction = np.count_nonzero(ink[top:bottom, left:right]) / card_count
     if fraction < settings.min_ink or fraction == 0 or not _has_edges(strength[top:bottom, left:right], cut):
         return Prepared(None, "no ink", ink_fraction=fraction)
     if fraction > settings.max_ink:
         return Prepared(None, "too much ink", ink_fraction=fraction)
     return Prepared(_render(strength, (left, top, right, bottom), cut, settings, input_shape),
-                    box=tuple(round(v / scale, 1) for v in (left, top, right, bottom)), ink_fraction=fraction)
+                    box=tuple(round(v / scale, 1) for v in (x0 + left, y0 + top, x0 + right, y0 + bottom)),
+                    ink_fraction=fraction)
 
 
-def _ink_from_the_edge(ink: np.ndarray, card: np.ndarray, shaved: np.ndarray) -> np.ndarray | None:
-    """The ``ink`` cells of the ``shaved`` card joined to the ``card``'s outer edge (a picture's
-    border is not one) by ink, or None if there are none or they are most of the shaved card's
-    ink. A glyph sits inside its card, with paper around it; ink that runs into the edge is
+def _ink_from_the_edge(ink: int, card: int, shaved: int, grid: _Grid) -> int:
+    """The ``ink`` cells of the ``shaved`` card joined by ink to the ``card``'s outer edge (a
+    picture's border is not one), or 0 if they are most of the shaved card's ink (masks as in
+    _Grid). A glyph sits inside its card, with paper around it; ink that runs into the edge is
     something else: a cable or a pen lying across the card, the shadow along its edge, the room
-    seen past a corner. A glyph drawn up to the edge is most of the ink, and stays. Cells
-    touching only at a corner count as joined."""
-    grid = _grid(*card.shape)
-    inside, ink_bits, kept = _pack(card, grid), _pack(ink & card, grid), _pack(ink & shaved, grid)
-    outside = grid.cells & ~inside
+    seen past a corner. A glyph drawn up to the edge is most of the ink, and stays. Cells touching
+    only at a corner count as joined."""
+    outside = grid.cells & ~card
     off = _fill(grid.border & outside, outside, grid)  # a hole in the card is not its edge
-    edge = inside & ((off << 1) | (off >> 1) | (off << grid.stride) | (off >> grid.stride))
-    if not ink_bits & edge:
-        return None
-    joined = _fill(ink_bits & edge, ink_bits | ((ink_bits << 1) & grid.cells), grid) & kept
-    if not joined or 2 * joined.bit_count() > kept.bit_count():
-        return None
-    return _unpack(joined, grid)
+    edge = card & ((off << 1) | (off >> 1) | (off << grid.stride) | (off >> grid.stride))
+    ink &= card
+    if not ink & edge:
+        return 0
+    kept = ink & shaved
+    joined = _fill(ink & edge, ink | ((ink << 1) & grid.cells), grid) & kept
+    return 0 if 2 * joined.bit_count() > kept.bit_count() else joined
 
 
 def _has_edges(strength: np.ndarray, cut: float) -> bool:
@@ -643,8 +711,8 @@ def _has_edges(strength: np.ndarray, cut: float) -> bool:
         return True
     s = strength[:h, :w]
     means = (s[0::2, 0::2] + s[1::2, 0::2] + s[0::2, 1::2] + s[1::2, 1::2]) * np.float32(0.25)
-    rise = max(float(np.abs(means[2:, :] - means[:-2, :]).max()), float(np.abs(means[:, 2:] - means[:, :-2]).max()))
-    return rise >= 0.5 * cut
+    return float(np.abs(means[2:, :] - means[:-2, :]).max()) >= 0.5 * cut \
+        or float(np.abs(means[:, 2:] - means[:, :-2]).max()) >= 0.5 * cut
 
 
 def to_picture_size(image) -> tuple[int, int]:
@@ -663,8 +731,9 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
     k = side / max(right - left, bottom - top)
     gw, gh = max(1, round((right - left) * k)), max(1, round((bottom - top) * k))
     glyph = _resize(strength[top:bottom, left:right], (gw, gh))
-    glyph[glyph < cut * 0.5] = 0.0
-    inked = glyph[glyph > 0]
+    kept = glyph >= cut * 0.5
+    glyph *= kept
+    inked = glyph[kept]  # (all of them > 0, as the cut is)
     peak = _kth_largest(inked, inked.size // 10 + 1) if inked.size else 1.0
     glyph = np.minimum(glyph / np.float32(max(peak, 1e-3)), np.float32(1.0))  # (np.clip: slower)
     canvas = np.zeros((height, width), np.float32)
@@ -683,10 +752,12 @@ def _render(strength, box, cut, settings, input_shape) -> np.ndarray:
 def _resize(a: np.ndarray, size: tuple) -> np.ndarray:
     """Values in [0, 1] (ink strength: never outside) resized to (width, height) in 8 bits (what
     an input keeps): area averaging down, bilinear up. Pillow's 8-bit resize is several times its
-    float one."""
-    im = Image.fromarray(np.round(a * np.float32(255)).astype(np.uint8), "L")
-    down = size[0] < im.width
-    return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.BILINEAR)) * np.float32(1 / 255)
+    float one. (The bytes go in and out by frombuffer and tobytes: fromarray and asarray take
+    longer than the resize.)"""
+    levels = np.rint(a * np.float32(255)).astype(np.uint8)  # rint: np.round's halves to even, sooner
+    im = Image.frombuffer("L", (a.shape[1], a.shape[0]), levels, "raw", "L", 0, 1)
+    resized = im.resize(size, Image.Resampling.BOX if size[0] < im.width else Image.Resampling.BILINEAR)
+    return np.frombuffer(resized.tobytes(), np.uint8).reshape(size[1], size[0]) * np.float32(1 / 255)
 
 
 @lru_cache(maxsize=32)
@@ -704,16 +775,25 @@ def _to_pixels(cells: np.ndarray, h: int, w: int) -> np.ndarray:
     return cells[_cell_index(h, cells.shape[0])][:, _cell_index(w, cells.shape[1])]
 
 
-def _cell_span(cells: np.ndarray, n: int, count: int) -> tuple[int, int]:
-    """The [start, end) pixels of the sorted cell numbers ``cells`` (of ``count`` along ``n``
-    pixels; the last cell holds the remainder, see _to_pixels)."""
-    return 4 * int(cells[0]), n if cells[-1] == count - 1 else 4 * int(cells[-1]) + 4
+def _cell_span(start: int, end: int, n: int, count: int) -> tuple[int, int]:
+    """The [start, end) pixels of the cells [start, end) (of ``count`` along ``n`` pixels; the
+    last cell holds the remainder, see _to_pixels)."""
+    return 4 * start, n if end == count else 4 * end
 
 
-def _main_cluster(ink: np.ndarray, gap: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the ink's main cluster: row, column, then row projections
-    again, each within the last, so stray marks drop out."""
-    h, w = ink.shape
+def _main_cluster(mask: np.ndarray, strength: np.ndarray, origin: tuple, shape: tuple,
+                  gap: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the ink's main cluster: row, column, then row projections of
+    the picture's ink again, each within the last, so stray marks drop out. The ink is ``mask``
+    (its ``strength``) in the card's box at ``origin`` (top, left) of a picture of ``shape``;
+    the cluster is in the box's coordinates."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if _one_run(rows, gap) and _one_run(columns, gap):
+        # (the common case) Each projection below then finds all the ink: its bounding box.
+        return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    (y0, x0), (h, w) = origin, shape
+    ink = np.zeros((h, w), np.float32)
+    ink[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = np.where(mask, strength, np.float32(0.0))
     top, bottom, left, right = 0, h, 0, w
     for axis in (1, 0, 1):
         if axis == 1:
@@ -722,7 +802,14 @@ def _main_cluster(ink: np.ndarray, gap: int) -> tuple[int, int, int, int]:
         else:
             left_, right_ = _main_run(ink[top:bottom, left:right].sum(axis=0), gap)
             left, right = left + left_, left + right_
-    return top, bottom, left, right
+    return top - y0, bottom - y0, left - x0, right - x0
+
+
+def _one_run(idx: np.ndarray, gap: int) -> bool:
+    """Whether the sorted positions ``idx`` (not none) are surely one run once gaps up to ``gap``
+    are bridged: all their gaps together are no wider. (Several narrow gaps can be one run too:
+    _main_run looks at each.)"""
+    return idx[-1] + 1 - idx[0] - idx.size <= gap
 
 
 def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
@@ -731,7 +818,7 @@ def _main_run(profile: np.ndarray, gap: int) -> tuple[int, int]:
     idx = np.flatnonzero(profile)
     if idx.size == 0:
         return 0, len(profile)
-    if idx[-1] + 1 - idx[0] - idx.size <= gap:  # all its gaps together bridged: one run (the common case)
+    if _one_run(idx, gap):  # (the common case)
         return int(idx[0]), int(idx[-1]) + 1
     breaks = np.flatnonzero(np.diff(idx) > gap + 1)
     starts = np.concatenate((idx[:1], idx[breaks + 1]))

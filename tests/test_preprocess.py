@@ -412,6 +412,28 @@ def test_connected_cells_are_a_breadth_first_fill():
         np.testing.assert_array_equal(_connected(seed, allowed), plain_fill(seed, allowed), err_msg=f"case {case}")
 
 
+def test_bitset_erosion_dilation_and_bounds_are_the_numpy_ones():
+    """The card search's bitset min and max filters (_erode, _dilate) against NumPy's (_filter,
+    edges replicated), and _bounds against the mask's rows and columns, on random masks of
+    every shape up to the card search's grid."""
+    from device.preprocess import _bounds, _dilate, _erode, _filter, _grid, _pack, _unpack
+
+    rng = np.random.default_rng(1)
+    for case in range(300):
+        h, w = (int(v) for v in rng.integers(1, 45, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.95)
+        grid = _grid(h, w)
+        bits = _pack(mask, grid)
+        for radius in (1, 2, 3, 6, 8):
+            np.testing.assert_array_equal(_unpack(_erode(bits, grid, radius), grid),
+                                          _filter(mask, 2 * radius + 1, np.minimum), err_msg=f"case {case}")
+            np.testing.assert_array_equal(_unpack(_dilate(bits, grid, radius), grid),
+                                          _filter(mask, 2 * radius + 1, np.maximum), err_msg=f"case {case}")
+        if mask.any():
+            rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            assert _bounds(bits, grid) == ((rows[0], rows[-1] + 1), (columns[0], columns[-1] + 1)), f"case {case}"
+
+
 @pytest.mark.parametrize("colour", [0, 255, (40, 120, 200)])
 def test_a_picture_of_one_flat_colour_is_refused_naming_the_file(tmp_path, colour):
     path = tmp_path / "flat.png"
