@@ -15,6 +15,7 @@ import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,8 @@ class Bundle:
     def architecture(self) -> list:
         return self.meta["architecture"]
 
-    @property
-    def preprocess(self) -> PreprocessSettings:
+    @cached_property
+    def preprocess(self) -> PreprocessSettings:  # read once: the frame loop asks for it every frame
         return PreprocessSettings.from_bundle(self.meta["preprocess"])
 
 
