@@ -1,6 +1,6 @@
 """Teaching on the device (device.teach): accuracy on new labels, and how long a teach takes.
 
-    python bench/teach.py [--quick] [--json]
+    python bench/teach.py [--quick] [--json] [--bases smiley,digits] [--labels new-faces]
     python bench/teach.py --times-only     # device code only (NumPy + Pillow): for a Pi or its emulation
 
 Bases: the shipped models/digits01.npz and models/digits.npz (and models/smiley.npz when it is
@@ -17,7 +17,8 @@ For each base x label set x examples per label (5, 10, 20), over 3 draws of the 
 accuracy on 100 further pictures per label of these output-layer fits:
   shipped   device.teach.fit_output (softmax regression, 100 Nesterov steps) on device.teach.features
             (the base's layers to its flatten) of the examples and their variants (device.teach.variants:
-            small turns and scales, 1-pixel shifts; as many as device.teach.variant_count allows)
+            small turns and scales, 1-pixel shifts, thicker strokes; as many as device.teach.variant_count
+            allows)
   shifts    the same on the examples and their 1-pixel shifts only (device.teach.shifted)
   before    the fit shipped before (93acbaa): the same fit on the last hidden dense layer's values
             (before its ReLU) of the examples and their 1-pixel shifts
@@ -109,6 +110,9 @@ def new_face(label: str, rng) -> np.ndarray:
         draw.line((cx - half, my - tilt, cx + half, my + tilt), fill=ink, width=pen)
     im = im.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=255)
     return np.asarray(im.resize((112, 112), Image.Resampling.BOX), np.uint8)
+
+
+LABEL_SETS = ("mnist-237", "font-AKR", "faces", "new-faces")
 
 
 def label_sets(per_label: int, seed: int = 0) -> dict:
@@ -229,24 +233,40 @@ def small_base(folder: Path) -> Path:
     return out
 
 
-def bases(folder: Path) -> dict:
+BASES = ("digits01", "digits", "smiley", "digits01-small")
+
+
+def words(text: str) -> list[str]:
+    """An argparse type: comma-separated names."""
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+def bases(folder: Path, names=None) -> dict:
+    """The bases by name (``names``: only these, of BASES), left out with a line if not loadable."""
     found = {}
     for name in ("digits01", "digits", "smiley"):
+        if names is not None and name not in names:
+            continue
         try:
             found[name] = load_bundle(REPO / "models" / f"{name}.npz")
         except BundleError as e:
             print(f"# {name}: left out ({e})")
-    found["digits01-small"] = load_bundle(small_base(folder))
+    if names is None or "digits01-small" in names:
+        found["digits01-small"] = load_bundle(small_base(folder))
     return found
 
 
-def accuracy_table(bundles: dict, counts=(5, 10, 20), draws: int = 3, one_card: bool = False) -> list[dict]:
+def accuracy_table(bundles: dict, counts=(5, 10, 20), draws: int = 3, one_card: bool = False,
+                   label_names=None) -> list[dict]:
     """``one_card``: every picture of a label is of the same card (the appliance: you teach the
-    card you hold up); otherwise each picture is of another card (another writer, font, face)."""
+    card you hold up); otherwise each picture is of another card (another writer, font, face).
+    ``label_names``: only these label sets (label_sets' names); by default all."""
     rows = []
     for seed in range(draws):
         sets = label_sets(max(counts) + TEST_PER_LABEL, seed)
         for set_name, (labels, cards) in sets.items():
+            if label_names is not None and set_name not in label_names:
+                continue
             if one_card:
                 cards = [[c[0]] * len(c) for c in cards]
             pictures = [frames(c, seed * 10 + i) for i, c in enumerate(cards)]
@@ -339,6 +359,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one draw of the examples, not three")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--bases", type=words, help=f"only these bases, comma-separated (of: {', '.join(BASES)}); "
+                        "no teach times")
+    parser.add_argument("--labels", type=words, help=f"only these new label sets, comma-separated (of: "
+                        f"{', '.join(LABEL_SETS)}); no teach times")
     parser.add_argument("--times-only", action="store_true",
                         help="only the teach times, on the shipped digits01 and pictures drawn with Pillow "
                              "(no training/ code: runs where only the device's packages are)")
@@ -348,15 +372,22 @@ def main():
             times = timings({"digits01": load_bundle(REPO / "models" / "digits01.npz")}, Path(tmp), camera=False)
         print_times(times)
         return
+    for given, known, what in ((args.bases, BASES, "base"), (args.labels, LABEL_SETS, "label set")):
+        unknown = sorted(set(given or ()) - set(known))
+        if unknown:
+            parser.error(f"unknown {what} {unknown[0]!r} (known: {', '.join(known)})")
+    some = args.bases is not None or args.labels is not None
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = bases(Path(tmp))
-        times = timings(bundles, Path(tmp))
-        rows = accuracy_table(bundles, draws=1 if args.quick else 3, one_card=True) + \
-            accuracy_table(bundles, draws=1 if args.quick else 3)
+        bundles = bases(Path(tmp), args.bases)
+        times = [] if some else timings(bundles, Path(tmp))
+        draws = 1 if args.quick else 3
+        rows = accuracy_table(bundles, draws=draws, one_card=True, label_names=args.labels) + \
+            accuracy_table(bundles, draws=draws, label_names=args.labels)
     if args.json:
         print(json.dumps({"times": times, "accuracy": rows}))
         return
-    print_times(times)
+    if times:
+        print_times(times)
     print_accuracy(rows, list(bundles))
 
 

@@ -288,6 +288,19 @@ def test_variants_move_turn_and_scale_the_examples():
     assert len(copies) == teach.VARIANTS * len(x)
     np.testing.assert_array_equal(copies[:2], x)
     np.testing.assert_array_equal(teach.variants(x, 2)[2:], teach.warped(x, *teach.TURNS[0]))
+    first_shift = 2 * (1 + len(teach.TURNS))
+    np.testing.assert_array_equal(copies[first_shift:first_shift + 2], np.roll(x, teach.VARIANT_SHIFTS[0], axis=(1, 2)))
+    np.testing.assert_array_equal(copies[-2:], teach.thicker(x))
+
+
+def test_thicker_strokes_grow_a_pixel_all_round():
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    x[0, 3, 4] = 1.0   # a dot
+    x[0, 0, 0] = 0.5   # a fainter one in the corner: the border is background
+    out = teach.thicker(x)[0, :, :, 0]
+    assert out[2:5, 3:6].min() == 1.0 and out.sum() == 9 + 4 * 0.5
+    assert out[0:2, 0:2].tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert x.sum() == 1.5  # the input is left as it was
 
 
 def test_a_heavy_base_or_many_examples_take_fewer_variants():
