@@ -645,7 +645,10 @@ def preprocess(image, settings: PreprocessSettings, input_shape) -> Prepared:
     cut = max(settings.ink_threshold, settings.ink_relative * _kth_largest(cell_ink, 3))
     if h % 4 == 0 and w % 4 == 0 and float(cell_ink.max()) <= cut:
         return Prepared(None, "no ink", ink_fraction=0.0)  # no pixel either (cells hold all pixels)
-    intruding = _ink_from_the_edge(_pack(cell_strength > cut, grid), card, shaved_cells, grid)
+    # The room is darker than the card's paper; a drawing's region on a larger sheet (a face's
+    # filled disc) has paper as bright around it, and its strokes may cross its edge.
+    room = _pack(closed < np.float32(0.95 * reference), grid)
+    intruding = _ink_from_the_edge(_pack(cell_strength > cut, grid), card, shaved_cells, room, grid)
     if intruding:
         shaved_cells &= ~intruding
         shaved = _unpack(shaved_cells, grid)
@@ -683,15 +686,15 @@ def _read_ink(picture: np.ndarray, closed: np.ndarray, card: tuple, cut: float, 
                     ink_fraction=fraction)
 
 
-def _ink_from_the_edge(ink: int, card: int, shaved: int, grid: _Grid) -> int:
-    """The ``ink`` cells of the ``shaved`` card joined by ink to the ``card``'s outer edge (a
-    picture's border is not one), or 0 if they are most of the shaved card's ink (masks as in
-    _Grid). A glyph sits inside its card, with paper around it; ink that runs into the edge is
-    something else: a cable or a pen lying across the card, the shadow along its edge, the room
-    seen past a corner. A glyph drawn up to the edge is most of the ink, and stays. Cells touching
-    only at a corner count as joined."""
+def _ink_from_the_edge(ink: int, card: int, shaved: int, room: int, grid: _Grid) -> int:
+    """The ``ink`` cells of the ``shaved`` card joined by ink to the ``card``'s outer edge where
+    the ``room`` lies beyond it (a picture's border is not an edge), or 0 if they are most of the
+    shaved card's ink (masks as in _Grid). A glyph sits inside its card, with paper around it; ink
+    that runs into the edge is something else: a cable or a pen lying across the card, the shadow
+    along its edge, the room seen past a corner. A glyph drawn up to the edge is most of the ink,
+    and stays. Cells touching only at a corner count as joined."""
     outside = grid.cells & ~card
-    off = _fill(grid.border & outside, outside, grid)  # a hole in the card is not its edge
+    off = _fill(grid.border & outside, outside, grid) & room  # a hole in the card is not its edge
     edge = card & ((off << 1) | (off >> 1) | (off << grid.stride) | (off >> grid.stride))
     ink &= card
     if not ink & edge:
