@@ -470,7 +470,6 @@ class Daemon:
             self.decider = Decider(self.model.bundle.labels, d.window, d.enter, d.exit)
 
 
-
 def new_outputs(outputs, config, pin_factory, log):
     """[outputs] changed on SIGHUP: the new LEDs, showing what the old ones showed (which are let
     go), or None if they cannot be had (logged; the old ones stay)."""
