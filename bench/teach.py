@@ -19,7 +19,7 @@ accuracy on 100 further pictures per label of these output-layer fits:
             (the base's layers to its flatten) of the examples and their variants (device.teach.variants:
             small turns and scales, 1-pixel shifts, thicker strokes; as many as device.teach.variant_count
             allows)
-  shifts    the same on the examples and their 1-pixel shifts only (device.teach.shifted)
+  shifts    the same on the examples and their 1-pixel shifts only (shifted)
   before    the fit shipped before (93acbaa): the same fit on the last hidden dense layer's values
             (before its ReLU) of the examples and their 1-pixel shifts
   ridge     closed form: least squares to one-hot targets with a ridge, logits scaled by a fitted
@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -197,14 +196,21 @@ def before_features(base, inputs):
     return last_hidden_layer(base)(inputs)
 
 
+def shifted(inputs: np.ndarray) -> np.ndarray:
+    """Each input and its copies moved one pixel up, down, left and right (device.teach.SHIFTS,
+    whole copies of the batch after each other): the variants a teach used before turns, scales
+    and thicker strokes."""
+    return np.concatenate([np.roll(inputs, shift, axis=(1, 2)) for shift in teach.SHIFTS])
+
+
 # name -> (fit, frozen network: "kept" (device.teach.features) or "before" (before_features),
-#          examples: "variants" (device.teach.variants) or "shifts" (device.teach.shifted))
+#          examples: "variants" (device.teach.variants) or "shifts" (shifted))
 FITS = {"shipped": (teach.fit_output, "kept", "variants"), "shifts": (teach.fit_output, "kept", "shifts"),
         "before": (teach.fit_output, "before", "shifts"), "ridge": (fit_ridge, "kept", "variants"),
         "means": (fit_means, "kept", "variants")}
 NETWORKS = {"kept": teach.features, "before": before_features}
 EXAMPLES = {"variants": lambda base, x: teach.variants(x, teach.variant_count(base, len(x))),
-            "shifts": lambda base, x: teach.shifted(x)}
+            "shifts": lambda base, x: shifted(x)}
 
 
 def training_sets(base, inputs, targets) -> dict:
@@ -273,7 +279,7 @@ def accuracy_table(bundles: dict, counts=(5, 10, 20), draws: int = 3, one_card: 
             for base_name, base in bundles.items():
                 if set(labels) <= set(base.labels):
                     continue  # not new to this base
-                feats, ys = [], []
+                feats = []
                 for c, pics in enumerate(pictures):
                     for k, pic in enumerate(pics):
                         prepared = preprocess(pic, base.preprocess, base.input_shape)

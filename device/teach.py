@@ -11,8 +11,7 @@ examples did.
 The output layer is softmax regression on standardised features of each example and its copies
 turned a little, scaled a little, moved by a pixel and drawn with thicker strokes (variants), fitted by accelerated full-batch
 gradient descent from the class means (bench/teach.py measures it against a closed-form ridge fit,
-class means with a learnt scale, and the fit on the last hidden layer shipped before: see
-notes/issue23-accuracy.md). Reading and preprocessing the pictures and the frozen network's
+class means with a learnt scale, and the fit on the last hidden layer shipped before). Reading and preprocessing the pictures and the frozen network's
 forward pass take most of a teach; the fit, tens of milliseconds.
 """
 
@@ -39,7 +38,7 @@ MIN_EXAMPLES = 2          # per label
 MAX_EXAMPLES = 2000       # in all: a teach stays interactive on a Pi and fits its memory
 MAX_EXAMPLE_BYTES = 32 << 20
 # The fit: softmax regression, L2 on the weights, STEPS full-batch gradient steps with Nesterov's
-# momentum (100 reach a lower loss than 300 plain steps: bench/teach.py, notes/issue23.md).
+# momentum (100 reach a lower loss than 300 plain steps: bench/teach.py).
 STEPS = 100
 L2 = 1e-2
 
@@ -232,16 +231,8 @@ def features(base: Bundle, inputs: np.ndarray) -> np.ndarray:
 
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 # (degrees, scale) about the centre. Turns of 12 degrees and scales of 1.15 / 0.87 beat 8 and 1.1 / 0.9
-# by 0.1-0.4 points on a taught card and 0.6-0.9 on other cards (bench/teach.py, notes/issue23-accuracy.md).
+# by 0.1-0.4 points on a taught card and 0.6-0.9 on other cards (bench/teach.py).
 TURNS = ((12.0, 1.0), (-12.0, 1.0), (0.0, 1.15), (0.0, 0.87))
-
-
-def shifted(inputs: np.ndarray) -> np.ndarray:
-    """Each input and its copies moved one pixel up, down, left and right (SHIFTS, in that
-    order, whole copies of the batch after each other): the camera never centres a card twice
-    alike, and a few examples must stand for every frame. The border is background, so rolling
-    is moving."""
-    return np.concatenate([np.roll(inputs, shift, axis=(1, 2)) for shift in SHIFTS])
 
 
 def warped(inputs: np.ndarray, degrees: float, scale: float) -> np.ndarray:
@@ -278,8 +269,8 @@ def thicker(inputs: np.ndarray) -> np.ndarray:
 
 
 # The 1-pixel shifts a teach uses: three of SHIFTS' four moves. With thicker strokes among the variants the
-# fourth bought nothing (97.17 % at 10 examples per label with it as a tenth variant or without; 9 draws,
-# notes/issue23-accuracy2.md).
+# fourth bought nothing (97.17 % at 10 examples per label with it as a tenth variant or without; 9 draws
+# of bench/teach.py's examples).
 VARIANT_SHIFTS = SHIFTS[1:4]
 VARIANTS = 1 + len(TURNS) + len(VARIANT_SHIFTS) + 1  # each example, its turns and scales, shifts, thicker strokes
 # The frozen network's multiply-adds in one teach, at most: examples x variants x the network's work
@@ -290,11 +281,12 @@ NETWORK_BUDGET = 1_000_000_000
 
 def variants(inputs: np.ndarray, count: int = VARIANTS) -> np.ndarray:
     """Each example as the camera may also show it: itself, turned a little or a little bigger
-    or smaller (TURNS), moved a pixel (VARIANT_SHIFTS), its strokes thicker (thicker); the first
+    or smaller (TURNS), moved a pixel (VARIANT_SHIFTS; rolled, as the border is background), its
+    strokes thicker (thicker); the first
     ``count`` of these, whole copies of the batch after each other. Turns and scales come before
-    shifts: on their own they did better (notes/issue23-accuracy.md). Thicker strokes lifted the
-    worst base x new labels pair, smiley taught new faces, from 94.3 % to 95.2 % at 10 examples per
-    label (9 draws; notes/issue23-accuracy2.md); they come last, so a heavy base that keeps only a
+    shifts: on their own they did better (bench/teach.py). Thicker strokes lifted the worst base x
+    new labels pair, smiley taught new faces, from 94.3 % to 95.2 % at 10 examples per label (9
+    draws of bench/teach.py's examples); they come last, so a heavy base that keeps only a
     few variants keeps the ones it kept before."""
     makers = [lambda: inputs] + [partial(warped, inputs, d, s) for d, s in TURNS] + [
         partial(np.roll, inputs, shift, axis=(1, 2)) for shift in VARIANT_SHIFTS] + [partial(thicker, inputs)]
@@ -344,7 +336,7 @@ def fit_output(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int 
     dual = n < x.shape[1]
     # X' as an array of its own: faster products than the transposed view, and X X' as a plain product of
     # two arrays: NumPy sends x @ x.T to float32 SYRK, which gave NaN in 10 of 40 tries under qemu's arm64
-    # emulation (GEMM: 0 of 40; notes/issue23-accuracy.md).
+    # emulation (GEMM: 0 of 40).
     xt = np.ascontiguousarray(x.T)
     gram = x @ xt if dual else None
     # Softmax cross-entropy's Hessian is at most 1/2 * X'X / n (plus l2): a safe, fast step.
