@@ -68,7 +68,7 @@ $venv/bin/python -m pip install -q --no-cache-dir --target $deps pytest hypothes
 # .ci/run's compat selection (everything but TensorFlow/Keras, long trainings and the tests marked
 # laptop, which need cardcam-train's extras), less: deploy (OpenSSH), install.sh's own checks
 # (shellcheck, systemd-analyze; this script runs install.sh for real) and the browser tests.
-{ time PYTHONPATH=$deps CARDCAM_REQUIRE_TFLITE=1 CARDCAM_EMULATED_CPU=1 timeout 5400 $venv/bin/python -m pytest -p no:cacheprovider -q -m "not laptop" \
+{ time PYTHONPATH=$deps CARDCAM_REQUIRE_TFLITE=1 timeout 5400 $venv/bin/python -m pytest -p no:cacheprovider -q -m "not laptop" \
     --junitxml="$out/junit.xml" \
     --ignore=tests/test_training.py --ignore=tests/test_smileys.py --ignore=tests/test_keras.py \
     --ignore=tests/test_cards.py --ignore=tests/test_sheets.py --ignore=tests/test_deploy.py \
