@@ -27,11 +27,12 @@ parts, each owning one of the things that keep an appliance alive for months:
 - teach mode (device/teachmode.py), when [teach] is on: served between two frames, with the frame
   just classified.
 
-Signals: SIGTERM/SIGINT set ``stop`` (a threading.Event) and the loop ends at the next frame or
-pause (LEDs off, camera closed, exit 0); SIGHUP sets a flag, and the loop reloads the config and
-the model between two frames. Nothing is raised out of a signal handler: every wait in the loop
-is short (pauses are slices of 20 ms), and what can block for ever, a camera read hanging in its
-driver or a config file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
+Signals (``run``, the command, takes them on a thread of its own: ``signals_taken``): SIGTERM and
+SIGINT set ``stop`` (a threading.Event) and the loop ends at the next frame or pause (LEDs off,
+camera closed, exit 0); SIGHUP sets ``reload_requested``, and the loop reloads the config and the
+model between two frames. Nothing interrupts the loop: every wait in it is short (pauses are
+slices of 20 ms), and what can block for ever, a camera read hanging in its driver or a config
+file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
 """
 
 from __future__ import annotations
@@ -190,13 +191,34 @@ def read_config(path, stop: threading.Event):
 
 
 @contextlib.contextmanager
-def signals_handled(handlers: dict):
-    """``handlers`` (signal -> function) installed for the body, the previous ones put back after.
-    A handler only sets a flag or an Event: the loop, not the handler, decides what happens."""
-    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+def signals_taken(signals, on_signal):
+    """``on_signal(signum)`` for each of ``signals`` that arrives while the body runs.
+
+    The signals are blocked in this thread, and so in every thread it starts from here on, and one
+    thread of their own takes them with sigtimedwait: no handler interrupts whatever another thread
+    was doing. A handler calling ``on_signal`` as well catches a signal that the kernel gives to a
+    thread started before (NumPy's BLAS threads, a test runner's). Why not handlers alone: under
+    qemu-user (tests/pi-cpu) about 1 in 60 SIGTERMs sent to a Python process with a few threads was
+    never handled, cardcam or not; taken with sigtimedwait, none was lost."""
+    signals = set(signals)
+    previous = {s: signal.signal(s, lambda signum, frame: on_signal(signum)) for s in signals}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    done = threading.Event()
+
+    def take():
+        while not done.is_set():
+            taken = signal.sigtimedwait(signals, 0.05)
+            if taken is not None:
+                on_signal(taken.si_signo)
+
+    taker = threading.Thread(target=take, name="cardcam-signals", daemon=True)
+    taker.start()
     try:
         yield
     finally:
+        done.set()
+        taker.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one still pending goes to the handler
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -318,11 +340,13 @@ def pause(seconds: float, stop: threading.Event, notifier) -> None:
 
 
 class Daemon:
-    """The appliance: its parts and the loop (``run``). ``stop``: set it (the signal handler does)
-    and the loop ends. The main thread only looks at ``stop``, it never waits on it: Event.set()
+    """The appliance: its parts and the loop (``run``). Two Events drive it from outside (`cardcam
+    run` sets them on signals): ``stop`` ends the loop, ``reload_requested`` has it read the config
+    again between two frames. The main thread only looks at them, it never waits on them: Event.set()
     from a handler that interrupted a wait on the same Event could deadlock."""
 
-    def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None, stop=None):
+    def __init__(self, config: Config, config_path=None, simulate=False, out=None, environ=None, stop=None,
+                 reload_requested=None):
         self.config = config
         self.config_path = config_path
         self.simulate = simulate
@@ -331,7 +355,7 @@ class Daemon:
         self.console = Console(out or sys.stdout, self.journal, simulate)
         self.log = self.console.log
         self.stop = stop or threading.Event()
-        self.reload_requested = False
+        self.reload_requested = reload_requested or threading.Event()
         self.notifier = SystemdNotifier(self.environ)
         self.heartbeat = Heartbeat(self.notifier, config.daemon.status_interval, self.log)
         self.camera = RetryingSource(lambda: open_source(self.config, self.simulate, sleep=self.sleep, log=self.log),
@@ -346,16 +370,9 @@ class Daemon:
         self.teach = TeachSwitch(self.web, self.log, simulate and sys.stdin is not None and not self.journal)
 
     def run(self) -> int:
-        def on_signal(signum, frame):
-            if signum == signal.SIGHUP:
-                self.reload_requested = True
-            else:
-                self.stop.set()
-
         self.pin_factory = mock_pin_factory() if self.simulate else None
         reports = self.reports
         with contextlib.ExitStack() as stack:
-            stack.enter_context(signals_handled(dict.fromkeys(STOP_SIGNALS + (signal.SIGHUP,), on_signal)))
             try:
                 self.outputs = reports.outputs = Outputs.from_config(self.config.outputs, self.pin_factory)
             except OutputError as e:
@@ -403,7 +420,7 @@ class Daemon:
         while not self.stop.is_set():
             now = time.monotonic()
             self.heartbeat.beat(now)
-            if self.reload_requested:
+            if self.reload_requested.is_set():
                 self.reload()
             if not self.model.poll(now):
                 self.heartbeat.say(self.reports.status_line())
@@ -438,7 +455,7 @@ class Daemon:
 
     def reload(self) -> None:
         """The config read again; each part whose section changed is remade, the model loaded again."""
-        self.reload_requested = False
+        self.reload_requested.clear()
         try:
             loaded = read_config(self.config_path, self.stop)  # the config path might be a FIFO
         except ConfigError as e:
@@ -512,19 +529,23 @@ def _in_words(shown, reason: str) -> str:
 
 
 def run(args) -> int:
-    """`cardcam run [--config PATH] [--simulate]`."""
-    # Until the loop takes signals over, a stop signal ends the start-up, with nothing yet to turn
-    # off (the config file itself could be a FIFO that never opens).
-    stop = threading.Event()
-    with signals_handled(dict.fromkeys(STOP_SIGNALS, lambda signum, frame: stop.set())):
+    """`cardcam run [--config PATH] [--simulate]`. Signals, from the start: SIGTERM and SIGINT stop,
+    SIGHUP reloads (one during start-up is kept for the loop). Until the loop runs, a stop ends the
+    start-up with nothing yet to turn off (the config file itself could be a FIFO that never opens)."""
+    stop, reload_requested = threading.Event(), threading.Event()
+
+    def on_signal(signum):
+        (reload_requested if signum == signal.SIGHUP else stop).set()
+
+    with signals_taken(STOP_SIGNALS + (signal.SIGHUP,), on_signal):
         loaded = read_config(args.config, stop)
         if loaded is None:
             return 0
-        daemon = _make_daemon(args, *loaded, stop)
+        daemon = _make_daemon(args, *loaded, stop, reload_requested)
         return 0 if stop.is_set() else daemon.run()
 
 
-def _make_daemon(args, config, where, stop) -> Daemon:
+def _make_daemon(args, config, where, stop, reload_requested) -> Daemon:
     simulate = args.simulate
     kind = choose_source_kind(config, True)
     frames = {"samples": "the bundled sample frames", "replay": f"replay of {config.camera.replay}"}.get(kind, kind)
@@ -532,7 +553,7 @@ def _make_daemon(args, config, where, stop) -> Daemon:
         simulate = True
         print(f"cardcam: not a Raspberry Pi (no camera, no GPIO), so this is a simulation: {frames}, "
               "mock GPIO pins", flush=True)
-    daemon = Daemon(config, args.config, simulate, stop=stop)
+    daemon = Daemon(config, args.config, simulate, stop=stop, reload_requested=reload_requested)
     daemon.log(f"{where}; runtime {config.model.runtime}: {describe_runtime(config.model.runtime)}")
     if args.simulate:
         daemon.log(f"simulation: {frames}, GPIO on gpiozero's MockFactory")

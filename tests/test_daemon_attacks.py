@@ -308,16 +308,54 @@ def test_a_stop_signal_during_start_up_is_a_clean_exit(tmp_path, model_copy, sig
     os.mkfifo(config)
     daemon = start(tmp_path, config)
     try:
-        # Past the imports, waiting in open() for the FIFO to get a writer (the kernel says where
-        # the process waits; a fixed sleep was too short under a Pi CPU's emulation).
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and daemon.proc.poll() is None and not _waits_in(daemon.proc.pid) & {
-                "wait_for_partner", "fifo_open"}:
-            time.sleep(0.05)
-        assert daemon.proc.poll() is None
+        _waits_on_the_fifo(daemon)
         daemon.signal(signum)
         assert daemon.wait(timeout=5) == 0, daemon.output
         assert "Traceback" not in daemon.output, daemon.output
+    finally:
+        daemon.stop()
+
+
+def _waits_on_the_fifo(daemon) -> None:
+    """Until the daemon, past its imports, waits in open() for the FIFO that is its config to get a
+    writer (the kernel says where the process waits; a fixed sleep was too short under a Pi CPU's
+    emulation)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and daemon.proc.poll() is None and not _waits_in(daemon.proc.pid) & {
+            "wait_for_partner", "fifo_open"}:
+        time.sleep(0.05)
+    assert daemon.proc.poll() is None, daemon.output
+
+
+def _write_to_the_waiting_fifo(daemon, fifo: Path, text: str) -> None:
+    """Be the writer the daemon waits for (without blocking: a daemon that died has no reader)."""
+    _waits_on_the_fifo(daemon)
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def test_a_sighup_during_start_up_is_kept_for_the_loop(tmp_path, model_copy):
+    """`systemctl reload` while the daemon starts: SIGHUP's default action ended the process before
+    the loop had taken the signals over. Now the signals are taken from the start, and the loop reads
+    the config again once it runs (here the FIFO again, which gets its writer a second time)."""
+    frames = write_frames(tmp_path / "frames", model_copy, [(1, 2)])
+    config = config_for(tmp_path, model_copy, frames)
+    text = config.read_text()
+    config.unlink()
+    os.mkfifo(config)
+    daemon = start(tmp_path, config)
+    try:
+        _waits_on_the_fifo(daemon)
+        daemon.signal(signal.SIGHUP)
+        _write_to_the_waiting_fifo(daemon, config, text)  # the start-up reads the config
+        daemon.wait_for(lambda: "model loaded" in daemon.output, what="the start")
+        _write_to_the_waiting_fifo(daemon, config, text)  # again, for the reload the SIGHUP asked for
+        daemon.wait_for(lambda: "reloading" in daemon.output, what="the reload asked for during start-up")
+        daemon.wait_state(label="1", what="running after the reload")
+        stop_within_deadline(daemon)
     finally:
         daemon.stop()
 

@@ -1,7 +1,9 @@
 """The daemon's parts on their own: sd_notify over a real socket, the model file watcher, model checks."""
 
 import os
+import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -9,8 +11,34 @@ import pytest
 
 from daemon_fixtures import tiny_model  # noqa: F401
 from device.bundle import BundleError, load_bundle, save_bundle
+from device.daemon import signals_taken
 from device.modelfile import ModelRefused, ModelWatcher, load_model
 from device.systemd import SystemdNotifier
+
+SIGNALS = {signal.SIGHUP, signal.SIGUSR1}  # SIGUSR1 for SIGTERM: one that escaped would end pytest
+
+
+def test_signals_are_taken_on_a_thread_of_their_own_and_everything_is_put_back():
+    """While taken, the signals are blocked in this thread and in the threads it starts (so no
+    handler interrupts the loop) and each one sent reaches ``on_signal``; after, the mask and the
+    handlers are what they were."""
+    handlers_before = {s: signal.getsignal(s) for s in SIGNALS}
+    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    got = []
+    with signals_taken(SIGNALS, got.append):
+        started_mask = []
+        thread = threading.Thread(target=lambda: started_mask.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        thread.start()
+        thread.join()
+        assert SIGNALS <= signal.pthread_sigmask(signal.SIG_BLOCK, []) and SIGNALS <= started_mask[0]
+        for signum in sorted(SIGNALS):
+            os.kill(os.getpid(), signum)
+            deadline = time.monotonic() + 10
+            while signum not in got and time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert sorted(got) == sorted(SIGNALS)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask_before
+    assert {s: signal.getsignal(s) for s in SIGNALS} == handlers_before
 
 
 def test_notify_sends_datagrams_to_a_path_socket(tmp_path):

@@ -81,7 +81,7 @@ class Running:
         text = self.config_path.read_text()
         current = str(self.daemon.config.camera.replay)
         self.config_path.write_text(text.replace(f'replay = "{current}"', f'replay = "{folder}"'))
-        self.daemon.reload_requested = True
+        self.daemon.reload_requested.set()
         source = lambda: self.daemon.camera.source  # noqa: E731
         self.wait(lambda: source() is not None and source().path == folder, f"frames of {folder}")
         frames = self.daemon.heartbeat.frames
