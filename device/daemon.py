@@ -207,8 +207,8 @@ def signals_taken(signals, on_signal):
 
     def take():
         while not done.is_set():
-            taken = signal.sigtimedwait(signals, 0.05)
-            if taken is not None:
+            taken = signal.sigtimedwait(signals, 0.5)
+            if taken is not None and not done.is_set():
                 on_signal(taken.si_signo)
 
     taker = threading.Thread(target=take, name="cardcam-signals", daemon=True)
@@ -217,6 +217,8 @@ def signals_taken(signals, on_signal):
         yield
     finally:
         done.set()
+        if taker.is_alive():  # woken now rather than at the end of its half-second wait
+            signal.pthread_kill(taker.ident, min(signals))
         taker.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one still pending goes to the handler
         for s, h in previous.items():
