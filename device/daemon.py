@@ -30,7 +30,7 @@ parts, each owning one of the things that keep an appliance alive for months:
 Signals (``run``, the command, takes them on a thread of its own: ``signals_taken``): SIGTERM and
 SIGINT set ``stop`` (a threading.Event) and the loop ends at the next frame or pause (LEDs off,
 camera closed, exit 0); SIGHUP sets ``reload_requested``, and the loop reloads the config and the
-model between two frames. Nothing interrupts the loop: every wait in it is short (pauses are
+model between two frames. Nothing is raised into the loop: every wait in it is short (pauses are
 slices of 20 ms), and what can block for ever, a camera read hanging in its driver or a config
 file that is a FIFO, runs on a thread of its own that the loop stops waiting for.
 """
@@ -198,7 +198,7 @@ def signals_taken(signals, on_signal):
     thread of their own takes them with sigtimedwait: no handler interrupts whatever another thread
     was doing. A handler calling ``on_signal`` as well catches a signal that the kernel gives to a
     thread started before (NumPy's BLAS threads, a test runner's). Why not handlers alone: under
-    qemu-user (tests/pi-cpu) about 1 in 60 SIGTERMs sent to a Python process with a few threads was
+    qemu-user (tests/pi-cpu) about 1 in 50 SIGTERMs sent to a Python process with a few threads was
     never handled, cardcam or not; taken with sigtimedwait, none was lost."""
     signals = set(signals)
     previous = {s: signal.signal(s, lambda signum, frame: on_signal(signum)) for s in signals}
